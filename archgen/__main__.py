@@ -1,0 +1,3 @@
+from archgen.cli import main
+
+raise SystemExit(main())
