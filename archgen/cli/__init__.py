@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _one_line(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
-    if isinstance(exc, FileNotFoundError) and exc.filename and not exc.strerror is None:
+    if isinstance(exc, FileNotFoundError) and exc.filename and exc.strerror is not None:
         text = f"{exc.strerror}: {exc.filename}"
     return " ".join(text.split())
 

@@ -1,0 +1,142 @@
+"""``archgen generate``: sample rule-following CNN specs for an input shape and class count."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from archgen.errors import ConstraintError, UserError
+
+RULE_FLAGS = {
+    "R1": "balance",
+    "R2": "kernel_by_size",
+    "R3": "stacking",
+    "R4": "stride_rule",
+    "R5": "same_padding",
+    "R6": "equal_dense",
+}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="sample CNN specs that follow the design rules")
+    p.add_argument("--input", required=True, metavar="C,H,W", help="input shape, e.g. 1,28,28")
+    p.add_argument("--classes", required=True, type=int, metavar="K")
+    p.add_argument("-n", type=int, default=10, metavar="N", help="number of specs (default 10)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--growth", type=int, choices=(2, 4), default=2, help="R1 filter growth per pooling")
+    p.add_argument("--stacking", action="store_true", help="R3: stack 3x3 convs instead of larger kernels")
+    p.add_argument("--disable", default="", metavar="RULES", help="comma list of rules to switch off, e.g. R2,R5")
+    p.add_argument("--init", default=None, help="R7 init scheme (default kaiming_uniform)")
+    p.add_argument("--max-macs", type=float, default=None, metavar="X")
+    p.add_argument("--max-params", type=float, default=None, metavar="X")
+    p.add_argument("--max-latency-ms", type=float, default=None, metavar="X",
+                   help="calibrated estimate budget (uses the cached device profile)")
+    p.add_argument("--batch-size", type=int, default=1, help="batch size for --max-latency-ms")
+    p.add_argument("--format", choices=("table", "json", "jsonl"), default="table")
+    p.add_argument("--out", default=None, metavar="PATH", help="write to PATH instead of stdout")
+    p.set_defaults(func=run)
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    try:
+        parts = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"--input {text!r} must be three integers C,H,W, e.g. 1,28,28") from None
+    if len(parts) != 3 or min(parts) < 1:
+        raise UserError(f"--input {text!r} must be three positive integers C,H,W, e.g. 1,28,28")
+    return parts  # type: ignore[return-value]
+
+
+def ruleset_from_args(args: argparse.Namespace):  # noqa: ANN201 - RuleSet
+    from archgen.rules import RuleSet
+
+    disabled = {r.strip().upper() for r in args.disable.split(",") if r.strip()}
+    unknown = disabled - set(RULE_FLAGS)
+    if unknown:
+        raise UserError(
+            f"--disable: unknown rule(s) {', '.join(sorted(unknown))}; switchable: {', '.join(RULE_FLAGS)}"
+        )
+    kwargs = {flag: rid not in disabled for rid, flag in RULE_FLAGS.items()}
+    kwargs["stacking"] = args.stacking and "R3" not in disabled
+    kwargs["growth"] = args.growth
+    if args.init:
+        kwargs["init"] = args.init
+    return RuleSet(**kwargs)
+
+
+def run(args: argparse.Namespace) -> int:
+    from archgen.costing import spec_macs
+    from archgen.generate import Budget, sample_specs
+
+    shape = parse_shape(args.input)
+    if args.n < 1:
+        raise UserError(f"-n must be >= 1, got {args.n}")
+    for name in ("max_macs", "max_params", "max_latency_ms"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise ConstraintError(f"--{name.replace('_', '-')} must be positive, got {value:g}")
+    rules = ruleset_from_args(args)
+    budget = Budget(
+        max_macs=int(args.max_macs) if args.max_macs is not None else None,
+        max_params=int(args.max_params) if args.max_params is not None else None,
+    )
+    latency = None
+    if args.max_latency_ms is not None:
+        latency = _latency_fn(args.batch_size)
+    accept = None if latency is None else (lambda s: latency(s) <= args.max_latency_ms)
+    specs = sample_specs(shape, args.classes, args.n, args.seed, rules=rules, budget=budget, accept=accept)
+    if len(specs) < args.n:
+        sys.stderr.write(f"archgen generate: note: only {len(specs)} distinct candidates meet the constraints\n")
+    rows = []
+    for spec in specs:
+        row = {
+            "key": spec.key(),
+            "name": spec.short_name(),
+            "macs": spec_macs(spec),
+            "params": spec.num_params(),
+        }
+        if latency is not None:
+            row["est_ms"] = round(latency(spec), 4)
+        row["spec"] = spec.to_dict()
+        rows.append(row)
+    text = _render(rows, args.format)
+    if args.out:
+        from pathlib import Path
+
+        out = Path(args.out)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(out)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _latency_fn(batch_size: int):  # noqa: ANN202
+    from costmodel.calibrate import load_cached
+
+    from archgen.costing import spec_geoms
+    from costmodel.estimate import estimate_total_ms
+
+    profile = load_cached(device="cpu", threads=1, batch_size=batch_size)
+    if profile is None:
+        raise ConstraintError(
+            "--max-latency-ms needs a device profile for cpu, 1 thread, batch "
+            f"{batch_size}; run 'archgen calibrate --batch-size {batch_size}' first"
+        )
+    return lambda spec: estimate_total_ms(spec_geoms(spec), profile, batch_size)
+
+
+def _render(rows: list[dict], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(rows, indent=1) + "\n"
+    if fmt == "jsonl":
+        return "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows)
+    has_ms = rows and "est_ms" in rows[0]
+    header = f"{'#':>3}  {'key':12}  {'MACs':>13}  {'params':>10}" + ("  est_ms" if has_ms else "") + "  name"
+    lines = [header]
+    for i, r in enumerate(rows):
+        ms = f"  {r['est_ms']:6.3f}" if has_ms else ""
+        lines.append(f"{i:>3}  {r['key']}  {r['macs']:>13,}  {r['params']:>10,}{ms}  {r['name']}")
+    return "\n".join(lines) + "\n"

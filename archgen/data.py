@@ -1,0 +1,551 @@
+"""Datasets with strict train / validation / test discipline.
+
+``load_dataset(source)`` reads one of four sources into in-memory tensors:
+
+* ``digits``      scikit-learn's bundled handwritten digits (1,797 images, 1x8x8, offline);
+* ``idx:DIR``     MNIST-format files (gzip or raw): MNIST, Fashion-MNIST, KMNIST, notMNIST-style;
+* ``npz:FILE``    a NumPy archive with arrays ``x`` and ``y`` (optionally ``x_test``/``y_test``
+                  and ``class_names``);
+* ``folder:DIR``  one sub-folder per class, images resized to the requested input shape.
+
+Contracts:
+
+* Splits are seeded and stratified (scikit-learn). A source that ships its own test split
+  (an idx directory with both ``train-*`` and ``t10k-*`` files, an npz with ``x_test``) keeps it;
+  the validation split is then carved out of its training data.
+* Normalization (per-channel mean and standard deviation) uses the **training split only**; the
+  same statistics are applied to validation and test. They are recorded in ``Dataset.stats``.
+* The test split is sealed (:class:`SealedTest`): it can be opened once per dataset object, with a
+  reason, and the opening is recorded. Nothing in the trainer's selection logic opens it.
+* Every problem a user can cause (missing path, corrupt file, shape or label mismatch, empty class
+  folder) raises :class:`archgen.errors.DataError` with a one-line message naming the bad value.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from archgen.errors import DataError
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("digits", "idx:DIR", "npz:FILE", "folder:DIR")
+IMAGE_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".ppm", ".pbm", ".tif", ".tiff", ".webp"}
+)
+
+# IDX type codes (http://yann.lecun.com/exdb/mnist/): code -> big-endian numpy dtype.
+_IDX_DTYPES = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split held in memory: ``x`` float32 ``[N, C, H, W]`` (normalized with the training
+    split's statistics) and ``y`` int64 ``[N]`` class indices."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.x.dim() != 4 or self.y.dim() != 1 or self.x.shape[0] != self.y.shape[0]:
+            raise ValueError(
+                f"Split needs x [N,C,H,W] and y [N]; got x {tuple(self.x.shape)}, "
+                f"y {tuple(self.y.shape)}"
+            )
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+class SealedTest:
+    """The test split, sealed: only an explicit final evaluation may open it, once.
+
+    ``open(reason)`` returns the :class:`Split` the first time and records the reason; any second
+    call raises ``RuntimeError``. ``opened`` counts the openings (0 or 1) and ``reasons`` lists
+    them, so a run can prove it looked at the test data exactly once. ``n`` (the size) is public:
+    knowing how many test images exist leaks nothing about them.
+    """
+
+    def __init__(self, split: Split) -> None:
+        self.__split = split  # name-mangled so that casual attribute access does not reach it
+        self.opened = 0
+        self.reasons: list[str] = []
+
+    @property
+    def n(self) -> int:
+        return len(self.__split)
+
+    def open(self, reason: str) -> Split:
+        if not reason or not reason.strip():
+            raise ValueError("SealedTest.open needs a reason, e.g. 'final evaluation of run X'")
+        if self.opened:
+            raise RuntimeError(
+                f"test split already opened once (reason: {self.reasons[0]!r}); it may be "
+                "opened only once per run, for the final evaluation of the selected model"
+            )
+        self.opened += 1
+        self.reasons.append(reason)
+        log.info("test split opened (%d samples): %s", self.n, reason)
+        return self.__split
+
+    def __repr__(self) -> str:
+        return f"SealedTest(n={self.n}, opened={self.opened})"
+
+
+@dataclass
+class Dataset:
+    """A dataset ready for training: train and validation splits in memory, test sealed.
+
+    ``stats`` records the normalization (``mean``, ``std`` per channel, computed on the training
+    split) and the provenance of the splits (source, seed, fractions, sizes).
+    """
+
+    name: str
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    train: Split
+    val: Split
+    test: SealedTest
+    class_names: list[str]
+    stats: dict = field(default_factory=dict)
+
+    def describe(self) -> dict:
+        """A JSON/YAML-friendly summary (no data), for run directories."""
+        return {
+            "name": self.name,
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+            "n_train": len(self.train),
+            "n_val": len(self.val),
+            "n_test": self.test.n,
+            "class_names": list(self.class_names),
+            **{k: v for k, v in self.stats.items() if k not in ("n_train", "n_val", "n_test")},
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# public entry point
+
+
+def load_dataset(
+    source: str = "digits",
+    *,
+    val_frac: float = 0.15,
+    test_frac: float = 0.15,
+    seed: int = 0,
+    input_shape: tuple[int, int, int] | None = None,
+    num_classes: int | None = None,
+) -> Dataset:
+    """Load ``source`` and split it into train / validation / sealed test.
+
+    ``val_frac`` and ``test_frac`` are fractions of all samples when the source has no test split
+    of its own; when it has one, ``test_frac`` is ignored and ``val_frac`` is the fraction of the
+    source's training data held out for validation. ``input_shape`` (C, H, W) is the shape the
+    model expects: folder images are converted and resized to it; for the other sources it must
+    match the data. ``num_classes`` (the model's output count) bounds the labels: every label must
+    lie in ``[0, num_classes)``. Without it the count is ``max(label) + 1``.
+
+    Raises ``DataError`` for anything wrong with the data or the arguments.
+    """
+    _check_fracs(val_frac, test_frac)
+    if input_shape is not None:
+        input_shape = _check_shape_arg(input_shape)
+    if num_classes is not None and (isinstance(num_classes, bool) or int(num_classes) < 1):
+        raise DataError(f"num_classes must be a positive integer, got {num_classes!r}")
+
+    kind, _, arg = source.partition(":")
+    if kind == "digits" and not arg:
+        name, pool, own_test, class_names = _read_digits()
+    elif kind == "idx" and arg:
+        name, pool, own_test, class_names = _read_idx_dir(Path(arg))
+    elif kind == "npz" and arg:
+        name, pool, own_test, class_names = _read_npz(Path(arg), input_shape)
+    elif kind == "folder" and arg:
+        name, pool, own_test, class_names = _read_folder(Path(arg), input_shape)
+    else:
+        raise DataError(
+            f"unknown data source {source!r}; use one of: {', '.join(SOURCES)} "
+            "(e.g. idx:../shared/data/mnist10k)"
+        )
+
+    x_all, y_all = pool
+    data_shape = tuple(int(d) for d in x_all.shape[1:])
+    if input_shape is not None and data_shape != input_shape:
+        raise DataError(
+            f"{source}: images are {_fmt_shape(data_shape)} (C x H x W) but the spec expects "
+            f"{_fmt_shape(input_shape)}; change the spec's input_shape to {list(data_shape)} "
+            "or use data of that shape"
+        )
+    if own_test is not None and tuple(own_test[0].shape[1:]) != data_shape:
+        raise DataError(
+            f"{source}: test images are {_fmt_shape(tuple(own_test[0].shape[1:]))} but training "
+            f"images are {_fmt_shape(data_shape)}"
+        )
+
+    labels = [y_all] if own_test is None else [y_all, own_test[1]]
+    k = _check_labels(source, labels, num_classes)
+    if len(class_names) < k:
+        class_names = class_names + [str(i) for i in range(len(class_names), k)]
+
+    if own_test is None:
+        idx_train, idx_val, idx_test = _stratified_three_way(source, y_all, val_frac, test_frac, seed)
+        x_test, y_test = x_all[idx_test], y_all[idx_test]
+    else:
+        idx_train, idx_val = _stratified_two_way(source, y_all, val_frac, seed)
+        x_test, y_test = own_test
+    x_train, y_train = x_all[idx_train], y_all[idx_train]
+    x_val, y_val = x_all[idx_val], y_all[idx_val]
+
+    mean, std = _channel_stats(x_train)
+    stats = {
+        "source": source,
+        "seed": seed,
+        "val_frac": val_frac,
+        "test_frac": None if own_test is not None else test_frac,
+        "test_split": "shipped" if own_test is not None else "held_out",
+        "mean": [float(m) for m in mean],
+        "std": [float(s) for s in std],
+        "n_train": len(y_train),
+        "n_val": len(y_val),
+        "n_test": len(y_test),
+    }
+    log.info(
+        "dataset %s: %d train / %d val / %d test, shape %s, %d classes",
+        name, len(y_train), len(y_val), len(y_test), _fmt_shape(data_shape), k,
+    )
+    return Dataset(
+        name=name,
+        input_shape=data_shape,  # type: ignore[arg-type]
+        num_classes=k,
+        train=_to_split(x_train, y_train, mean, std),
+        val=_to_split(x_val, y_val, mean, std),
+        test=SealedTest(_to_split(x_test, y_test, mean, std)),
+        class_names=class_names,
+        stats=stats,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# argument checks
+
+def _check_fracs(val_frac: float, test_frac: float) -> None:
+    for label, frac in (("val_frac", val_frac), ("test_frac", test_frac)):
+        if not (0.0 < float(frac) < 1.0):
+            raise DataError(f"{label} must lie strictly between 0 and 1, got {frac!r}")
+    if val_frac + test_frac >= 0.9:
+        raise DataError(
+            f"val_frac + test_frac = {val_frac + test_frac:g} leaves too little training data; "
+            "keep the sum below 0.9"
+        )
+
+
+def _check_shape_arg(shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    try:
+        out = tuple(int(d) for d in shape)
+    except (TypeError, ValueError):
+        raise DataError(f"input_shape must be (C, H, W) integers, got {shape!r}") from None
+    if len(out) != 3 or min(out) < 1:
+        raise DataError(f"input_shape must be three positive integers (C, H, W), got {shape!r}")
+    return out  # type: ignore[return-value]
+
+
+def _check_labels(source: str, labels: list[np.ndarray], num_classes: int | None) -> int:
+    lo = min(int(y.min()) for y in labels if len(y))
+    hi = max(int(y.max()) for y in labels if len(y))
+    if lo < 0:
+        raise DataError(f"{source}: label {lo} is negative; labels must be class indices 0..K-1")
+    if num_classes is not None and hi >= num_classes:
+        raise DataError(
+            f"{source}: label {hi} is outside the class range 0..{num_classes - 1} of the spec "
+            f"(num_classes={num_classes}); set num_classes to at least {hi + 1} or fix the labels"
+        )
+    return int(num_classes) if num_classes is not None else hi + 1
+
+
+def _fmt_shape(shape: tuple[int, ...]) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# splitting and normalization
+
+def _stratified_three_way(
+    source: str, y: np.ndarray, val_frac: float, test_frac: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = len(y)
+    n_test = max(1, round(test_frac * n))
+    n_val = max(1, round(val_frac * n))
+    idx = np.arange(n)
+    rest, test = _split_indices(source, idx, y, n_test, seed)
+    train, val = _split_indices(source, rest, y[rest], n_val, seed + 1)
+    return train, val, test
+
+
+def _stratified_two_way(
+    source: str, y: np.ndarray, val_frac: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    n_val = max(1, round(val_frac * len(y)))
+    return _split_indices(source, np.arange(len(y)), y, n_val, seed)
+
+
+def _split_indices(
+    source: str, idx: np.ndarray, y: np.ndarray, n_out: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    try:
+        keep, out = train_test_split(idx, test_size=n_out, random_state=seed, stratify=y, shuffle=True)
+    except ValueError as exc:
+        counts = np.bincount(y)
+        present = counts[counts > 0]
+        raise DataError(
+            f"{source}: cannot make a stratified split of {len(y)} samples into {n_out} held out "
+            f"(smallest class has {int(present.min())} samples, {len(present)} classes): {exc}; "
+            "add samples or change val_frac/test_frac"
+        ) from None
+    return np.sort(keep), np.sort(out)
+
+
+def _channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std of ``x`` [N,C,H,W], computed in float64 for stability."""
+    flat = x.transpose(1, 0, 2, 3).reshape(x.shape[1], -1).astype(np.float64)
+    mean = flat.mean(axis=1)
+    std = flat.std(axis=1)
+    # A constant channel would divide by zero; leave it unscaled instead.
+    std = np.where(std > 1e-12, std, 1.0)
+    return mean, std
+
+
+def _to_split(x: np.ndarray, y: np.ndarray, mean: np.ndarray, std: np.ndarray) -> Split:
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    xt = ((xt - m) / s).contiguous()
+    return Split(x=xt, y=torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)))
+
+
+# ---------------------------------------------------------------------------------------------
+# readers: each returns (name, (x [N,C,H,W], y [N] int64), own_test or None, class_names)
+
+_Arrays = tuple[np.ndarray, np.ndarray]
+
+
+def _read_digits() -> tuple[str, _Arrays, _Arrays | None, list[str]]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = bunch.images.astype(np.float32)[:, None, :, :]  # values 0..16
+    y = bunch.target.astype(np.int64)
+    return "digits", (x, y), None, [str(c) for c in bunch.target_names]
+
+
+def _require_dir(path: Path, source: str) -> None:
+    if not path.exists():
+        raise DataError(f"{source}: directory {str(path)!r} does not exist; check the path")
+    if not path.is_dir():
+        raise DataError(f"{source}: {str(path)!r} is not a directory")
+
+
+def _read_idx_dir(path: Path) -> tuple[str, _Arrays, _Arrays | None, list[str]]:
+    source = f"idx:{path}"
+    _require_dir(path, source)
+    found: dict[tuple[str, str], Path] = {}
+    for f in sorted(path.iterdir()):
+        if not f.is_file():
+            continue
+        lower = f.name.lower()
+        kind = "images" if ("idx3" in lower or "images" in lower or "imgs" in lower) else (
+            "labels" if ("idx1" in lower or "labels" in lower) else None
+        )
+        role = "test" if ("t10k" in lower or "test" in lower) else (
+            "train" if "train" in lower else None
+        )
+        if kind is None or role is None:
+            continue
+        if (role, kind) in found:
+            raise DataError(
+                f"{source}: two {role} {kind} files ({found[(role, kind)].name}, {f.name}); "
+                "keep one of each"
+            )
+        found[(role, kind)] = f
+
+    pairs: dict[str, _Arrays] = {}
+    for role in ("train", "test"):
+        img, lab = found.get((role, "images")), found.get((role, "labels"))
+        if img is None and lab is None:
+            continue
+        if img is None or lab is None:
+            missing = "images" if img is None else "labels"
+            raise DataError(f"{source}: {role} {missing} file missing (have {(img or lab).name})")
+        x = _read_idx_file(img, source)
+        y = _read_idx_file(lab, source)
+        if x.ndim != 3:
+            raise DataError(f"{source}: {img.name} holds {x.ndim}-d data; expected N x H x W images")
+        if y.ndim != 1:
+            raise DataError(f"{source}: {lab.name} holds {y.ndim}-d data; expected N labels")
+        if len(x) != len(y):
+            raise DataError(
+                f"{source}: {img.name} has {len(x)} images but {lab.name} has {len(y)} labels"
+            )
+        if len(y) == 0:
+            raise DataError(f"{source}: {img.name} holds no images")
+        pairs[role] = (x[:, None, :, :], y.astype(np.int64))
+    if not pairs:
+        raise DataError(
+            f"{source}: no IDX files found (expected e.g. train-images-idx3-ubyte.gz and "
+            "train-labels-idx1-ubyte.gz, or t10k-*)"
+        )
+    name = path.name or str(path)
+    if "train" in pairs and "test" in pairs:
+        return name, pairs["train"], pairs["test"], []
+    return name, pairs.get("train") or pairs["test"], None, []
+
+
+def _read_idx_file(path: Path, source: str) -> np.ndarray:
+    """Parse one IDX file (gzip detected by its magic bytes, not its name)."""
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise DataError(f"{source}: cannot read {path.name}: {exc}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
+        raise DataError(
+            f"{source}: corrupt IDX header in {path.name} (magic bytes {raw[:4].hex() or 'none'}; "
+            "expected 0000 <type 08..0e> <ndim>)"
+        )
+    dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{source}: corrupt IDX header in {path.name} (truncated dimensions)")
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise DataError(
+            f"{source}: corrupt IDX header in {path.name}: dimensions {list(dims)} need "
+            f"{expected} data bytes but the file holds {len(raw) - header}"
+        )
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def _read_npz(
+    path: Path, input_shape: tuple[int, int, int] | None
+) -> tuple[str, _Arrays, _Arrays | None, list[str]]:
+    source = f"npz:{path}"
+    if not path.is_file():
+        raise DataError(f"{source}: file {str(path)!r} does not exist; check the path")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{source}: cannot read NumPy archive: {exc}") from None
+    missing = [k for k in ("x", "y") if k not in arrays]
+    if missing:
+        raise DataError(f"{source}: missing array(s) {missing}; the archive needs 'x' and 'y'")
+    pool = _npz_pair(source, arrays["x"], arrays["y"], input_shape, "x")
+    own_test = None
+    if "x_test" in arrays or "y_test" in arrays:
+        if not ("x_test" in arrays and "y_test" in arrays):
+            raise DataError(f"{source}: has only one of 'x_test'/'y_test'; provide both or neither")
+        own_test = _npz_pair(source, arrays["x_test"], arrays["y_test"], input_shape, "x_test")
+    names = [str(c) for c in arrays["class_names"]] if "class_names" in arrays else []
+    return path.stem, pool, own_test, names
+
+
+def _npz_pair(
+    source: str, x: np.ndarray, y: np.ndarray, input_shape: tuple[int, int, int] | None, key: str
+) -> _Arrays:
+    if x.dtype.kind not in "uif":
+        raise DataError(f"{source}: '{key}' has dtype {x.dtype}; expected numbers")
+    if x.ndim == 3:
+        x = x[:, None, :, :]
+    elif x.ndim == 4:
+        # NCHW unless the spec (or the layout) says channels-last.
+        if input_shape is not None and tuple(x.shape[1:]) != input_shape and (
+            (x.shape[3], x.shape[1], x.shape[2]) == input_shape
+        ):
+            x = x.transpose(0, 3, 1, 2)
+        elif input_shape is None and x.shape[3] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+            x = x.transpose(0, 3, 1, 2)
+    else:
+        raise DataError(
+            f"{source}: '{key}' has shape {list(x.shape)}; expected [N,H,W], [N,C,H,W] or [N,H,W,C]"
+        )
+    y = np.asarray(y).reshape(-1) if np.asarray(y).ndim == 2 and np.asarray(y).shape[1] == 1 else y
+    if y.ndim != 1 or len(y) != len(x):
+        raise DataError(
+            f"{source}: '{key}' holds {len(x)} images but its labels have shape {list(y.shape)}"
+        )
+    if len(y) == 0:
+        raise DataError(f"{source}: '{key}' holds no samples")
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+            raise DataError(f"{source}: labels must be integer class indices; found non-integers")
+    elif y.dtype.kind not in "ui":
+        raise DataError(f"{source}: labels have dtype {y.dtype}; expected integer class indices")
+    if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
+        raise DataError(f"{source}: '{key}' contains NaN or infinite values")
+    return np.ascontiguousarray(x), y.astype(np.int64)
+
+
+def _read_folder(
+    path: Path, input_shape: tuple[int, int, int] | None
+) -> tuple[str, _Arrays, _Arrays | None, list[str]]:
+    from PIL import Image, UnidentifiedImageError
+
+    source = f"folder:{path}"
+    _require_dir(path, source)
+    class_dirs = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not class_dirs:
+        raise DataError(f"{source}: no class sub-folders; put each class's images in DIR/<class>/")
+    files: list[tuple[Path, int]] = []
+    for label, d in enumerate(class_dirs):
+        imgs = sorted(
+            f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+        )
+        if not imgs:
+            raise DataError(
+                f"{source}: class folder {d.name!r} has no images "
+                f"({', '.join(sorted(IMAGE_SUFFIXES))}); add images or remove the folder"
+            )
+        files.extend((f, label) for f in imgs)
+
+    def read(f: Path) -> Image.Image:
+        try:
+            with Image.open(f) as im:
+                im.load()
+                return im.copy()
+        except (OSError, UnidentifiedImageError) as exc:
+            raise DataError(f"{source}: cannot read image {os.fspath(f)!r}: {exc}") from None
+
+    if input_shape is None:
+        first = read(files[0][0])
+        channels = 1 if first.mode in ("1", "L", "I", "I;16", "F", "LA") else 3
+        input_shape = (channels, first.height, first.width)
+        log.info("%s: no input shape given, using %s from %s", source, input_shape, files[0][0])
+    c, h, w = input_shape
+    if c not in (1, 3):
+        raise DataError(f"{source}: images can be read as 1 or 3 channels, the spec asks for {c}")
+    x = np.empty((len(files), c, h, w), dtype=np.uint8)
+    for i, (f, _) in enumerate(files):
+        im = read(f).convert("L" if c == 1 else "RGB")
+        if im.size != (w, h):
+            im = im.resize((w, h), Image.BILINEAR)
+        arr = np.asarray(im, dtype=np.uint8)
+        x[i] = arr[None] if c == 1 else arr.transpose(2, 0, 1)
+    y = np.array([label for _, label in files], dtype=np.int64)
+    return path.name, (x, y), None, [d.name for d in class_dirs]

@@ -1,0 +1,421 @@
+"""ArchSpec: the description of a plain CNN, its file format, validation and shape inference.
+
+Pure Python (no torch): generating and pricing thousands of candidates is arithmetic.
+
+File format (``schema_version: 1``, JSON or YAML with the same keys)::
+
+    {"schema_version": 1, "input_shape": [1, 28, 28], "num_classes": 10,
+     "layers": [{"op": "conv", "filters": 32, "kernel": 5, "stride": 1,
+                 "padding": "same", "activation": "relu"},
+                {"op": "pool", "mode": "max", "kernel": 2, "stride": 2},
+                {"op": "dense", "units": 128, "activation": "relu"}],
+     "init": {"scheme": "kaiming_uniform"}}
+
+A flatten before the first dense layer and the final classifier (``num_classes`` units, no
+activation) are implied. ``padding`` is ``"same"`` (zero padding ``k // 2``, odd kernels only:
+the output is ``ceil(H / stride)``), ``"valid"`` (no padding) or an explicit integer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, ClassVar
+
+from archgen.errors import SpecError
+
+SCHEMA_VERSION = 1
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu", "leaky_relu", "none")
+POOL_MODES = ("max", "avg")
+INIT_SCHEMES = ("textbook_uniform", "lecun_uniform", "glorot_uniform", "kaiming_uniform")
+DEFAULT_INIT = "kaiming_uniform"
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """2-D convolution followed by its activation."""
+
+    filters: int
+    kernel: int
+    stride: int = 1
+    padding: str | int = "same"
+    activation: str = "relu"
+    op: ClassVar[str] = "conv"
+
+    def pad_amount(self) -> int:
+        if self.padding == "same":
+            return self.kernel // 2
+        if self.padding == "valid":
+            return 0
+        return int(self.padding)
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """Max or average pooling (no padding, floor mode)."""
+
+    mode: str = "max"
+    kernel: int = 2
+    stride: int = 2
+    op: ClassVar[str] = "pool"
+
+
+@dataclass(frozen=True)
+class DenseSpec:
+    """Hidden fully connected layer followed by its activation."""
+
+    units: int
+    activation: str = "relu"
+    op: ClassVar[str] = "dense"
+
+
+@dataclass(frozen=True)
+class BatchNormSpec:
+    """Batch normalization over channels (2-D after convs, 1-D after dense layers)."""
+
+    op: ClassVar[str] = "batchnorm"
+
+
+@dataclass(frozen=True)
+class DropoutSpec:
+    rate: float = 0.5
+    op: ClassVar[str] = "dropout"
+
+
+@dataclass(frozen=True)
+class GapSpec:
+    """Global average pooling: (C, H, W) -> (C, 1, 1)."""
+
+    op: ClassVar[str] = "gap"
+
+
+LayerSpec = ConvSpec | PoolSpec | DenseSpec | BatchNormSpec | DropoutSpec | GapSpec
+_LAYER_TYPES: dict[str, type] = {
+    t.op: t for t in (ConvSpec, PoolSpec, DenseSpec, BatchNormSpec, DropoutSpec, GapSpec)
+}
+_LAYER_FIELDS: dict[str, tuple[str, ...]] = {
+    op: tuple(f for f in t.__dataclass_fields__) for op, t in _LAYER_TYPES.items()
+}
+
+
+@dataclass(frozen=True)
+class InitSpec:
+    """Weight initialization (rule R7): biases 0, weights uniform in [-r, r].
+
+    ``textbook_uniform``: r = 1 / n_in**2; ``lecun_uniform``: r = 1 / sqrt(n_in);
+    ``glorot_uniform``: r = sqrt(6 / (n_in + n_out)); ``kaiming_uniform``: r = sqrt(6 / n_in).
+    n_in (fan-in) is ``c_in * k * k`` for a conv and the input width for a dense layer.
+    """
+
+    scheme: str = DEFAULT_INIT
+
+
+def init_bound(scheme: str, fan_in: int, fan_out: int) -> float:
+    """The half-width r of the uniform init range for one layer."""
+    if scheme == "textbook_uniform":
+        return 1.0 / fan_in**2
+    if scheme == "lecun_uniform":
+        return 1.0 / math.sqrt(fan_in)
+    if scheme == "glorot_uniform":
+        return math.sqrt(6.0 / (fan_in + fan_out))
+    if scheme == "kaiming_uniform":
+        return math.sqrt(6.0 / fan_in)
+    raise SpecError(f"init: unknown scheme {scheme!r}; expected one of {', '.join(INIT_SCHEMES)}")
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """A plain CNN: input shape, layers, implied flatten and classifier, init scheme."""
+
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    layers: tuple[LayerSpec, ...]
+    init: InitSpec = field(default_factory=InitSpec)
+
+    # -- validation and shape inference -------------------------------------------------------
+    def validate(self) -> ArchSpec:
+        """Raise SpecError naming the layer index and the bad value; return self when valid."""
+        self.shapes()
+        return self
+
+    def shapes(self) -> list[tuple[int, int, int]]:
+        """Output shape (C, H, W) after each layer; dense layers give (units, 1, 1)."""
+        return list(self._shapes)
+
+    @cached_property
+    def _shapes(self) -> tuple[tuple[int, int, int], ...]:
+        # Computed once per (immutable) spec: the generator and pricer ask many times.
+        shape = self.input_shape
+        if (
+            not isinstance(shape, tuple)
+            or len(shape) != 3
+            or not all(isinstance(v, int) and v >= 1 for v in shape)
+        ):
+            raise SpecError(f"input_shape must be three positive integers C,H,W, got {shape!r}")
+        if not isinstance(self.num_classes, int) or self.num_classes < 2:
+            raise SpecError(f"num_classes must be an integer >= 2, got {self.num_classes!r}")
+        if self.init.scheme not in INIT_SCHEMES:
+            raise SpecError(
+                f"init: unknown scheme {self.init.scheme!r}; expected one of {', '.join(INIT_SCHEMES)}"
+            )
+        c, h, w = shape
+        flat = False  # True once a dense layer has consumed the spatial map
+        out: list[tuple[int, int, int]] = []
+        for i, layer in enumerate(self.layers):
+            where = f"layer {i} ({getattr(layer, 'op', type(layer).__name__)})"
+            if isinstance(layer, ConvSpec):
+                if flat:
+                    raise SpecError(f"{where}: a conv cannot follow a dense layer")
+                _positive_int(where, "filters", layer.filters)
+                _positive_int(where, "kernel", layer.kernel)
+                _positive_int(where, "stride", layer.stride)
+                _activation(where, layer.activation)
+                if layer.padding == "same":
+                    if layer.kernel % 2 == 0:
+                        raise SpecError(
+                            f"{where}: kernel {layer.kernel} is even; 'same' padding needs an odd kernel"
+                        )
+                elif layer.padding != "valid" and not (
+                    isinstance(layer.padding, int)
+                    and not isinstance(layer.padding, bool)
+                    and 0 <= layer.padding < layer.kernel
+                ):
+                    raise SpecError(
+                        f"{where}: padding {layer.padding!r} must be 'same', 'valid' or an integer in [0, kernel)"
+                    )
+                p = layer.pad_amount()
+                h2 = (h + 2 * p - layer.kernel) // layer.stride + 1
+                w2 = (w + 2 * p - layer.kernel) // layer.stride + 1
+                if h2 < 1 or w2 < 1:
+                    raise SpecError(
+                        f"{where}: kernel {layer.kernel} does not fit the {h}x{w} input map"
+                    )
+                c, h, w = layer.filters, h2, w2
+            elif isinstance(layer, PoolSpec):
+                if flat:
+                    raise SpecError(f"{where}: pooling cannot follow a dense layer")
+                if layer.mode not in POOL_MODES:
+                    raise SpecError(f"{where}: mode {layer.mode!r} must be one of {POOL_MODES}")
+                _positive_int(where, "kernel", layer.kernel)
+                _positive_int(where, "stride", layer.stride)
+                h2 = (h - layer.kernel) // layer.stride + 1
+                w2 = (w - layer.kernel) // layer.stride + 1
+                if h2 < 1 or w2 < 1:
+                    raise SpecError(
+                        f"{where}: pooling {layer.kernel}x{layer.kernel} shrinks the {h}x{w} map below 1x1"
+                    )
+                h, w = h2, w2
+            elif isinstance(layer, GapSpec):
+                if flat:
+                    raise SpecError(f"{where}: global pooling cannot follow a dense layer")
+                h, w = 1, 1
+            elif isinstance(layer, DenseSpec):
+                _positive_int(where, "units", layer.units)
+                _activation(where, layer.activation)
+                c, h, w = layer.units, 1, 1
+                flat = True
+            elif isinstance(layer, BatchNormSpec):
+                pass
+            elif isinstance(layer, DropoutSpec):
+                if not isinstance(layer.rate, (int, float)) or not 0.0 <= layer.rate < 1.0:
+                    raise SpecError(f"{where}: rate {layer.rate!r} must be in [0, 1)")
+            else:
+                raise SpecError(f"layer {i}: unknown layer type {type(layer).__name__}")
+            out.append((c, h, w))
+        return tuple(out)
+
+    def feature_shape(self) -> tuple[int, int, int]:
+        """Shape entering the classifier (before the implied flatten)."""
+        shapes = self._shapes
+        return shapes[-1] if shapes else self.input_shape
+
+    # -- counting (analytic twin of the built module) -----------------------------------------
+    def num_params(self) -> int:
+        """Trainable parameters of the built module, by arithmetic (must equal build's count)."""
+        c, h, w = self.input_shape
+        total = 0
+        for layer, (c2, h2, w2) in zip(self.layers, self._shapes):
+            if isinstance(layer, ConvSpec):
+                total += c * layer.filters * layer.kernel**2 + layer.filters
+            elif isinstance(layer, DenseSpec):
+                total += c * h * w * layer.units + layer.units
+            elif isinstance(layer, BatchNormSpec):
+                total += 2 * c
+            c, h, w = c2, h2, w2
+        return total + c * h * w * self.num_classes + self.num_classes
+
+    # -- identity -------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+            "layers": [layer_to_dict(layer) for layer in self.layers],
+            "init": {"scheme": self.init.scheme},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ArchSpec:
+        """Parse and validate the file format; SpecError names the offending key or layer."""
+        if not isinstance(data, dict):
+            raise SpecError(f"spec must be a mapping, got {type(data).__name__}")
+        unknown = set(data) - {"schema_version", "input_shape", "num_classes", "layers", "init"}
+        if unknown:
+            raise SpecError(f"unknown top-level key(s): {', '.join(sorted(map(str, unknown)))}")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise SpecError(
+                f"schema_version {version!r} is not supported; this archgen reads version {SCHEMA_VERSION}"
+            )
+        for key in ("input_shape", "num_classes", "layers"):
+            if key not in data:
+                raise SpecError(f"missing required key {key!r}")
+        shape = data["input_shape"]
+        if not isinstance(shape, (list, tuple)) or len(shape) != 3:
+            raise SpecError(f"input_shape must be a list [C, H, W], got {shape!r}")
+        if not isinstance(data["layers"], list):
+            raise SpecError(f"layers must be a list, got {type(data['layers']).__name__}")
+        init = data.get("init") or {}
+        if not isinstance(init, dict) or set(init) - {"scheme"}:
+            raise SpecError(f"init must be a mapping with key 'scheme', got {init!r}")
+        spec = cls(
+            input_shape=tuple(shape),  # type: ignore[arg-type]
+            num_classes=data["num_classes"],
+            layers=tuple(layer_from_dict(i, d) for i, d in enumerate(data["layers"])),
+            init=InitSpec(init.get("scheme", DEFAULT_INIT)),
+        )
+        return spec.validate()
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def key(self) -> str:
+        """Stable 12-hex-digit hash of the canonical form (dedup, file names)."""
+        # to_dict's key order is fixed by the code, so no sort_keys is needed for stability.
+        canon = json.dumps(self.to_dict(), separators=(",", ":"))
+        return hashlib.sha1(canon.encode()).hexdigest()[:12]
+
+    def short_name(self) -> str:
+        """Compact readable name, e.g. ``c5x32-p2-c3x128-p2-d256``."""
+        parts = []
+        for layer in self.layers:
+            if isinstance(layer, ConvSpec):
+                s = f"c{layer.kernel}x{layer.filters}"
+                if layer.stride != 1:
+                    s += f"s{layer.stride}"
+                parts.append(s)
+            elif isinstance(layer, PoolSpec):
+                parts.append(("p" if layer.mode == "max" else "ap") + str(layer.kernel))
+            elif isinstance(layer, DenseSpec):
+                parts.append(f"d{layer.units}")
+            elif isinstance(layer, BatchNormSpec):
+                parts.append("bn")
+            elif isinstance(layer, DropoutSpec):
+                parts.append(f"do{layer.rate:g}")
+            elif isinstance(layer, GapSpec):
+                parts.append("gap")
+        return "-".join(parts) or "linear"
+
+
+def layer_to_dict(layer: LayerSpec) -> dict[str, Any]:
+    d: dict[str, Any] = {"op": layer.op}
+    for name in _LAYER_FIELDS[layer.op]:
+        d[name] = getattr(layer, name)
+    return d
+
+
+def layer_from_dict(index: int, data: Any) -> LayerSpec:
+    if not isinstance(data, dict):
+        raise SpecError(f"layer {index}: must be a mapping, got {data!r}")
+    op = data.get("op")
+    if op not in _LAYER_TYPES:
+        raise SpecError(
+            f"layer {index}: unknown op {op!r}; expected one of {', '.join(sorted(_LAYER_TYPES))}"
+        )
+    allowed = _LAYER_FIELDS[op]
+    unknown = set(data) - set(allowed) - {"op"}
+    if unknown:
+        raise SpecError(
+            f"layer {index} ({op}): unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
+            f"allowed: {', '.join(allowed) or 'none'}"
+        )
+    kwargs = {k: v for k, v in data.items() if k != "op"}
+    try:
+        return _LAYER_TYPES[op](**kwargs)
+    except TypeError as exc:  # a missing required field
+        raise SpecError(f"layer {index} ({op}): {exc}") from None
+
+
+def _positive_int(where: str, name: str, value: Any) -> None:
+    if type(value) is not int or value < 1:
+        raise SpecError(f"{where}: {name} must be a positive integer, got {value!r}")
+
+
+def _activation(where: str, value: Any) -> None:
+    if value not in ACTIVATIONS:
+        raise SpecError(f"{where}: activation {value!r} must be one of {', '.join(ACTIVATIONS)}")
+
+
+def load_spec(path: str | Path) -> ArchSpec:
+    """Read a spec file (JSON or YAML, by suffix; unknown suffix: JSON, then YAML)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"{path}: spec file not found") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: cannot read spec file ({exc.__class__.__name__})") from None
+    suffix = path.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        data = _parse_yaml(path, text)
+    elif suffix == ".json":
+        data = _parse_json(path, text)
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            data = _parse_yaml(path, text)
+    try:
+        return ArchSpec.from_dict(data)
+    except SpecError as exc:
+        raise SpecError(f"{path}: {exc}") from None
+
+
+def _parse_json(path: Path, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SpecError(
+            f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
+
+
+def _parse_yaml(path: Path, text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "malformed YAML"
+        raise SpecError(f"{path}: invalid YAML{where}: {problem}") from None
+
+
+def save_spec(spec: ArchSpec, path: str | Path) -> Path:
+    """Write JSON or YAML by suffix (``.yaml``/``.yml`` give YAML, anything else JSON)."""
+    path = Path(path)
+    text = spec.to_yaml() if path.suffix.lower() in (".yaml", ".yml") else spec.to_json() + "\n"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path

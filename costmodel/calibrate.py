@@ -1,0 +1,331 @@
+"""Fit a device profile on this machine from layer micro-benchmarks and calibration networks.
+
+What is measured (all at one batch size and thread count, protocol in ``costmodel.profile``):
+
+1. Standalone activations, pooling, batch norm, global pooling and dropout of varied sizes
+   (isolated micro-benchmarks) -> per-element activation costs and the cheap-op classes.
+2. Calibration networks: random plain CNNs covering the generator's space (``costmodel.netgen``:
+   inputs 28-96 px, kernels 1-11, widths up to 384, pooling, batch norm, dense heads), or the
+   networks a caller passes in. Each is profiled as a whole with per-layer boundary hooks, so
+   every layer is measured *in context* (input just produced by the previous layer, weights as
+   cold as they really are). On this CPU in-context layer times differ from isolated ones by
+   up to 4x for dense, global pooling and dropout layers, which is why a table of isolated
+   layers alone does not reach the accuracy bar.
+
+What is fitted (relative-error weighted throughout):
+
+* per op class (conv per kernel size, dense, pool per mode, bn, gap, act, dropout):
+  ``T = c + a*MACs + b*bytes`` by non-negative least squares on ``(T_pred - T)/T``;
+* a log-space ridge regressor per class on ``log(T / T_linear)`` (features in
+  ``costmodel.estimate.residual_features``) for what the linear form misses (oneDNN efficiency
+  depending on channel counts);
+* a lookup table: the median in-context time of every distinct layer configuration seen;
+* a network-level correction ``T_net = c0 + scale * sum(layers)`` fitted on the calibration
+  networks' end-to-end times with layer predictions made out of fold (5 folds), so the table's
+  perfect recall of its own networks does not bias it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import math
+import random
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from costmodel.device_profile import (
+    DeviceProfile,
+    cache_path,
+    current_context,
+    default_profile,
+    load_cached,
+)
+from costmodel.errors import CostModelError
+from costmodel.estimate import estimate_total_ms, op_class, residual_features
+from costmodel.geometry import LayerGeom
+
+__all__ = ["DeviceProfile", "calibrate", "default_profile", "fit_profile", "load_cached",
+           "cache_path", "Sample"]
+
+log = logging.getLogger(__name__)
+
+# (layer geometry, measured ms) pairs.
+Sample = tuple[LayerGeom, float]
+MIN_CLASS_SAMPLES = 6
+RIDGE_LAMBDA = 0.3
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu")
+
+
+def _nnls_relative(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Non-negative least squares minimising the relative error of ``x @ coef`` against y."""
+    from scipy.optimize import nnls
+
+    w = 1.0 / np.maximum(y, 1e-9)
+    coef, _ = nnls(x * w[:, None], np.ones_like(y))
+    return coef
+
+
+def _ridge(x: np.ndarray, r: np.ndarray, lam: float) -> np.ndarray:
+    """Ridge regression with standardised features and an unpenalised intercept (column 0).
+
+    Returned weights apply to the raw features (standardisation folded back in)."""
+    mu = x[:, 1:].mean(axis=0)
+    sd = x[:, 1:].std(axis=0)
+    sd[sd < 1e-9] = 1.0
+    z = np.hstack([np.ones((len(x), 1)), (x[:, 1:] - mu) / sd])
+    pen = lam * len(x) * np.eye(z.shape[1])
+    pen[0, 0] = 0.0
+    wz = np.linalg.solve(z.T @ z + pen, z.T @ r)
+    w = np.empty_like(wz)
+    w[1:] = wz[1:] / sd
+    w[0] = wz[0] - float(np.sum(wz[1:] * mu / sd))
+    return w
+
+
+def fit_layers(
+    samples: Sequence[Sample], act_elem_ms: dict[str, float], residual: bool = True
+) -> tuple[dict[str, dict[str, float]], dict[str, list[float]], dict[str, Any]]:
+    """Fit the per-class linear coefficients and residual weights on (geom, ms) samples.
+
+    ``act_elem_ms`` gives the cost of fused activations, subtracted before fitting conv/dense.
+    Returns ``(coeffs, residual, quality)``.
+    """
+    by_class: dict[str, list[Sample]] = defaultdict(list)
+    all_keys: set[str] = set()
+    for g, t in samples:
+        if g.op == "conv":
+            by_class["conv"].append((g, t))
+            by_class[f"conv_k{g.kernel}"].append((g, t))
+        elif g.op == "pool":
+            by_class[f"pool_{g.mode}"].append((g, t))
+        elif g.op == "act":
+            by_class[f"act_{g.activation}"].append((g, t))
+            by_class["act"].append((g, t))
+        else:
+            by_class[g.op].append((g, t))
+        all_keys.add(g.op)
+    coeffs: dict[str, dict[str, float]] = {}
+    weights: dict[str, list[float]] = {}
+    quality: dict[str, Any] = {}
+    for cls, rows in sorted(by_class.items()):
+        generic = cls in ("conv", "act", "dense", "bn", "gap", "dropout") or cls.startswith("pool")
+        if len(rows) < MIN_CLASS_SAMPLES and not generic:
+            continue
+        y = np.array([_strip_activation(g, t, act_elem_ms) for g, t in rows])
+        x = np.array([[1.0, g.macs, g.bytes] for g, _ in rows], dtype=float)
+        if cls.startswith("conv") or cls == "dense":
+            coef = _nnls_relative(x, y)
+        else:  # no MACs: c + b*bytes
+            coef = np.insert(_nnls_relative(x[:, [0, 2]], y), 1, 0.0)
+        if coef[0] == 0.0 and coef[1] == 0.0 and coef[2] == 0.0:
+            coef[0] = float(np.median(y))
+        coeffs[cls] = {"c": float(coef[0]), "a": float(coef[1]), "b": float(coef[2])}
+        base = np.maximum(x @ coef, 1e-9)
+        pred = base
+        if residual and len(rows) >= MIN_CLASS_SAMPLES:
+            feats = np.array([residual_features(g) for g, _ in rows])
+            r = np.log(np.maximum(y, 1e-9) / base)
+            w = _ridge(feats, r, RIDGE_LAMBDA)
+            weights[cls] = [float(v) for v in w]
+            pred = base * np.exp(np.clip(feats @ w, -1.0, 1.0))
+        err = np.abs(pred - y) / y
+        quality[cls] = {"n": len(rows), "mape": float(err.mean()),
+                        "within_10pct": float((err < 0.1).mean())}
+    return coeffs, weights, quality
+
+
+def _strip_activation(g: LayerGeom, t: float, act_elem_ms: dict[str, float]) -> float:
+    """Measured time minus the fused activation's estimated cost (never below half of it)."""
+    if g.activation and g.op in ("conv", "dense"):
+        extra = g.acts * act_elem_ms.get(g.activation, act_elem_ms.get("relu", 0.0))
+        return max(t - extra, 0.5 * t)
+    return t
+
+
+def fit_act_elem(samples: Sequence[Sample]) -> dict[str, float]:
+    """Per-element cost of each standalone activation (slope of ms over elements)."""
+    out: dict[str, float] = {}
+    by_name: dict[str, list[Sample]] = defaultdict(list)
+    for g, t in samples:
+        if g.op == "act" and g.activation:
+            by_name[g.activation].append((g, t))
+    for name, rows in by_name.items():
+        x = np.array([[1.0, g.acts] for g, _ in rows], dtype=float)
+        y = np.array([t for _, t in rows])
+        coef = _nnls_relative(x, y)
+        out[name] = float(coef[1])
+    return out
+
+
+def fit_profile(
+    context: dict[str, Any],
+    micro: Sequence[Sample],
+    networks: Sequence[tuple[Sequence[LayerGeom], Sequence[float], float]],
+    protocol: dict[str, Any],
+    folds: int = 5,
+    seed: int = 0,
+) -> DeviceProfile:
+    """Fit a profile from isolated micro-benchmarks and profiled calibration networks.
+
+    ``networks`` holds ``(geoms, per-layer in-context ms, end-to-end ms)``.
+    """
+    if not networks:
+        raise CostModelError("calibration needs at least one profiled network")
+    # Batch size here is the profile's; estimates are per sample * (B / B0) with B0 == B.
+    act_elem = fit_act_elem(micro)
+    in_context: list[Sample] = [(g, t) for geoms, meas, _ in networks for g, t in zip(geoms, meas)]
+    samples = list(in_context) + [s for s in micro if s[0].op != "conv" and s[0].op != "dense"]
+    coeffs, weights, quality = fit_layers(samples, act_elem)
+    table = _layer_table(in_context)
+    t_k = _fit_t_k(in_context)
+
+    # Network-level correction from out-of-fold layer predictions.
+    order = list(range(len(networks)))
+    random.Random(seed).shuffle(order)
+    k = max(1, min(folds, len(networks)))
+    oof_sum = [0.0] * len(networks)
+    for f in range(k):
+        held = set(order[f::k])
+        train = [s for i, n in enumerate(networks) if i not in held or k == 1
+                 for s in zip(n[0], n[1])]
+        train_samples = train + [s for s in micro if s[0].op not in ("conv", "dense")]
+        c_f, w_f, _ = fit_layers(train_samples, act_elem)
+        prof_f = _make(context, c_f, w_f, _layer_table(train), t_k, act_elem,
+                       {"c0_ms": 0.0, "scale": 1.0}, {}, protocol)
+        for i in held:
+            oof_sum[i] = estimate_total_ms(networks[i][0], prof_f)
+    e2e = np.array([n[2] for n in networks])
+    x = np.array([[1.0, s] for s in oof_sum])
+    if len(networks) >= 4:
+        c0, scale = _nnls_relative(x, e2e)
+    else:
+        c0, scale = 0.0, float(np.median(e2e / np.maximum(x[:, 1], 1e-9)))
+    network = {"c0_ms": float(c0), "scale": float(scale)}
+    pred = c0 + scale * x[:, 1]
+    err = np.abs(pred - e2e) / e2e
+    quality["network_oof"] = {
+        "n": len(networks), "mape": float(err.mean()), "within_10pct": float((err < 0.1).mean()),
+        "p95_abs_pct": float(np.percentile(err, 95)) if len(err) else 0.0,
+    }
+    quality["table_entries"] = len(table)
+    return _make(context, coeffs, weights, table, t_k, act_elem, network, quality, protocol)
+
+
+def _make(context: dict[str, Any], coeffs: dict[str, dict[str, float]],
+          weights: dict[str, list[float]], table: dict[str, float], t_k: dict[str, float],
+          act_elem: dict[str, float], network: dict[str, float], quality: dict[str, Any],
+          protocol: dict[str, Any]) -> DeviceProfile:
+    return DeviceProfile(
+        context=dict(context), coeffs=coeffs, t_k_ms=t_k, act_elem_ms=act_elem, residual=weights,
+        table=table, network=network, fit_quality=quality, protocol=dict(protocol),
+        batch_scaling="fixed", is_default=False,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def _layer_table(samples: Sequence[Sample]) -> dict[str, float]:
+    by_key: dict[str, list[float]] = defaultdict(list)
+    for g, t in samples:
+        by_key[g.config_key()].append(t)
+    return {k: float(np.median(v)) for k, v in by_key.items()}
+
+
+def _fit_t_k(samples: Sequence[Sample]) -> dict[str, float]:
+    """Textbook T_k per op (conv also per kernel size): time / (n_p * n_f), relative LSQ."""
+    ratios: dict[str, list[float]] = defaultdict(list)
+    for g, t in samples:
+        npnf = g.n_p * g.n_f
+        if npnf > 0:
+            ratios[g.op].append(t / npnf)
+            if g.op == "conv":
+                ratios[f"conv_k{g.kernel}"].append(t / npnf)
+    # argmin sum((tk*x - y)/y)^2 = sum(x/y) / sum((x/y)^2) over samples; with r = y/x this is
+    # sum(1/r) / sum(1/r^2).
+    return {k: float(sum(1 / r for r in v) / sum(1 / r**2 for r in v)) for k, v in ratios.items()}
+
+
+def micro_benchmark_geoms(quick: bool, seed: int = 0) -> list[LayerGeom]:
+    """Isolated layers for the cheap ops: activations, pooling, batch norm, gap, dropout."""
+    rng = random.Random(seed)
+    shapes = [(c, h) for c in (8, 32, 64, 128, 256, 384) for h in (4, 8, 14, 28, 48, 96)
+              if c * h * h <= 400_000]
+    if quick:
+        shapes = rng.sample(shapes, 8)
+    out: list[LayerGeom] = []
+    for c, h in shapes:
+        for act in ACTIVATIONS if not quick else ("relu", "tanh"):
+            out.append(LayerGeom(f"act_{act}_{c}x{h}", "act", c, c, h, h, h, h, bias=False,
+                                 activation=act))
+        for mode in ("max", "avg"):
+            if h >= 2:
+                out.append(LayerGeom(f"pool_{mode}_{c}x{h}", "pool", c, c, h, h, h // 2, h // 2,
+                                     2, 2, bias=False, mode=mode))
+        out.append(LayerGeom(f"bn_{c}x{h}", "bn", c, c, h, h, h, h, bias=False))
+        out.append(LayerGeom(f"gap_{c}x{h}", "gap", c, c, h, h, 1, 1, h, bias=False, mode="avg"))
+    return out
+
+
+def calibrate(
+    device: str = "cpu",
+    threads: int = 1,
+    batch_size: int = 32,
+    quick: bool = False,
+    networks: Sequence[Sequence[LayerGeom]] | None = None,
+    n_networks: int | None = None,
+    repeats: int | None = None,
+    seed: int = 0,
+    save_to_cache: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> DeviceProfile:
+    """Measure and fit a device profile for ``device`` at ``threads`` and ``batch_size``.
+
+    ``quick``: about 16 calibration networks and 5 repeats (under a minute on a 2-core Xeon);
+    otherwise about 160 networks and 11 repeats (a few minutes). ``networks`` replaces the
+    random calibration networks (e.g. samples of archgen's own generator; never the networks you
+    will judge the model on). ``save_to_cache`` writes the profile to ``cache_path(context)``.
+    Raises ``CostModelError`` for an unknown device or CUDA without CUDA.
+    """
+    from costmodel.netgen import random_plain_cnn
+    from costmodel.profile import PROTOCOL, input_for, module_from_geoms, profile_layer
+    from costmodel.profile import profile_module as _profile_module
+
+    context = current_context(device, threads, batch_size)
+    dev = device if device != "cuda" else "cuda"
+    say = progress or (lambda msg: log.info("%s", msg))
+    reps = repeats or (5 if quick else 11)
+    if reps < 1:
+        raise CostModelError(f"repeats={reps} must be >= 1")
+    rng = random.Random(seed)
+    if networks is None:
+        count = n_networks or (16 if quick else 160)
+        networks = [random_plain_cnn(rng) for _ in range(count)]
+    networks = [list(n) for n in networks]
+    micro_geoms = micro_benchmark_geoms(quick, seed)
+    say(f"calibrating {context['device']} ({context['device_name']}), {threads} thread(s), "
+        f"batch {batch_size}: {len(micro_geoms)} micro-benchmarks, {len(networks)} networks, "
+        f"{reps} repeats")
+    micro: list[Sample] = []
+    for g in micro_geoms:
+        micro.append((g, profile_layer(g, batch_size, dev, threads, reps, warmup=2).min_ms))
+    profiled = []
+    for i, geoms in enumerate(networks):
+        module = module_from_geoms(geoms).to(dev)
+        x = input_for(geoms, batch_size, dev)
+        mp = _profile_module(module, x, dev, threads, reps, warmup=2)
+        profiled.append((list(mp.geoms), list(mp.meas_ms), mp.e2e_ms))
+        if (i + 1) % 20 == 0:
+            say(f"profiled {i + 1}/{len(networks)} networks")
+    protocol = dict(PROTOCOL, repeats=reps, quick=quick, n_networks=len(networks),
+                    n_micro=len(micro_geoms), seed=seed)
+    profile = fit_profile(context, micro, profiled, protocol, seed=seed)
+    q = profile.fit_quality.get("network_oof", {})
+    say(f"fit: calibration networks out of fold MAPE {100 * q.get('mape', math.nan):.1f}%, "
+        f"within 10% {100 * q.get('within_10pct', math.nan):.0f}%")
+    if save_to_cache:
+        path = profile.save(cache_path(context))
+        say(f"saved {path}")
+    return profile

@@ -1,0 +1,292 @@
+"""Price a sequence of layer geometries: textbook seed form and the calibrated estimate.
+
+Pure arithmetic, no torch. Two entry points:
+
+* ``estimate(geoms, profile, batch_size) -> CostReport``: the per-layer DataFrame (DESIGN.md
+  section 3), totals and the balance summary, for people and reports.
+* ``estimate_total_ms(geoms, profile, batch_size) -> float`` and ``estimate_layers_ms``: the
+  fast path for the search loop (no pandas; thousands of candidates per second).
+
+Per layer, ``t_k_ms`` is the textbook time of one filter application for the op and
+``t_c_seed_ms = n_p * n_f * t_k_ms`` (scaled by batch size relative to the profile's);
+``est_ms`` is the calibrated estimate (model in ``costmodel.device_profile``), already multiplied
+by the network-level ``scale``. ``total_est_ms = sum(est_ms) + overhead_ms`` where
+``overhead_ms`` is the fitted per-network constant ``c0_ms``.
+
+Batch size: a calibrated profile holds for its own batch size only; asking for another raises
+``CostModelError`` (calibrate at that batch size instead). The built-in default profile scales
+linearly with batch size. ``batch_size=None`` means the profile's own batch size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from costmodel.device_profile import DeviceProfile, default_profile
+from costmodel.errors import CostModelError
+from costmodel.geometry import LayerGeom
+
+COLUMNS = (
+    "layer", "op", "c_in", "c_out", "kernel", "stride", "h_out", "w_out", "n_p", "n_f", "macs",
+    "params", "acts", "bytes", "t_k_ms", "t_c_seed_ms", "est_ms",
+)
+MEAS_COLUMNS = ("meas_ms", "meas_iqr_ms")
+# The log-space residual correction is clamped so that a regressor extrapolating far outside
+# the calibrated space can move the linear base by at most this factor either way.
+RESIDUAL_CLAMP = 1.0
+
+
+def op_class(g: LayerGeom, coeffs: dict[str, Any]) -> str:
+    """The coefficient set a layer uses: conv per kernel size when calibrated, pool per mode,
+    standalone activations per function; falls back to the op name."""
+    if g.op == "conv":
+        key = f"conv_k{g.kernel}"
+        return key if key in coeffs else "conv"
+    if g.op == "pool":
+        key = f"pool_{g.mode}"
+        return key if key in coeffs else ("pool_max" if "pool_max" in coeffs else "pool")
+    if g.op == "act":
+        key = f"act_{g.activation}"
+        return key if key in coeffs else "act"
+    return g.op
+
+
+def residual_features(g: LayerGeom) -> list[float]:
+    """Features of the log-space residual regressor (its weights live in the profile)."""
+    ln = math.log
+    if g.op == "conv":
+        cin = g.c_in / g.groups
+        return [
+            1.0, ln(cin), ln(g.c_out), ln(g.n_p), ln(cin * g.kernel * g.kernel),
+            ln(cin) ** 2, ln(g.c_out) ** 2, ln(g.n_p) ** 2, 1.0 if g.stride > 1 else 0.0,
+            ln(cin) * ln(g.c_out),
+        ]
+    if g.op == "dense":
+        return [1.0, ln(g.c_in), ln(g.c_out), ln(g.c_in) ** 2, ln(g.c_out) ** 2]
+    return [1.0, ln(g.acts), ln(g.c_in), ln(g.n_p)]
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    coeffs: dict[str, tuple[float, float, float]]
+    residual: dict[str, tuple[float, ...]]
+    table: dict[str, float]
+    act_elem_ms: dict[str, float]
+    t_k_ms: dict[str, float]
+    c0_ms: float
+    scale: float
+    batch_size: int
+    linear: bool
+
+
+def compile_profile(profile: DeviceProfile) -> _Compiled:
+    """Flatten a profile into tuples for the fast path (cached on the profile)."""
+    return _Compiled(
+        coeffs={k: (float(v["c"]), float(v["a"]), float(v["b"])) for k, v in profile.coeffs.items()},
+        residual={k: tuple(float(x) for x in v) for k, v in profile.residual.items()},
+        table={k: float(v) for k, v in profile.table.items()},
+        act_elem_ms={k: float(v) for k, v in profile.act_elem_ms.items()},
+        t_k_ms={k: float(v) for k, v in profile.t_k_ms.items()},
+        c0_ms=float(profile.network.get("c0_ms", 0.0)),
+        scale=float(profile.network.get("scale", 1.0)),
+        batch_size=profile.batch_size,
+        linear=profile.batch_scaling == "linear",
+    )
+
+
+def _resolve(
+    profile: DeviceProfile | None, batch_size: int | None
+) -> tuple[DeviceProfile, _Compiled, float]:
+    """The profile to use, its compiled form and the batch factor B / B0."""
+    if profile is None:
+        profile = default_profile()
+    comp: _Compiled = profile.compiled
+    if batch_size is None:
+        batch_size = comp.batch_size
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise CostModelError(f"batch_size={batch_size!r} must be a positive integer")
+    if batch_size != comp.batch_size and not comp.linear:
+        raise CostModelError(
+            f"device profile holds for batch size {comp.batch_size}, not {batch_size}; "
+            f"calibrate at this batch size (`archgen calibrate --batch-size {batch_size}`) "
+            f"or price at --batch-size {comp.batch_size}"
+        )
+    return profile, comp, batch_size / comp.batch_size
+
+
+def _layer_raw_ms(g: LayerGeom, comp: _Compiled, factor: float) -> float:
+    """One layer's calibrated time before the network-level scale."""
+    if factor == 1.0:
+        hit = comp.table.get(g.config_key())
+        if hit is not None:
+            return hit
+    if g.op == "dropout" and "dropout" not in comp.coeffs:
+        return 0.0
+    cls = op_class(g, comp.coeffs)
+    coeff = comp.coeffs.get(cls) or comp.coeffs.get(g.op)
+    if coeff is None:
+        raise CostModelError(
+            f"layer {g.name!r}: the device profile has no coefficients for op {g.op!r}; "
+            "recalibrate with `archgen calibrate`"
+        )
+    c, a, b = coeff
+    t = c + factor * (a * g.macs + b * g.bytes)
+    w = comp.residual.get(cls)
+    if w is not None:
+        r = sum(wi * xi for wi, xi in zip(w, residual_features(g)))
+        t *= math.exp(max(-RESIDUAL_CLAMP, min(RESIDUAL_CLAMP, r)))
+    if g.activation and g.op in ("conv", "dense"):
+        t += factor * g.acts * comp.act_elem_ms.get(g.activation, comp.act_elem_ms.get("relu", 0.0))
+    return max(t, 0.0)
+
+
+def estimate_layers_ms(
+    geoms: Sequence[LayerGeom], profile: DeviceProfile | None = None, batch_size: int | None = None
+) -> tuple[list[float], float]:
+    """Per-layer ``est_ms`` (network scale applied) and the per-network overhead in ms."""
+    _, comp, factor = _resolve(profile, batch_size)
+    per_layer = [comp.scale * _layer_raw_ms(g, comp, factor) for g in geoms]
+    return per_layer, comp.c0_ms
+
+
+def estimate_total_ms(
+    geoms: Sequence[LayerGeom], profile: DeviceProfile | None = None, batch_size: int | None = None
+) -> float:
+    """Fast path: the calibrated end-to-end estimate in ms (no DataFrame)."""
+    _, comp, factor = _resolve(profile, batch_size)
+    total = 0.0
+    for g in geoms:
+        total += _layer_raw_ms(g, comp, factor)
+    return comp.c0_ms + comp.scale * total
+
+
+def seed_t_k_ms(g: LayerGeom, comp: _Compiled) -> float:
+    """Textbook time of one filter application for this layer's op."""
+    if g.op == "conv":
+        return comp.t_k_ms.get(f"conv_k{g.kernel}", comp.t_k_ms.get("conv", 0.0))
+    return comp.t_k_ms.get(g.op, 0.0)
+
+
+@dataclass(frozen=True)
+class CostReport:
+    """Per-layer costs (``table``), totals and balance for one network at one batch size.
+
+    ``total_est_ms = sum(table.est_ms) + overhead_ms``. ``balance`` has ``cv`` (population
+    standard deviation over mean) and ``max_over_mean`` of ``est_ms`` over conv layers
+    (0.0 and 1.0 when there are none). ``profile_note`` names the profile used.
+    """
+
+    table: Any  # pandas.DataFrame
+    total_est_ms: float
+    total_seed_ms: float
+    overhead_ms: float
+    total_macs: int
+    total_params: int
+    balance: dict[str, float]
+    batch_size: int
+    profile_note: str
+    is_default_profile: bool
+    e2e_meas_ms: float | None = None
+    e2e_meas_iqr_ms: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def with_measurements(self, model_profile: Any) -> CostReport:
+        """A copy with ``meas_ms``/``meas_iqr_ms`` columns from a ``ModelProfile`` whose layers
+        match this report's layers one to one."""
+        from dataclasses import replace
+
+        if len(model_profile.meas_ms) != len(self.table):
+            raise CostModelError(
+                f"profiled {len(model_profile.meas_ms)} layers but the report has "
+                f"{len(self.table)}; profile the same network"
+            )
+        table = self.table.copy()
+        table["meas_ms"] = list(model_profile.meas_ms)
+        table["meas_iqr_ms"] = list(model_profile.meas_iqr_ms)
+        return replace(
+            self, table=table, e2e_meas_ms=float(model_profile.e2e_ms),
+            e2e_meas_iqr_ms=float(model_profile.e2e_iqr_ms),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict: ``layers`` (records), totals, balance, profile note."""
+        records = []
+        for rec in self.table.to_dict(orient="records"):
+            records.append({k: _plain(v) for k, v in rec.items()})
+        out: dict[str, Any] = {
+            "layers": records,
+            "total_est_ms": self.total_est_ms,
+            "total_seed_ms": self.total_seed_ms,
+            "overhead_ms": self.overhead_ms,
+            "total_macs": self.total_macs,
+            "total_params": self.total_params,
+            "balance": dict(self.balance),
+            "batch_size": self.batch_size,
+            "profile": self.profile_note,
+            "is_default_profile": self.is_default_profile,
+        }
+        if self.e2e_meas_ms is not None:
+            out["e2e_meas_ms"] = self.e2e_meas_ms
+            out["e2e_meas_iqr_ms"] = self.e2e_meas_iqr_ms
+        return out
+
+
+def _plain(v: Any) -> Any:
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def balance_summary(geoms: Sequence[LayerGeom], est_ms: Sequence[float]) -> dict[str, float]:
+    """``cv`` and ``max_over_mean`` of ``est_ms`` over the conv layers."""
+    conv = [t for g, t in zip(geoms, est_ms) if g.op == "conv"]
+    if not conv:
+        return {"cv": 0.0, "max_over_mean": 1.0}
+    mean = sum(conv) / len(conv)
+    if mean <= 0:
+        return {"cv": 0.0, "max_over_mean": 1.0}
+    var = sum((t - mean) ** 2 for t in conv) / len(conv)
+    return {"cv": math.sqrt(var) / mean, "max_over_mean": max(conv) / mean}
+
+
+def estimate(
+    geoms: Sequence[LayerGeom], profile: DeviceProfile | None = None, batch_size: int | None = None
+) -> CostReport:
+    """Price ``geoms`` (per sample geometry) at ``batch_size`` with ``profile``.
+
+    Without a profile the built-in default profile is used and the report says so
+    (``is_default_profile``, ``profile_note``).
+    """
+    import pandas as pd
+
+    geoms = list(geoms)
+    if not geoms:
+        raise CostModelError("nothing to price: the network has no layers")
+    prof, comp, factor = _resolve(profile, batch_size)
+    bs = int(round(factor * comp.batch_size))
+    est, overhead = estimate_layers_ms(geoms, prof, bs)
+    rows = []
+    for g, e in zip(geoms, est):
+        t_k = seed_t_k_ms(g, comp)
+        rows.append(
+            (g.name, g.op, g.c_in, g.c_out, g.kernel, g.stride, g.h_out, g.w_out, g.n_p, g.n_f,
+             g.macs, g.params, g.acts, g.bytes, t_k, factor * g.n_p * g.n_f * t_k, e)
+        )
+    table = pd.DataFrame(rows, columns=list(COLUMNS))
+    return CostReport(
+        table=table,
+        total_est_ms=float(sum(est) + overhead),
+        total_seed_ms=float(table["t_c_seed_ms"].sum()),
+        overhead_ms=float(overhead),
+        total_macs=int(sum(g.macs for g in geoms)),
+        total_params=int(sum(g.params for g in geoms)),
+        balance=balance_summary(geoms, est),
+        batch_size=bs,
+        profile_note=prof.describe(),
+        is_default_profile=prof.is_default,
+    )

@@ -1,0 +1,375 @@
+"""Measure real layers and whole models on CPU or CUDA.
+
+Timing protocol (recorded in every device profile, see ``PROTOCOL``):
+
+* CPU: ``time.perf_counter`` around each call, ``torch.set_num_threads(threads)`` fixed for the
+  whole measurement (1 by default: on shared machines one thread repeats far better than two);
+  CUDA: ``torch.cuda.Event`` pairs and ``torch.cuda.synchronize`` before reading them.
+* Warm-up per shape (``warmup`` calls, at least 2) before any timed call, so one-time costs
+  (allocator growth, oneDNN primitive creation, cuDNN autotuning) are excluded.
+* The statistic is the **minimum** of ``repeats`` calls (noise on a busy machine only ever adds
+  time), reported with the interquartile range of the calls as its spread.
+* Whole models: timed end-to-end without hooks and, interleaved call by call, with
+  boundary hooks on every leaf module; a layer's time runs from its first leaf call's start to
+  the next layer's first start, so per-layer times telescope to the hooked end-to-end time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from costmodel.errors import CostModelError
+from costmodel.geometry import LayerGeom, trace_module
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = {
+    "statistic": "min",
+    "spread": "iqr",
+    "cpu_timer": "time.perf_counter",
+    "cuda_timer": "torch.cuda.Event + synchronize",
+    "warmup_min": 2,
+    "per_layer": "leaf-module boundary hooks, interleaved with unhooked end-to-end calls",
+}
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Summary of repeated calls of one function, in milliseconds."""
+
+    min_ms: float
+    median_ms: float
+    iqr_ms: float
+    samples_ms: tuple[float, ...] = field(repr=False, default=())
+
+    @classmethod
+    def from_samples(cls, samples_ms: list[float]) -> Timing:
+        if not samples_ms:
+            raise CostModelError("no timing samples; use repeats >= 1")
+        q = _quartiles(samples_ms)
+        return cls(min(samples_ms), statistics.median(samples_ms), q[1] - q[0], tuple(samples_ms))
+
+
+def _quartiles(values: list[float]) -> tuple[float, float]:
+    if len(values) < 2:
+        return values[0], values[0]
+    qs = statistics.quantiles(values, n=4, method="inclusive")
+    return qs[0], qs[2]
+
+
+def resolve_device(device: str) -> str:
+    """Validate a device string (``cpu``, ``cuda`` or ``cuda:N``) and return it normalised.
+
+    Raises ``CostModelError`` for an unknown device or for CUDA on a machine without CUDA.
+    """
+    import torch
+
+    if not isinstance(device, str):
+        raise CostModelError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
+    dev = device.strip().lower()
+    if dev == "cpu":
+        return dev
+    if dev == "cuda" or (dev.startswith("cuda:") and dev[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise CostModelError(
+                f"device {device!r} requested but CUDA is not available here "
+                f"(torch {torch.__version__}); use --device cpu"
+            )
+        return dev
+    raise CostModelError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
+
+
+@contextlib.contextmanager
+def fixed_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(threads)``; restore the old count after."""
+    import torch
+
+    if not isinstance(threads, int) or threads < 1:
+        raise CostModelError(f"threads={threads!r} must be a positive integer")
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def time_fn(
+    fn: Callable[[], Any],
+    device: str = "cpu",
+    threads: int = 1,
+    repeats: int = 15,
+    warmup: int = 3,
+) -> Timing:
+    """Time ``fn()`` ``repeats`` times after ``warmup`` untimed calls.
+
+    CPU: ``perf_counter`` with ``threads`` torch threads. CUDA: events around each call and a
+    synchronize before reading them (``threads`` still fixes the host's torch thread count).
+    """
+    device = resolve_device(device)
+    if repeats < 1:
+        raise CostModelError(f"repeats={repeats} must be >= 1")
+    import torch
+
+    with fixed_threads(threads), torch.no_grad():
+        for _ in range(max(warmup, PROTOCOL["warmup_min"])):
+            fn()
+        samples: list[float] = []
+        if device == "cpu":
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn()
+                samples.append((time.perf_counter() - t0) * 1e3)
+        else:
+            torch.cuda.synchronize()
+            pairs = []
+            for _ in range(repeats):
+                start = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                pairs.append((start, end))
+            torch.cuda.synchronize()
+            samples = [s.elapsed_time(e) for s, e in pairs]
+    return Timing.from_samples(samples)
+
+
+def module_from_geoms(geoms: list[LayerGeom]) -> Any:
+    """A ``torch.nn.Sequential`` realising ``geoms`` in order (a flatten is inserted before the
+    first dense layer). Used to measure calibration layers and networks."""
+    from torch import nn
+
+    acts = {
+        "relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU,
+        "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "silu": nn.SiLU, "relu6": nn.ReLU6,
+        "softmax": lambda: nn.Softmax(dim=1),
+    }
+    layers: list[tuple[str, nn.Module]] = []
+    flat = False
+    for g in geoms:
+        if g.op == "conv":
+            mod = nn.Conv2d(g.c_in, g.c_out, g.kernel, g.stride, g.padding, groups=g.groups,
+                            bias=g.bias)
+        elif g.op == "dense":
+            if not flat:
+                layers.append((f"flatten{len(layers)}", nn.Flatten()))
+                flat = True
+            mod = nn.Linear(g.c_in, g.c_out, bias=g.bias)
+        elif g.op == "pool":
+            cls = nn.MaxPool2d if g.mode == "max" else nn.AvgPool2d
+            mod = cls(g.kernel, g.stride, g.padding)
+        elif g.op == "bn":
+            mod = nn.BatchNorm2d(g.c_out) if not flat else nn.BatchNorm1d(g.c_out)
+        elif g.op == "gap":
+            mod = nn.AdaptiveAvgPool2d(1)
+        elif g.op == "dropout":
+            mod = nn.Dropout(0.5)
+        else:  # act
+            mod = acts[g.activation or "relu"]()
+        name = g.name.replace(".", "_") or f"l{len(layers)}"
+        layers.append((name, mod))
+        if g.op in ("conv", "dense") and g.activation:
+            if g.activation not in acts:
+                raise CostModelError(f"layer {g.name!r}: unknown activation {g.activation!r}")
+            layers.append((f"{name}_act", acts[g.activation]()))
+        if g.op == "gap" and not flat:
+            layers.append((f"flatten{len(layers)}", nn.Flatten()))
+            flat = True
+    from collections import OrderedDict
+
+    model = nn.Sequential(OrderedDict(layers))
+    model.eval()
+    return model
+
+
+def input_for(geoms: list[LayerGeom], batch_size: int, device: str = "cpu") -> Any:
+    """A random input tensor matching the first layer of ``geoms``."""
+    import torch
+
+    g = geoms[0]
+    if g.op == "dense":
+        return torch.randn(batch_size, g.c_in, device=device)
+    return torch.randn(batch_size, g.c_in, g.h_in, g.w_in, device=device)
+
+
+def profile_layer(
+    geom: LayerGeom,
+    batch_size: int = 32,
+    device: str = "cpu",
+    threads: int = 1,
+    repeats: int = 15,
+    warmup: int = 3,
+) -> Timing:
+    """Time one layer in isolation (its own module, a fixed random input)."""
+    import torch
+
+    device = resolve_device(device)
+    mod = module_from_geoms([geom]).to(device)
+    x = input_for([geom], batch_size, device)
+    with torch.no_grad():
+        return time_fn(lambda: mod(x), device, threads, repeats, warmup)
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """Measured times of a whole model: per layer (aligned with ``geoms``) and end to end."""
+
+    geoms: tuple[LayerGeom, ...]
+    meas_ms: tuple[float, ...]
+    meas_iqr_ms: tuple[float, ...]
+    e2e_ms: float
+    e2e_iqr_ms: float
+    hooked_total_ms: float
+    device: str
+    threads: int
+    batch_size: int
+    repeats: int
+
+    @property
+    def layer_sum_ms(self) -> float:
+        """Sum of per-layer times; agrees with ``e2e_ms`` within a few percent."""
+        return float(sum(self.meas_ms))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layers": [
+                {"layer": g.name, "op": g.op, "meas_ms": m, "meas_iqr_ms": q}
+                for g, m, q in zip(self.geoms, self.meas_ms, self.meas_iqr_ms)
+            ],
+            "e2e_ms": self.e2e_ms,
+            "e2e_iqr_ms": self.e2e_iqr_ms,
+            "layer_sum_ms": self.layer_sum_ms,
+            "device": self.device,
+            "threads": self.threads,
+            "batch_size": self.batch_size,
+            "repeats": self.repeats,
+            "protocol": dict(PROTOCOL),
+        }
+
+
+def profile_module(
+    module: Any,
+    example_input: Any,
+    device: str = "cpu",
+    threads: int = 1,
+    repeats: int = 15,
+    warmup: int = 3,
+) -> ModelProfile:
+    """Profile ``module`` on ``example_input`` (its batch size is the profiled batch size).
+
+    Per-layer times are the minimum over ``repeats`` hooked calls; ``e2e_ms`` is the minimum
+    over as many unhooked calls, interleaved with the hooked ones. The module is put in eval
+    mode and moved to ``device`` (left there).
+    """
+    import torch
+
+    device = resolve_device(device)
+    if repeats < 1:
+        raise CostModelError(f"repeats={repeats} must be >= 1")
+    geoms, calls = trace_module(module, example_input)
+    if not geoms:
+        raise CostModelError("the module has no layer the cost model can price")
+    module = module.to(device).eval()
+    x = example_input.to(device)
+    cuda = device != "cpu"
+    first_call = [g.calls[0] for g in geoms]
+    last_call = max(c for g in geoms for c in g.calls)
+
+    leaves = [m for m in module.modules() if next(iter(m.children()), None) is None]
+    stamps: list[Any] = []
+    stamp_call: list[int] = []
+    counter = [0]
+    boundaries = set(first_call)
+
+    def stamp() -> Any:
+        if cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            return ev
+        return time.perf_counter()
+
+    def pre_hook(mod: Any, inputs: Any) -> None:
+        i = counter[0]
+        if i in boundaries:
+            stamps.append(stamp())
+            stamp_call.append(i)
+
+    def post_hook(mod: Any, inputs: Any, output: Any) -> None:
+        i = counter[0]
+        counter[0] += 1
+        if i == last_call:
+            stamps.append(stamp())
+            stamp_call.append(-1)
+
+    def run_hooked() -> list[float]:
+        stamps.clear()
+        stamp_call.clear()
+        counter[0] = 0
+        module(x)
+        if cuda:
+            torch.cuda.synchronize()
+            return [a.elapsed_time(b) for a, b in zip(stamps, stamps[1:])]
+        return [(b - a) * 1e3 for a, b in zip(stamps, stamps[1:])]
+
+    def run_plain() -> float:
+        if cuda:
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            module(x)
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end)
+        t0 = time.perf_counter()
+        module(x)
+        return (time.perf_counter() - t0) * 1e3
+
+    handles = []
+    per_layer: list[list[float]] = []
+    e2e: list[float] = []
+    with fixed_threads(threads), torch.no_grad():
+        for _ in range(max(warmup, PROTOCOL["warmup_min"])):
+            module(x)
+        if cuda:
+            torch.cuda.synchronize()
+        try:
+            for leaf in leaves:
+                handles.append(leaf.register_forward_pre_hook(pre_hook))
+                handles.append(leaf.register_forward_hook(post_hook))
+            run_hooked()  # warm the hook path too
+            for _ in range(repeats):
+                durations = run_hooked()
+                if len(durations) != len(geoms):
+                    raise CostModelError(
+                        f"profiling saw {len(durations)} layers but tracing found {len(geoms)}; "
+                        "the module's forward is not deterministic"
+                    )
+                per_layer.append(durations)
+                for h in handles:
+                    h.remove()
+                handles.clear()
+                e2e.append(run_plain())
+                for leaf in leaves:
+                    handles.append(leaf.register_forward_pre_hook(pre_hook))
+                    handles.append(leaf.register_forward_hook(post_hook))
+        finally:
+            for h in handles:
+                h.remove()
+    del calls
+    columns = list(zip(*per_layer))
+    meas = tuple(min(col) for col in columns)
+    iqr = tuple(_quartiles(list(col))[1] - _quartiles(list(col))[0] for col in columns)
+    e2e_t = Timing.from_samples(e2e)
+    hooked_total = min(sum(row) for row in per_layer)
+    return ModelProfile(
+        geoms=tuple(geoms), meas_ms=meas, meas_iqr_ms=iqr, e2e_ms=e2e_t.min_ms,
+        e2e_iqr_ms=e2e_t.iqr_ms, hooked_total_ms=hooked_total, device=device, threads=threads,
+        batch_size=int(x.shape[0]), repeats=repeats,
+    )
