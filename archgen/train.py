@@ -19,8 +19,10 @@ Contracts:
   improves when it beats the best so far by more than ``min_delta``. Training stops once
   ``patience`` epochs in a row have not improved, and the best epoch's weights are restored into
   the model. ``TrainResult.best_val_acc`` is the validation accuracy *of that epoch*.
-* **Divergence.** A non-finite training loss (checked every batch) or validation loss stops
-  training cleanly: ``status="diverged"`` with a reason such as
+* **Divergence.** A non-finite training loss (checked every batch) or validation loss, or a
+  training loss above ``diverge_factor`` times the loss of the very first batch (an exploding
+  loss often stays finite for a long time: dead ReLUs after a huge step give losses of 1e30),
+  stops training cleanly: ``status="diverged"`` with a reason such as
   ``"diverged: loss became nan at epoch 3 batch 12"``. Nothing is raised.
 * **Determinism.** On CPU, the same seed, model initialization, data and config give identical
   metrics. Shuffling uses a ``torch.Generator`` seeded from ``(seed, epoch)`` and dropout draws
@@ -75,6 +77,7 @@ class TrainConfig:
     patience: int = 5
     min_delta: float = 0.0
     monitor: str = "val_loss"
+    diverge_factor: float = 1e3
     seed: int = 0
     threads: int | None = None
     progress: bool = False
@@ -96,6 +99,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not _finite_number(value) or value < 0:
                 raise bad(name, "use a non-negative number (0 disables it)")
+        if not _finite_number(self.diverge_factor) or self.diverge_factor <= 1:
+            raise bad("diverge_factor", "use a number above 1, e.g. 1000")
         for name in ("batch_size", "epochs", "patience"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -181,6 +186,7 @@ class Trainer:
         self.lr = config.lr
         self.weight_decay = config.weight_decay
         self.l1 = config.l1
+        self.first_loss: float | None = None  # reference for the exploding-loss check
         weights = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
         others = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
         self._weights = weights
@@ -223,6 +229,7 @@ class Trainer:
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "epoch": self.epoch,
+                "first_loss": self.first_loss,
                 "hparams": {"lr": self.lr, "weight_decay": self.weight_decay, "l1": self.l1},
             }
         )
@@ -234,6 +241,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = int(state["epoch"])
+        self.first_loss = state.get("first_loss")
         self.set_hparams(**state["hparams"])
         self.diverged = False
         self.reason = None
@@ -298,6 +306,14 @@ class Trainer:
                 loss_value = loss.item()
                 if not math.isfinite(loss_value):
                     self._diverge(f"diverged: loss became {loss_value} at epoch {epoch} batch {b}")
+                    return None
+                if self.first_loss is None:
+                    self.first_loss = loss_value
+                elif loss_value > cfg.diverge_factor * max(self.first_loss, 1e-8):
+                    self._diverge(
+                        f"diverged: loss {loss_value:.3g} exceeded {cfg.diverge_factor:g}x the "
+                        f"first batch's loss ({self.first_loss:.3g}) at epoch {epoch} batch {b}"
+                    )
                     return None
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -265,7 +265,7 @@ def micro_benchmark_geoms(quick: bool, seed: int = 0) -> list[LayerGeom]:
                 out.append(LayerGeom(f"pool_{mode}_{c}x{h}", "pool", c, c, h, h, h // 2, h // 2,
                                      2, 2, bias=False, mode=mode))
         out.append(LayerGeom(f"bn_{c}x{h}", "bn", c, c, h, h, h, h, bias=False))
-        out.append(LayerGeom(f"gap_{c}x{h}", "gap", c, c, h, h, 1, 1, h, bias=False, mode="avg"))
+        out.append(LayerGeom(f"gap_{c}x{h}", "gap", c, c, h, h, 1, 1, bias=False, mode="avg"))
     return out
 
 

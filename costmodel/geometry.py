@@ -135,9 +135,12 @@ class LayerGeom:
 
     def config_key(self) -> str:
         """A key for the configuration (everything that determines run time, not the name)."""
+        weighted = self.op in ("conv", "dense")
+        windowed = self.op in ("conv", "pool")
         return (
             f"{self.op}|{self.c_in}|{self.c_out}|{self.h_in}x{self.w_in}|{self.h_out}x{self.w_out}"
-            f"|k{self.kernel}s{self.stride}p{self.padding}g{self.groups}|b{int(self.bias)}"
+            f"|k{self.kernel if windowed else 1}s{self.stride if windowed else 1}"
+            f"p{self.padding if windowed else 0}g{self.groups}|b{int(self.bias and weighted)}"
             f"|{self.mode if self.op == 'pool' else ''}|{self.activation or ''}|{self.dtype_bytes}"
         )
 
@@ -295,7 +298,7 @@ def _geoms_from_calls(
             add(
                 dict(
                     name=path, op="gap", c_in=ins[1], c_out=outs[1], h_in=ins[2], w_in=ins[3],
-                    h_out=1, w_out=1, kernel=ins[2], bias=False, mode="avg",
+                    h_out=1, w_out=1, bias=False, mode="avg",
                 ),
                 i,
             )

@@ -74,7 +74,7 @@ def _attempt(
             h, w = h // 2, w // 2
         width = min(max_width, width * growth)
     if rng.random() < 0.3 and h > 1:
-        geoms.append(LayerGeom("gap", "gap", c, c, h, w, 1, 1, h, bias=False, mode="avg"))
+        geoms.append(LayerGeom("gap", "gap", c, c, h, w, 1, 1, bias=False, mode="avg"))
         h = w = 1
     flat = c * h * w
     for i in range(1, rng.choice((0, 1, 1, 2)) + 1):

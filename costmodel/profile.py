@@ -85,6 +85,24 @@ def resolve_device(device: str) -> str:
     raise CostModelError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
 
 
+CLOCKS = ("wall", "thread")
+
+
+def cpu_timer(clock: str, threads: int) -> Callable[[], float]:
+    """The CPU timer for ``clock``: ``wall`` is ``time.perf_counter``; ``thread`` is
+    ``time.thread_time`` (CPU time of the calling thread: immune to the core being lent to other
+    processes, valid only when torch computes in this one thread, i.e. ``threads == 1``)."""
+    if clock == "wall":
+        return time.perf_counter
+    if clock == "thread":
+        if threads != 1:
+            raise CostModelError(
+                f"clock='thread' measures one thread's CPU time; it needs threads=1, not {threads}"
+            )
+        return time.thread_time
+    raise CostModelError(f"unknown clock {clock!r}; use one of {', '.join(CLOCKS)}")
+
+
 @contextlib.contextmanager
 def fixed_threads(threads: int) -> Iterator[None]:
     """Run the block with ``torch.set_num_threads(threads)``; restore the old count after."""
@@ -106,13 +124,16 @@ def time_fn(
     threads: int = 1,
     repeats: int = 15,
     warmup: int = 3,
+    clock: str = "wall",
 ) -> Timing:
     """Time ``fn()`` ``repeats`` times after ``warmup`` untimed calls.
 
-    CPU: ``perf_counter`` with ``threads`` torch threads. CUDA: events around each call and a
-    synchronize before reading them (``threads`` still fixes the host's torch thread count).
+    CPU: ``perf_counter`` (``clock="wall"``) or the calling thread's CPU time
+    (``clock="thread"``, only with ``threads=1``) with ``threads`` torch threads. CUDA: events
+    around each call and a synchronize before reading them.
     """
     device = resolve_device(device)
+    timer = cpu_timer(clock, threads)
     if repeats < 1:
         raise CostModelError(f"repeats={repeats} must be >= 1")
     import torch
@@ -123,9 +144,9 @@ def time_fn(
         samples: list[float] = []
         if device == "cpu":
             for _ in range(repeats):
-                t0 = time.perf_counter()
+                t0 = timer()
                 fn()
-                samples.append((time.perf_counter() - t0) * 1e3)
+                samples.append((timer() - t0) * 1e3)
         else:
             torch.cuda.synchronize()
             pairs = []
@@ -206,6 +227,7 @@ def profile_layer(
     threads: int = 1,
     repeats: int = 15,
     warmup: int = 3,
+    clock: str = "wall",
 ) -> Timing:
     """Time one layer in isolation (its own module, a fixed random input)."""
     import torch
@@ -214,7 +236,7 @@ def profile_layer(
     mod = module_from_geoms([geom]).to(device)
     x = input_for([geom], batch_size, device)
     with torch.no_grad():
-        return time_fn(lambda: mod(x), device, threads, repeats, warmup)
+        return time_fn(lambda: mod(x), device, threads, repeats, warmup, clock)
 
 
 @dataclass(frozen=True)
@@ -261,6 +283,7 @@ def profile_module(
     threads: int = 1,
     repeats: int = 15,
     warmup: int = 3,
+    clock: str = "wall",
 ) -> ModelProfile:
     """Profile ``module`` on ``example_input`` (its batch size is the profiled batch size).
 
@@ -273,6 +296,7 @@ def profile_module(
     device = resolve_device(device)
     if repeats < 1:
         raise CostModelError(f"repeats={repeats} must be >= 1")
+    timer = cpu_timer(clock, threads)
     geoms, calls = trace_module(module, example_input)
     if not geoms:
         raise CostModelError("the module has no layer the cost model can price")
@@ -293,7 +317,7 @@ def profile_module(
             ev = torch.cuda.Event(enable_timing=True)
             ev.record()
             return ev
-        return time.perf_counter()
+        return timer()
 
     def pre_hook(mod: Any, inputs: Any) -> None:
         i = counter[0]
@@ -327,9 +351,9 @@ def profile_module(
             end.record()
             torch.cuda.synchronize()
             return start.elapsed_time(end)
-        t0 = time.perf_counter()
+        t0 = timer()
         module(x)
-        return (time.perf_counter() - t0) * 1e3
+        return (timer() - t0) * 1e3
 
     handles = []
     per_layer: list[list[float]] = []

@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _latency_fn(batch_size: int):  # noqa: ANN202
-    from costmodel.calibrate import load_cached
+    from costmodel.device_profile import load_cached
 
     from archgen.costing import spec_geoms
     from costmodel.estimate import estimate_total_ms

@@ -1,0 +1,57 @@
+"""``archgen profile SPEC``: measure each layer of a built spec and show it next to the estimate."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from archgen.cli.cost import FORMATS, check_batch_size
+from archgen.errors import UserError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("profile", help="measure per-layer latency, predicted next to measured")
+    p.add_argument("spec", metavar="SPEC", help="spec file (JSON or YAML)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--batch-size", type=int, default=32, metavar="B")
+    p.add_argument("--repeats", type=int, default=15, metavar="R",
+                   help="timed runs; the minimum is reported (default 15)")
+    p.add_argument("--threads", type=int, default=1, metavar="T", help="torch threads (default 1)")
+    p.add_argument("--device-profile", default=None, metavar="FILE",
+                   help="device profile JSON (default: the cached one for device/threads/batch)")
+    p.add_argument("--plot", default=None, metavar="PNG", help="write a per-layer bar chart")
+    p.add_argument("--format", choices=FORMATS, default="table")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from archgen.build import build_model
+    from archgen.cli.cost import resolve_profile
+    from archgen.costing import spec_geoms
+    from archgen.spec import load_spec
+    from costmodel.estimate import estimate
+    from costmodel.profile import profile_module, resolve_device
+    from costmodel.report import plot_layers, render
+
+    check_batch_size(args.batch_size)
+    if args.repeats < 1:
+        raise UserError(f"--repeats {args.repeats} must be >= 1")
+    if args.threads < 1:
+        raise UserError(f"--threads {args.threads} must be >= 1")
+    device = resolve_device(args.device)
+    spec = load_spec(args.spec)
+    geoms = spec_geoms(spec)
+    profile = resolve_profile(args.device_profile, args.batch_size, args.threads,
+                              "cpu" if device == "cpu" else "cuda")
+    report = estimate(geoms, profile, args.batch_size)
+    model = build_model(spec, seed=0)
+    x = torch.randn(args.batch_size, *spec.input_shape)
+    measured = profile_module(model, x, device=device, threads=args.threads, repeats=args.repeats)
+    report = report.with_measurements(measured)
+    sys.stdout.write(render(report, args.format) + "\n")
+    if args.plot:
+        path = plot_layers(report, args.plot)
+        sys.stderr.write(f"wrote {path}\n")
+    return 0

@@ -1,0 +1,93 @@
+"""``archgen search``: architecture + hyperparameter search, selection on validation, one test
+evaluation, export and report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="search architectures and hyperparameters, export the best")
+    p.add_argument("--data", default=None, help="digits (default) | idx:DIR | npz:FILE | folder:DIR")
+    p.add_argument("--strategy", default=None,
+                   help="manual | grid | random | bayes | hyperband | bohb (default) | pbt")
+    p.add_argument("--trials", type=int, default=None, metavar="N")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS", dest="time_budget_s")
+    p.add_argument("--max-latency-ms", type=float, default=None, metavar="X")
+    p.add_argument("--latency-batch", type=int, default=None, metavar="B",
+                   help="batch size the latency budget and estimates refer to (default 1)")
+    p.add_argument("--objective", default=None, help="accuracy (default) | pareto")
+    p.add_argument("--max-epochs", type=int, default=None, metavar="E")
+    p.add_argument("--storage", default=None, metavar="URL", help="e.g. postgresql://user@host:5432/db")
+    p.add_argument("--study", default=None, metavar="NAME")
+    p.add_argument("--workers", type=int, default=None, metavar="N")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch threads per worker")
+    p.add_argument("--config", default=None, metavar="FILE", help="YAML with any of these settings, "
+                   "plus space:, grid:, manual: sections")
+    p.add_argument("--out", default=None, metavar="DIR", help="run directory (default runs/search)")
+    p.add_argument("--no-finalize", action="store_false", dest="finalize", default=None,
+                   help="join a shared study without selecting/testing/exporting in this process")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import optuna
+
+    from archgen.search import run_search, settings_from
+
+    if not args.verbose:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    cli = {
+        k: getattr(args, k)
+        for k in ("data", "strategy", "trials", "time_budget_s", "max_latency_ms", "objective",
+                  "storage", "study", "workers", "seed", "threads", "out", "finalize")
+    }
+    cli["latency_batch"] = args.latency_batch
+    cli["max_epochs"] = args.max_epochs
+    settings = settings_from(cli, args.config)
+    progress = None if args.quiet else _ProgressLine()
+    summary = run_search(settings, progress=progress)
+    if progress is not None:
+        progress.close()
+    out = settings.run_dir
+    if "test_acc" in summary:
+        meas = summary.get("meas_ms")
+        print(
+            f"best: {summary['spec_name']}  val_acc {summary['val_acc']:.4f}  "
+            f"test_acc {summary['test_acc']:.4f} (n={summary['n']}, opened once)  "
+            f"latency est {summary['est_ms']:.3f} ms / measured {meas:.3f} ms at batch {summary['latency_batch']}"
+        )
+        print(f"results: {out}/  (trials.csv, best/spec.json, best/model.onnx, test_metrics.json, report.html)")
+    else:
+        print(f"trials recorded in the study; run directory {out}/")
+    return 0
+
+
+class _ProgressLine:
+    """One updating line on a terminal; a line per update (at most every 10 s) otherwise."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+
+    def __call__(self, st: dict) -> None:
+        now = time.time()
+        if not self.tty and now - self.last < 10:
+            return
+        self.last = now
+        total = f"/{st['trials']}" if st.get("trials") else ""
+        best = f"{st['best_val_acc']:.4f}" if st.get("best_val_acc") is not None else "-"
+        est = f"{st['best_est_ms']:.3f} ms" if st.get("best_est_ms") is not None else "-"
+        rem = f"  remaining {st['remaining_s']:.0f}s" if st.get("remaining_s") is not None else ""
+        line = f"trials {st['done']}{total}  best val_acc {best}  est {est}  elapsed {st['elapsed_s']:.0f}s{rem}"
+        sys.stderr.write(("\r" + line.ljust(100)) if self.tty else line + "\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")

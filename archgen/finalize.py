@@ -1,0 +1,174 @@
+"""The end of a search: tables, selection on validation, the one test evaluation, exports.
+
+Order matters for "nothing half-written": trials.csv and the best/ exports are written first,
+``test_metrics.json`` (the mark of a finished run) after the single test evaluation, and the
+report last.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from archgen.space import Param
+
+log = logging.getLogger(__name__)
+
+ATTR_COLUMNS = (
+    "val_acc", "est_ms", "macs", "params", "epochs", "duration_s", "spec_key", "spec_name",
+    "rejected", "failure", "pruned", "stopped", "balance_cv_before", "balance_cv_after", "strategy",
+)
+
+
+def trials_table(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial with the DESIGN.md columns and the sampled parameters."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.WAITING:
+            continue
+        row: dict[str, Any] = {
+            "number": t.number,
+            "state": t.state.name,
+            "datetime_start": t.datetime_start,
+            "datetime_complete": t.datetime_complete,
+        }
+        for col in ATTR_COLUMNS:
+            row[col] = t.user_attrs.get(col)
+        if row["epochs"] is None:
+            row["epochs"] = 0
+        for k, v in t.params.items():
+            row[f"params_{k}"] = v
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def intermediate_table(study: optuna.Study) -> pd.DataFrame:
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        for key, value in t.user_attrs.items():
+            if key.startswith("val_acc_epoch_"):
+                rows.append({"number": t.number, "epoch": int(key.rsplit("_", 1)[1]), "val_acc": value})
+    df = pd.DataFrame(rows, columns=["number", "epoch", "val_acc"])
+    return df.sort_values(["number", "epoch"]) if len(df) else df
+
+
+def select_best(study: optuna.Study, settings: Any) -> optuna.trial.FrozenTrial | None:
+    """Highest validation accuracy among completed trials within the latency budget; ties go
+    to the lower estimated latency. Test data plays no part."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "val_acc" in t.user_attrs]
+    if settings.max_latency_ms is not None:
+        done = [t for t in done if t.user_attrs.get("est_ms", 0) <= settings.max_latency_ms]
+    if not done:
+        return None
+    return max(done, key=lambda t: (t.user_attrs["val_acc"], -t.user_attrs.get("est_ms", 0.0)))
+
+
+def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    df.to_csv(tmp, index=False)
+    tmp.replace(path)
+
+
+def _atomic_json(data: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def finalize(settings: Any, study: optuna.Study, dataset: Any, profile: Any, space: dict[str, Param]) -> dict[str, Any]:
+    import torch
+
+    from archgen.build import build_model
+    from archgen.costing import spec_geoms
+    from archgen.export import export_onnx
+    from archgen.spec import ArchSpec, save_spec
+    from archgen.train import evaluate_test
+
+    run_dir = settings.run_dir
+    df = trials_table(study)
+    _atomic_csv(df, run_dir / "trials.csv")
+    _atomic_csv(intermediate_table(study), run_dir / "intermediate.csv")
+    if settings.objective == "pareto":
+        from archgen.report import pareto_front
+
+        _atomic_csv(pareto_front(df), run_dir / "pareto.csv")
+    best = select_best(study, settings)
+    if best is None:
+        raise RuntimeError("no trial completed: nothing to select (raise --trials or --time-budget)")
+    spec = ArchSpec.from_dict(best.user_attrs["spec"])
+    model = build_model(spec, seed=0)
+    ckpt = run_dir / "checkpoints" / f"trial_{best.number}.pt"
+    if ckpt.exists():
+        model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+    else:  # trained on another machine: retrain its config deterministically here
+        model = _retrain(settings, best, dataset, spec)
+    best_dir = run_dir / "best"
+    best_dir.mkdir(exist_ok=True)
+    save_spec(spec, best_dir / "spec.json")
+    save_spec(spec, best_dir / "spec.yaml")
+    torch.save(model.state_dict(), best_dir / "weights.pt")
+    onnx_diff = export_onnx(model, spec, best_dir / "model.onnx")
+    cost, meas_ms = _cost_table(model, spec, profile, settings.latency_batch)
+    _atomic_csv(cost, best_dir / "cost.csv")
+
+    # The one and only look at the test split, for the selected model.
+    test = evaluate_test(model, dataset, reason=f"final evaluation of trial {best.number}")
+    metrics = {
+        "test_acc": test["test_acc"],
+        "test_loss": test["test_loss"],
+        "n": test["n"],
+        "test_opened": test["test_opened"],
+        "trial_number": best.number,
+        "val_acc": best.user_attrs["val_acc"],
+        "est_ms": best.user_attrs.get("est_ms"),
+        "meas_ms": meas_ms,
+        "latency_batch": settings.latency_batch,
+        "spec_name": spec.short_name(),
+        "spec_key": spec.key(),
+        "onnx_max_abs_diff": onnx_diff,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    _atomic_json(metrics, run_dir / "test_metrics.json")
+    try:
+        from archgen.report import write_report
+
+        metrics["report"] = str(write_report(run_dir))
+    except Exception as exc:  # noqa: BLE001 - the run's results stand without the report
+        log.warning("report not written: %s", exc)
+    return metrics
+
+
+def _cost_table(model: Any, spec: Any, profile: Any, batch: int) -> tuple[pd.DataFrame, float]:
+    """Per-layer estimate of the best model next to its measured per-layer time."""
+    import torch
+    from costmodel.estimate import estimate
+    from costmodel.profile import profile_module
+
+    from archgen.costing import spec_geoms
+
+    report = estimate(spec_geoms(spec), profile, batch)
+    measured = profile_module(model, torch.randn(batch, *spec.input_shape), device="cpu", threads=1, repeats=15)
+    model.train(False)
+    report = report.with_measurements(measured)
+    return report.table, float(measured.e2e_ms)
+
+
+def _retrain(settings: Any, trial: optuna.trial.FrozenTrial, dataset: Any, spec: Any) -> Any:
+    from archgen.build import build_model
+    from archgen.space import train_kwargs
+    from archgen.train import TrainConfig, seed_everything, train
+
+    seed = settings.seed * 100_003 + trial.number
+    seed_everything(seed)
+    model = build_model(spec, seed=seed)
+    config = TrainConfig(epochs=max(1, trial.user_attrs.get("epochs", settings.max_epochs)),
+                         patience=settings.patience, seed=seed, **train_kwargs(trial.params))
+    train(model, dataset, config)
+    return model

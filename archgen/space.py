@@ -1,0 +1,176 @@
+"""The search space: architecture genes (through the rule-based generator) and training
+hyperparameters, as Optuna distributions; and the trial config they turn into.
+
+Pure Python plus Optuna's distributions; no torch. ``suggest(trial, space)`` asks Optuna for one
+value per parameter (all parameters are always suggested, so Grid and manual configs can fix
+any of them), and ``TrialConfig`` turns those values into an ``ArchSpec`` and a ``TrainConfig``
+argument dict.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from archgen.errors import SearchConfigError, SpecError
+from archgen.generate import Genes, max_pools, spec_from_genes
+from archgen.rules import RuleSet
+from archgen.spec import INIT_SCHEMES, ArchSpec
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searchable parameter: a float/int range (optionally log-scaled) or a choice list."""
+
+    name: str
+    kind: str  # "float" | "int" | "choice"
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind == "choice":
+            if not self.choices:
+                raise SearchConfigError(f"space.{self.name}: needs at least one choice")
+        elif self.kind in ("float", "int"):
+            if self.low is None or self.high is None or not self.low <= self.high:
+                raise SearchConfigError(f"space.{self.name}: needs low <= high, got {self.low!r}..{self.high!r}")
+            if self.log and self.low <= 0:
+                raise SearchConfigError(f"space.{self.name}: a log range needs low > 0, got {self.low!r}")
+        else:
+            raise SearchConfigError(f"space.{self.name}: unknown kind {self.kind!r}")
+
+    def suggest(self, trial: Any) -> Any:
+        if self.kind == "float":
+            return trial.suggest_float(self.name, self.low, self.high, log=self.log)
+        if self.kind == "int":
+            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_categorical(self.name, list(self.choices))
+
+    def check(self, value: Any, where: str) -> Any:
+        """Validate one value (from a grid or manual config) against this parameter."""
+        if self.kind == "choice":
+            if value not in self.choices:
+                raise SearchConfigError(f"{where}: {self.name}={value!r} is not one of {list(self.choices)}")
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SearchConfigError(f"{where}: {self.name}={value!r} must be a number")
+        if not self.low <= value <= self.high:
+            raise SearchConfigError(f"{where}: {self.name}={value!r} is outside [{self.low:g}, {self.high:g}]")
+        return int(value) if self.kind == "int" else float(value)
+
+    def grid_values(self, n: int) -> list[Any]:
+        """n evenly spaced values (log-spaced for log ranges); all choices for choice params."""
+        if self.kind == "choice":
+            return list(self.choices)
+        if n <= 1 or self.low == self.high:
+            mid = math.sqrt(self.low * self.high) if self.log else (self.low + self.high) / 2
+            return [int(round(mid)) if self.kind == "int" else mid]
+        if self.log:
+            a, b = math.log(self.low), math.log(self.high)
+            vals = [math.exp(a + (b - a) * i / (n - 1)) for i in range(n)]
+        else:
+            vals = [self.low + (self.high - self.low) * i / (n - 1) for i in range(n)]
+        if self.kind == "int":
+            return sorted({int(round(v)) for v in vals})
+        return [float(f"{v:.3g}") for v in vals]
+
+
+def default_space(input_shape: tuple[int, int, int]) -> dict[str, Param]:
+    """The default space; depth is capped by how many poolings the input survives."""
+    depth = max(1, min(4, max_pools(input_shape, RuleSet())))
+    params = [
+        Param("stages", "int", 1, depth),
+        Param("convs_per_stage", "int", 1, 3),
+        Param("base_filters", "choice", choices=(8, 16, 24, 32, 48, 64)),
+        Param("growth", "choice", choices=(2, 4)),
+        Param("stacking", "choice", choices=(False, True)),
+        Param("batchnorm", "choice", choices=(False, True)),
+        Param("dense_layers", "int", 0, 2),
+        Param("dense_units", "choice", choices=(64, 128, 256, 512)),
+        Param("dropout", "choice", choices=(0.0, 0.25, 0.5)),
+        Param("gap", "choice", choices=(False, True)),
+        Param("init", "choice", choices=INIT_SCHEMES),
+        Param("rebalance", "choice", choices=(False, True)),
+        Param("lr", "float", 1e-4, 3e-2, log=True),
+        Param("optimizer", "choice", choices=("adam", "adamw", "sgd")),
+        Param("batch_size", "choice", choices=(32, 64, 128, 256)),
+        Param("loss", "choice", choices=("ce", "mse")),
+        Param("weight_decay", "float", 1e-7, 1e-2, log=True),
+        Param("l1", "float", 1e-9, 1e-4, log=True),
+    ]
+    return {p.name: p for p in params}
+
+
+def space_from_config(input_shape: tuple[int, int, int], overrides: dict | None) -> dict[str, Param]:
+    """Default space with the YAML ``space:`` section applied. Each entry is a list (choices),
+    a scalar (fixed value) or ``{low, high, log}`` (a range)."""
+    space = default_space(input_shape)
+    for name, value in (overrides or {}).items():
+        if name not in space:
+            raise SearchConfigError(f"space: unknown parameter {name!r}; known: {', '.join(space)}")
+        base = space[name]
+        if isinstance(value, dict):
+            unknown = set(value) - {"low", "high", "log"}
+            if unknown:
+                raise SearchConfigError(f"space.{name}: unknown key(s) {', '.join(sorted(unknown))}")
+            kind = "int" if base.kind == "int" else "float"
+            space[name] = Param(name, kind, value.get("low"), value.get("high"), bool(value.get("log", base.log)))
+        elif isinstance(value, list):
+            if base.kind != "choice":
+                value = [base.check(v, f"space.{name}") for v in value]
+            space[name] = Param(name, "choice", choices=tuple(value))
+        else:
+            if base.kind != "choice":
+                value = base.check(value, f"space.{name}")
+            space[name] = Param(name, "choice", choices=(value,))
+    return space
+
+
+def suggest(trial: Any, space: dict[str, Param]) -> dict[str, Any]:
+    return {name: p.suggest(trial) for name, p in space.items()}
+
+
+TRAIN_KEYS = ("lr", "optimizer", "batch_size", "loss", "weight_decay", "l1")
+
+
+def spec_from_params(
+    params: dict[str, Any], input_shape: tuple[int, int, int], num_classes: int
+) -> ArchSpec:
+    """The architecture a parameter set describes, through the rule-based generator.
+
+    When the sampled head violates R6 (dense units not wider than the flattened map), the head
+    switches to global average pooling first, as a practitioner would; if it still does not
+    fit, the network drops its hidden dense layers. SpecError if nothing fits.
+    """
+    rules = RuleSet(growth=params["growth"], stacking=params["stacking"], init=params["init"])
+    genes = Genes(
+        stages=params["stages"],
+        convs_per_stage=params["convs_per_stage"],
+        base_filters=params["base_filters"],
+        dense_layers=params["dense_layers"],
+        dense_units=params["dense_units"],
+        batchnorm=params["batchnorm"],
+        dropout=params["dropout"],
+        pool_last=params["stages"] <= max_pools(input_shape, rules),
+        gap=params["gap"],
+        kernel=3,
+    )
+    for attempt in (genes, _replace(genes, gap=True), _replace(genes, dense_layers=0)):
+        try:
+            return spec_from_genes(input_shape, num_classes, rules, attempt)
+        except SpecError as exc:
+            last = exc
+    raise last
+
+
+def _replace(g: Genes, **changes: Any) -> Genes:
+    from dataclasses import replace
+
+    return replace(g, **changes)
+
+
+def train_kwargs(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: params[k] for k in TRAIN_KEYS if k in params}

@@ -1,0 +1,112 @@
+"""Search strategies as Optuna samplers and pruners (plus the grid's coarse-to-fine step).
+
+| strategy  | sampler                         | pruner                         |
+|-----------|---------------------------------|--------------------------------|
+| manual    | configs from YAML, enqueued     | none                           |
+| grid      | a coarse grid, then a finer grid around its best point (both enqueued) | none |
+| random    | RandomSampler                   | none                           |
+| bayes     | TPESampler (or GPSampler)       | none                           |
+| hyperband | RandomSampler                   | HyperbandPruner (epochs)       |
+| bohb      | TPESampler                      | HyperbandPruner (epochs)       |
+| pbt       | RandomSampler for the initial population; ``archgen.pbt`` does the rest |
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import optuna
+
+from archgen.errors import SearchConfigError
+from archgen.space import Param
+
+STRATEGIES = ("manual", "grid", "random", "bayes", "hyperband", "bohb", "pbt")
+PRUNING = ("hyperband", "bohb")
+
+
+def make_sampler(strategy: str, seed: int, space: dict[str, Param], settings: Any) -> optuna.samplers.BaseSampler:
+    if strategy in ("random", "hyperband", "pbt", "manual", "grid"):
+        # manual and grid enqueue every trial's parameters; the sampler is never consulted
+        return optuna.samplers.RandomSampler(seed=seed)
+    if strategy == "bayes" and settings.bayes_sampler == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    multi = settings.objective == "pareto"
+    return optuna.samplers.TPESampler(seed=seed, multivariate=not multi, n_startup_trials=8)
+
+
+def make_pruner(strategy: str, settings: Any) -> optuna.pruners.BasePruner:
+    if strategy in PRUNING:
+        return optuna.pruners.HyperbandPruner(
+            min_resource=settings.min_epochs,
+            max_resource=settings.max_epochs,
+            reduction_factor=settings.reduction_factor,
+        )
+    return optuna.pruners.NopPruner()
+
+
+def coarse_grid(space: dict[str, Param], settings: Any) -> dict[str, list[Any]]:
+    """Values per parameter: the YAML ``grid:`` section where given, else ``grid_points``
+    evenly spaced values for the ranges named in ``grid_params`` and the midpoint (or first
+    choice) for everything else."""
+    grid: dict[str, list[Any]] = {}
+    given = settings.grid or {}
+    for name, p in space.items():
+        if name in given:
+            values = given[name] if isinstance(given[name], list) else [given[name]]
+            grid[name] = [p.check(v, f"grid.{name}") for v in values]
+        elif name in settings.grid_params:
+            grid[name] = p.grid_values(settings.grid_points)
+        else:
+            grid[name] = [p.grid_values(1)[0] if p.kind != "choice" else p.choices[0]]
+    return grid
+
+
+def grid_size(grid: dict[str, list[Any]]) -> int:
+    return math.prod(len(v) for v in grid.values())
+
+
+def fine_grid(best: dict[str, Any], coarse: dict[str, list[Any]], space: dict[str, Param]) -> list[dict[str, Any]]:
+    """Coarse-to-fine: a finer grid centred on the best coarse point. Each numeric parameter
+    that varied in the coarse grid gets the best value and the midpoints to its coarse
+    neighbours (geometric midpoints on log scales); everything else stays at the best value."""
+    axes: dict[str, list[Any]] = {}
+    for name, values in coarse.items():
+        p = space[name]
+        b = best[name]
+        if len(values) < 2 or p.kind == "choice":
+            axes[name] = [b]
+            continue
+        ordered = sorted(values)
+        i = ordered.index(b) if b in ordered else min(range(len(ordered)), key=lambda j: abs(ordered[j] - b))
+        points = {b}
+        for j in (i - 1, i + 1):
+            if 0 <= j < len(ordered):
+                mid = math.sqrt(ordered[j] * b) if p.log else (ordered[j] + b) / 2
+                points.add(int(round(mid)) if p.kind == "int" else float(f"{mid:.3g}"))
+        axes[name] = sorted(points)
+    names = list(axes)
+    combos = [dict(zip(names, vals)) for vals in itertools.product(*(axes[n] for n in names))]
+    return [c for c in combos if c != best]
+
+
+def manual_configs(configs: Any, space: dict[str, Param]) -> list[dict[str, Any]]:
+    """Validate the YAML ``manual:`` list; unspecified parameters take the space's default."""
+    if not isinstance(configs, list) or not configs:
+        raise SearchConfigError("manual: needs a non-empty list of configs (mappings of parameter: value)")
+    out = []
+    for i, cfg in enumerate(configs):
+        if not isinstance(cfg, dict):
+            raise SearchConfigError(f"manual[{i}]: must be a mapping, got {cfg!r}")
+        unknown = set(cfg) - set(space)
+        if unknown:
+            raise SearchConfigError(f"manual[{i}]: unknown parameter(s) {', '.join(sorted(map(str, unknown)))}")
+        full = {}
+        for name, p in space.items():
+            if name in cfg:
+                full[name] = p.check(cfg[name], f"manual[{i}]")
+            else:
+                full[name] = p.grid_values(1)[0] if p.kind != "choice" else p.choices[0]
+        out.append(full)
+    return out
