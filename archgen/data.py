@@ -52,7 +52,7 @@ _IDX_DTYPES = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Split:
     """One split held in memory: ``x`` float32 ``[N, C, H, W]`` (normalized with the training
     split's statistics) and ``y`` int64 ``[N]`` class indices."""
@@ -106,7 +106,7 @@ class SealedTest:
         return f"SealedTest(n={self.n}, opened={self.opened})"
 
 
-@dataclass
+@dataclass(eq=False)
 class Dataset:
     """A dataset ready for training: train and validation splits in memory, test sealed.
 

@@ -23,7 +23,7 @@ import io
 import json
 import logging
 import os
-import tempfile
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,7 +74,9 @@ def completed_trials(df: pd.DataFrame) -> pd.DataFrame:
     return df[mask]
 
 
-def pareto_front(df: pd.DataFrame, acc_col: str = "val_acc", cost_col: str = "est_ms") -> pd.DataFrame:
+def pareto_front(
+    df: pd.DataFrame, acc_col: str = "val_acc", cost_col: str = "est_ms"
+) -> pd.DataFrame:
     """The non-dominated completed trials of ``df``: higher ``acc_col`` is better, lower
     ``cost_col`` is better, sorted by cost ascending (ties: accuracy descending).
 
@@ -139,7 +141,9 @@ def _completion_times_s(df: pd.DataFrame) -> pd.Series:
     """Seconds from the run's first start to each trial's completion (NaN where unknown)."""
     start = _datetimes(df, "datetime_start")
     end = _datetimes(df, "datetime_complete")
-    duration = pd.to_numeric(df["duration_s"], errors="coerce") if "duration_s" in df.columns else None
+    duration = (
+        pd.to_numeric(df["duration_s"], errors="coerce") if "duration_s" in df.columns else None
+    )
     if start.notna().any():
         origin = start.min()
         if duration is not None:
@@ -228,15 +232,23 @@ def load_run(run_dir: str | Path) -> RunData:
         notes["config"] = "No config.yaml in the run directory: the search settings are unknown."
 
     intermediate = _read_optional_csv(
-        run_dir / "intermediate.csv", ("number", "epoch", "val_acc"), "intermediate", notes,
+        run_dir / "intermediate.csv",
+        ("number", "epoch", "val_acc"),
+        "intermediate",
+        notes,
         missing_text="No intermediate.csv yet: per-epoch validation accuracy has not been recorded.",
     )
     cost = _read_optional_csv(
-        run_dir / "best" / "cost.csv", ("layer", "est_ms"), "cost", notes,
+        run_dir / "best" / "cost.csv",
+        ("layer", "est_ms"),
+        "cost",
+        notes,
         missing_text="No best/cost.csv yet: the best model's per-layer cost appears once the "
         "search has exported it.",
     )
-    pareto = _read_optional_csv(run_dir / "pareto.csv", ("number",), "pareto", notes, missing_text=None)
+    pareto = _read_optional_csv(
+        run_dir / "pareto.csv", ("number",), "pareto", notes, missing_text=None
+    )
 
     test_metrics: dict[str, Any] | None = None
     metrics_path = run_dir / "test_metrics.json"
@@ -318,17 +330,27 @@ def _png_bytes(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def _curve_label(run: RunData, strategy: str, several_runs: bool) -> str:
-    return f"{strategy} ({run.run_dir.name})" if several_runs else strategy
+@dataclass(frozen=True)
+class ProgressCurve:
+    """One line of the progress plot: a strategy's best-so-far curve within one run.
+
+    ``best`` is :func:`best_so_far` of the strategy's trials, ``points`` the ``time_s`` and
+    ``val_acc`` of each of its completed trials, ``end_s`` its last completion of any state.
+    """
+
+    label: str
+    best: pd.DataFrame
+    points: pd.DataFrame
+    end_s: float
 
 
-def plot_progress(runs: list[RunData]) -> tuple[bytes | None, str]:
-    """Best-so-far validation accuracy over wall-clock time, one line per (run, strategy).
-    Returns the PNG (None when no run has a completed trial) and a caption."""
-    fig = _new_figure()
-    ax = fig.add_subplot()
+def progress_curves(runs: list[RunData]) -> list[ProgressCurve]:
+    """One curve per (run, strategy), the strategy taken from the trials' ``strategy`` column
+    (else the run's ``config.yaml``). Each curve's clock starts at the first start among its own
+    trials. Labels name the run directory when several runs are compared. Strategies without a
+    completed trial are left out."""
     several = len(runs) > 1
-    drawn = 0
+    curves: list[ProgressCurve] = []
     for run in runs:
         trials = run.trials
         strategies = (
@@ -336,36 +358,60 @@ def plot_progress(runs: list[RunData]) -> tuple[bytes | None, str]:
             if "strategy" in trials.columns
             else pd.Series(run.strategy, index=trials.index)
         )
-        for strategy, group in trials.groupby(strategies, sort=True):
+        for strategy, group in trials.groupby(strategies.astype(str), sort=True):
             try:
-                curve = best_so_far(group)
-                end_s = _completion_times_s(group).max()
+                best = best_so_far(group)
+                times = _completion_times_s(group)
             except UserError as exc:
                 log.warning("%s: no progress curve for %s: %s", run.run_dir, strategy, exc)
                 continue
-            if curve.empty:
+            if best.empty:
                 continue
-            t = curve["time_s"].to_numpy(float)
-            best = curve["best_val_acc"].to_numpy(float)
-            if np.isfinite(end_s) and end_s > t[-1]:
-                # Carry the line to the run's last event so strategies' run lengths compare.
-                t, best = np.append(t, end_s), np.append(best, best[-1])
-            (line,) = ax.step(t, best, where="post", lw=2, label=_curve_label(run, str(strategy), several))
             done = completed_trials(group)
-            ax.plot(
-                _completion_times_s(group).loc[done.index],
-                pd.to_numeric(done["val_acc"], errors="coerce"),
-                "o", ms=3.5, alpha=0.35, color=line.get_color(),
-            )
-            drawn += 1
-    if not drawn:
+            points = pd.DataFrame(
+                {
+                    "time_s": times.loc[done.index].to_numpy(float),
+                    "val_acc": pd.to_numeric(done["val_acc"], errors="coerce").to_numpy(float),
+                }
+            ).dropna()
+            label = f"{strategy} ({run.run_dir.name})" if several else str(strategy)
+            curves.append(ProgressCurve(label, best, points, float(times.max())))
+    return curves
+
+
+def plot_progress(runs: list[RunData]) -> tuple[bytes | None, str]:
+    """Best-so-far validation accuracy over wall-clock time, one line per (run, strategy), a dot
+    per completed trial. Returns the PNG (None when no run has a completed trial) and a caption."""
+    curves = progress_curves(runs)
+    if not curves:
         return None, "No completed trial yet: nothing to plot."
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    for curve in curves:
+        t = curve.best["time_s"].to_numpy(float)
+        best = curve.best["best_val_acc"].to_numpy(float)
+        if np.isfinite(curve.end_s) and curve.end_s > t[-1]:
+            # Carry the line to the strategy's last event so run lengths compare at a glance.
+            t, best = np.append(t, curve.end_s), np.append(best, best[-1])
+        (line,) = ax.step(t, best, where="post", lw=2, label=curve.label)
+        ax.plot(
+            curve.points["time_s"],
+            curve.points["val_acc"],
+            "o",
+            ms=3.5,
+            alpha=0.35,
+            color=line.get_color(),
+        )
     ax.set_xlabel("wall-clock time since the first trial started (s)")
-    ax.set_ylabel("best validation accuracy so far")
+    ax.set_ylabel("validation accuracy")
     ax.set_title("Search progress")
     ax.set_xlim(left=0)
     ax.grid(alpha=0.3)
-    ax.legend(title="strategy (line: best so far, dots: each completed trial)", fontsize=8, title_fontsize=8)
+    ax.legend(
+        title="strategy (line: best so far, dots: each completed trial)",
+        fontsize=8,
+        title_fontsize=8,
+    )
     caption = (
         "Running maximum of the validation accuracy of completed trials against wall-clock time "
         "since the first trial started; each dot is one completed trial."
@@ -388,10 +434,23 @@ def plot_pareto(run: RunData, selected: int | None) -> tuple[bytes | None, str]:
     front = pareto_front(trials)
     fig = _new_figure()
     ax = fig.add_subplot()
-    ax.scatter(cost[ok], acc[ok], s=18, color="tab:gray", alpha=0.6, label=f"completed trials ({int(ok.sum())})")
+    ax.scatter(
+        cost[ok],
+        acc[ok],
+        s=18,
+        color="tab:gray",
+        alpha=0.6,
+        label=f"completed trials ({int(ok.sum())})",
+    )
     ax.step(
-        front["est_ms"].astype(float), front["val_acc"].astype(float), where="post",
-        color="tab:red", lw=1.5, marker="o", ms=6, label=f"Pareto front ({len(front)})",
+        front["est_ms"].astype(float),
+        front["val_acc"].astype(float),
+        where="post",
+        color="tab:red",
+        lw=1.5,
+        marker="o",
+        ms=6,
+        label=f"Pareto front ({len(front)})",
     )
     budget = _float_or_none(run.config.get("max_latency_ms"))
     if budget is not None:
@@ -400,14 +459,22 @@ def plot_pareto(run: RunData, selected: int | None) -> tuple[bytes | None, str]:
         row = done[pd.to_numeric(done["number"], errors="coerce") == selected]
         if len(row):
             ax.scatter(
-                float(row["est_ms"].iloc[0]), float(row["val_acc"].iloc[0]), marker="*", s=220,
-                color="gold", edgecolor="black", zorder=5, label=f"selected trial #{selected}",
+                float(row["est_ms"].iloc[0]),
+                float(row["val_acc"].iloc[0]),
+                marker="*",
+                s=220,
+                color="gold",
+                edgecolor="black",
+                zorder=5,
+                label=f"selected trial #{selected}",
             )
-    ax.set_xlabel("estimated latency est_ms (ms per batch, cost model)")
+    batch = _latency_batch(run)
+    per = f"ms per batch of {batch}" if batch is not None else "ms per batch"
+    ax.set_xlabel(f"estimated latency est_ms ({per}, cost model)")
     ax.set_ylabel("validation accuracy")
     ax.set_title("Accuracy vs estimated latency")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     caption = (
         "Every completed trial; the red line joins the non-dominated trials (no other trial is "
         "both at least as accurate and at least as fast)."
@@ -437,13 +504,21 @@ def plot_layers(cost: pd.DataFrame) -> tuple[bytes | None, str]:
     width = 0.4 if measured else 0.6
     fig = _new_figure(max(6.5, 0.55 * len(names) + 2.5), 4.3)
     ax = fig.add_subplot()
-    ax.bar(x - (width / 2 if measured else 0), est, width, color="tab:blue", label="predicted est_ms")
+    ax.bar(
+        x - (width / 2 if measured else 0), est, width, color="tab:blue", label="predicted est_ms"
+    )
     if measured:
         # The IQR is a span; drawn centred on the measurement it covers the spread of repeats.
         half = np.where(np.isfinite(iqr), iqr / 2, 0.0)
         ax.bar(
-            x + width / 2, np.nan_to_num(meas), width, color="tab:orange",
-            yerr=half, capsize=3, ecolor="black", label="measured meas_ms (bar: IQR)",
+            x + width / 2,
+            np.nan_to_num(meas),
+            width,
+            color="tab:orange",
+            yerr=half,
+            capsize=3,
+            ecolor="black",
+            label="measured meas_ms (bar: IQR)",
         )
     ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
     ax.set_xlabel("layer")
@@ -478,7 +553,18 @@ def plot_rungs(run: RunData, intermediate: pd.DataFrame) -> tuple[bytes | None, 
         state = str(state_of.get(number, "UNKNOWN"))
         colour = _STATE_COLOURS.get(state, "tab:purple")
         seen_states[state] = seen_states.get(state, 0) + 1
-        ax.plot(group["epoch"], group["val_acc"], color=colour, lw=1, alpha=0.6, marker=".", ms=3)
+        # Pruned and failed trials are few among many completed ones: draw them on top.
+        on_top = state != "COMPLETE"
+        ax.plot(
+            group["epoch"],
+            group["val_acc"],
+            color=colour,
+            lw=1.5 if on_top else 1,
+            alpha=0.9 if on_top else 0.45,
+            marker="o" if on_top else ".",
+            ms=4 if on_top else 3,
+            zorder=3 if on_top else 2,
+        )
         if state == "PRUNED":
             pruned_stops.append((float(group["epoch"].iloc[-1]), float(group["val_acc"].iloc[-1])))
     if pruned_stops:
@@ -492,7 +578,7 @@ def plot_rungs(run: RunData, intermediate: pd.DataFrame) -> tuple[bytes | None, 
     ]
     if pruned_stops:
         handles.append(Line2D([], [], color="black", marker="x", ls="", label="pruned here"))
-    ax.legend(handles=handles, fontsize=8, title="trial state", title_fontsize=8, loc="lower right")
+    ax.legend(handles=handles, fontsize=8, title="trial state", title_fontsize=8, loc="best")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy")
@@ -521,8 +607,22 @@ img { max-width: 100%; } .missing { color: #a33; font-style: italic; }
 """
 
 _INT_COLUMNS = {
-    "number", "macs", "params", "epochs", "c_in", "c_out", "kernel", "stride", "h_out",
-    "w_out", "n_p", "n_f", "acts", "bytes", "n", "trial_number",
+    "number",
+    "macs",
+    "params",
+    "epochs",
+    "c_in",
+    "c_out",
+    "kernel",
+    "stride",
+    "h_out",
+    "w_out",
+    "n_p",
+    "n_f",
+    "acts",
+    "bytes",
+    "n",
+    "trial_number",
 }
 
 
@@ -530,14 +630,18 @@ def _fmt_cell(col: str, value: Any) -> str:
     if value is None or (isinstance(value, float) and not np.isfinite(value)):
         return ""
     if isinstance(value, (int, np.integer)) or (
-        col in _INT_COLUMNS and isinstance(value, (float, np.floating)) and float(value).is_integer()
+        col in _INT_COLUMNS
+        and isinstance(value, (float, np.floating))
+        and float(value).is_integer()
     ):
         return f"{int(value):,}"
     if isinstance(value, (float, np.floating)):
         if col.endswith("acc") or col.startswith("balance_cv"):
             return f"{value:.4f}"
+        if col == "t_k_ms":  # one filter application: microseconds or less
+            return f"{value:.3g}"
         if col.endswith("_ms"):
-            return f"{value:.4f}" if abs(value) < 1 else f"{value:.3f}"
+            return f"{value:.3f}" if value == 0 or abs(value) >= 1e-3 else f"{value:.2e}"
         if col.endswith("_s"):
             return f"{value:.1f}"
         return f"{value:.4g}"
@@ -577,6 +681,18 @@ def _fmt_num(value: Any, spec: str) -> str:
     return "n/a" if out is None else format(out, spec)
 
 
+def _latency_batch(run: RunData) -> Any:
+    """The batch size the latencies hold for, under whichever key the run recorded it."""
+    for source, key in (
+        (run.config, "batch_size_latency"),
+        (run.config, "latency_batch"),
+        (run.test_metrics or {}, "latency_batch"),
+    ):
+        if source.get(key) is not None:
+            return source[key]
+    return None
+
+
 def _selected_trial(run: RunData) -> int | None:
     """The trial the search selected: ``test_metrics.json``'s ``trial_number``, else the
     completed trial with the highest val_acc."""
@@ -604,36 +720,51 @@ def _summary_rows(run: RunData, selected: int | None) -> list[tuple[str, str]]:
         ("Strategy", run.strategy),
         ("Data", str(cfg.get("data", "unknown"))),
         ("Objective", str(cfg.get("objective", "unknown"))),
-        ("Budget", f"{cfg.get('trials', 'n/a')} trials, time budget {cfg.get('time_budget_s', 'n/a')} s, "
-                   f"max latency {cfg.get('max_latency_ms', 'none')} ms"),
+        ("Budget", _budget_text(cfg)),
         ("Trials by state", f"{len(trials)} trials: {by_state}"),
     ]
     done = completed_trials(trials)
-    acc = pd.to_numeric(done["val_acc"], errors="coerce") if "val_acc" in done.columns else pd.Series(dtype=float)
+    acc = (
+        pd.to_numeric(done["val_acc"], errors="coerce")
+        if "val_acc" in done.columns
+        else pd.Series(dtype=float)
+    )
     if acc.notna().any():
         best = done.loc[acc.idxmax()]
         name = best.get("spec_name", "")
-        rows.append((
-            "Best val_acc",
-            f"{float(acc.max()):.4f} (trial #{int(best['number'])}"
-            + (f", {name}" if isinstance(name, str) and name else "") + ")",
-        ))
+        rows.append(
+            (
+                "Best val_acc",
+                f"{float(acc.max()):.4f} (trial #{int(best['number'])}"
+                + (f", {name}" if isinstance(name, str) and name else "")
+                + ")",
+            )
+        )
     else:
         rows.append(("Best val_acc", "no completed trial yet"))
     tm = run.test_metrics
     if tm is not None:
-        rows.append(("Selected model", f"trial #{tm.get('trial_number', 'n/a')}: {tm.get('spec_name', 'n/a')}"))
-        rows.append((
-            "Test accuracy",
-            f"{_fmt_num(tm.get('test_acc'), '.4f')} on {tm.get('n', 'n/a')} test images "
-            f"(test loss {_fmt_num(tm.get('test_loss'), '.4f')}; val_acc {_fmt_num(tm.get('val_acc'), '.4f')})",
-        ))
-        batch = cfg.get("batch_size_latency")
-        rows.append((
-            "Latency of the selected model",
-            f"estimated {_fmt_num(tm.get('est_ms'), '.3f')} ms, measured {_fmt_num(tm.get('meas_ms'), '.3f')} ms"
-            + (f" (batch size {batch})" if batch is not None else ""),
-        ))
+        rows.append(
+            (
+                "Selected model",
+                f"trial #{tm.get('trial_number', 'n/a')}: {tm.get('spec_name', 'n/a')}",
+            )
+        )
+        rows.append(
+            (
+                "Test accuracy",
+                f"{_fmt_num(tm.get('test_acc'), '.4f')} on {tm.get('n', 'n/a')} test images "
+                f"(test loss {_fmt_num(tm.get('test_loss'), '.4f')}; val_acc {_fmt_num(tm.get('val_acc'), '.4f')})",
+            )
+        )
+        batch = _latency_batch(run)
+        rows.append(
+            (
+                "Latency of the selected model",
+                f"estimated {_fmt_num(tm.get('est_ms'), '.3f')} ms, measured {_fmt_num(tm.get('meas_ms'), '.3f')} ms"
+                + (f" (batch size {batch})" if batch is not None else ""),
+            )
+        )
     else:
         rows.append(("Test accuracy", "not evaluated yet (no test_metrics.json)"))
         if selected is not None:
@@ -641,10 +772,26 @@ def _summary_rows(run: RunData, selected: int | None) -> list[tuple[str, str]]:
     try:
         times = _completion_times_s(trials)
         if times.notna().any():
-            rows.append(("Search wall time", f"{float(times.max()):.1f} s from the first trial start to the last completion"))
+            rows.append(
+                (
+                    "Search wall time",
+                    f"{float(times.max()):.1f} s from the first trial start to the last completion",
+                )
+            )
     except UserError:
         pass
     return rows
+
+
+def _budget_text(cfg: dict[str, Any]) -> str:
+    trials, time_s, latency_ms = (cfg.get(k) for k in ("trials", "time_budget_s", "max_latency_ms"))
+    return ", ".join(
+        [
+            f"{trials} trials" if trials is not None else "no trial limit",
+            f"time budget {time_s} s" if time_s is not None else "no time budget",
+            f"max latency {latency_ms} ms" if latency_ms is not None else "no latency budget",
+        ]
+    )
 
 
 def _top_trials(trials: pd.DataFrame, n: int = TOP_N_TRIALS) -> pd.DataFrame:
@@ -652,7 +799,9 @@ def _top_trials(trials: pd.DataFrame, n: int = TOP_N_TRIALS) -> pd.DataFrame:
     if "val_acc" not in done.columns:
         return done.head(0)
     done["_acc"] = pd.to_numeric(done["val_acc"], errors="coerce")
-    done["_cost"] = pd.to_numeric(done["est_ms"], errors="coerce") if "est_ms" in done.columns else 0.0
+    done["_cost"] = (
+        pd.to_numeric(done["est_ms"], errors="coerce") if "est_ms" in done.columns else 0.0
+    )
     done = done.sort_values(["_acc", "_cost"], ascending=[False, True], na_position="last").head(n)
     return _trial_view(done)
 
@@ -668,13 +817,21 @@ def _trial_view(trials: pd.DataFrame) -> pd.DataFrame:
 
 def _cost_table(cost: pd.DataFrame) -> pd.DataFrame:
     """The per-layer cost with a totals row (sums of the additive columns)."""
-    additive = [c for c in ("macs", "params", "acts", "bytes", "t_c_seed_ms", "est_ms", "meas_ms") if c in cost.columns]
-    totals: dict[str, Any] = {c: pd.to_numeric(cost[c], errors="coerce").sum(min_count=1) for c in additive}
+    additive = [
+        c
+        for c in ("macs", "params", "acts", "bytes", "t_c_seed_ms", "est_ms", "meas_ms")
+        if c in cost.columns
+    ]
+    totals: dict[str, Any] = {
+        c: pd.to_numeric(cost[c], errors="coerce").sum(min_count=1) for c in additive
+    }
     totals["layer"] = "total"
     return pd.concat([cost, pd.DataFrame([totals])], ignore_index=True)
 
 
-def _render_html(run: RunData, sections: list[tuple[str, str]], summary: list[tuple[str, str]]) -> str:
+def _render_html(
+    run: RunData, sections: list[tuple[str, str]], summary: list[tuple[str, str]]
+) -> str:
     title = f"archgen search report: {run.run_dir.name}"
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = [
@@ -686,7 +843,8 @@ def _render_html(run: RunData, sections: list[tuple[str, str]], summary: list[tu
         "<h2>Summary</h2>",
         '<table class="summary">'
         + "".join(
-            f'<tr><td class="key">{html.escape(k)}</td><td>{html.escape(v)}</td></tr>' for k, v in summary
+            f'<tr><td class="key">{html.escape(k)}</td><td>{html.escape(v)}</td></tr>'
+            for k, v in summary
         )
         + "</table>",
     ]
@@ -700,13 +858,15 @@ def _render_html(run: RunData, sections: list[tuple[str, str]], summary: list[tu
 def _atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same directory and a rename, so a
     reader never sees a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # A unique name per writer (two `archgen report` on one run must not collide); opened with
+    # "xb" rather than mkstemp so the file gets the usual umask permissions, not 0600.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "xb") as fh:
             fh.write(data)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -742,12 +902,21 @@ def write_report(run_dir: Path, extra_runs: list[Path] | None = None) -> Path:
     if notes:
         sections.append(("Missing files", "".join(_missing(n) for n in notes)))
 
-    sections.append((
-        "Search progress",
-        _plot_section(run_dir, "progress", lambda: plot_progress([run, *others]), "best-so-far validation accuracy over time"),
-    ))
+    sections.append(
+        (
+            "Search progress",
+            _plot_section(
+                run_dir,
+                "progress",
+                lambda: plot_progress([run, *others]),
+                "best-so-far validation accuracy over time",
+            ),
+        )
+    )
 
-    pareto_body = _plot_section(run_dir, "pareto", lambda: plot_pareto(run, selected), "accuracy vs estimated latency")
+    pareto_body = _plot_section(
+        run_dir, "pareto", lambda: plot_pareto(run, selected), "accuracy vs estimated latency"
+    )
     if {"val_acc", "est_ms"} <= set(run.trials.columns):
         front = pareto_front(run.trials)
         if len(front):
@@ -757,7 +926,9 @@ def write_report(run_dir: Path, extra_runs: list[Path] | None = None) -> Path:
     sections.append(("Pareto front: accuracy vs estimated latency", pareto_body))
 
     if run.cost is not None:
-        layers_body = _plot_section(run_dir, "layers", lambda: plot_layers(run.cost), "per-layer cost of the best model")
+        layers_body = _plot_section(
+            run_dir, "layers", lambda: plot_layers(run.cost), "per-layer cost of the best model"
+        )
         layers_body += _table_html(_cost_table(run.cost))
     else:
         (run_dir / PLOT_FILES["layers"]).unlink(missing_ok=True)
@@ -766,7 +937,10 @@ def write_report(run_dir: Path, extra_runs: list[Path] | None = None) -> Path:
 
     if run.intermediate is not None:
         rungs_body = _plot_section(
-            run_dir, "rungs", lambda: plot_rungs(run, run.intermediate), "validation accuracy per epoch"
+            run_dir,
+            "rungs",
+            lambda: plot_rungs(run, run.intermediate),
+            "validation accuracy per epoch",
         )
     else:
         (run_dir / PLOT_FILES["rungs"]).unlink(missing_ok=True)
@@ -774,15 +948,19 @@ def write_report(run_dir: Path, extra_runs: list[Path] | None = None) -> Path:
     sections.append(("Learning curves and Hyperband rungs", rungs_body))
 
     top = _top_trials(run.trials)
-    sections.append((
-        f"Top {TOP_N_TRIALS} trials by validation accuracy",
-        _table_html(top) if len(top) else _missing("No completed trial yet."),
-    ))
+    sections.append(
+        (
+            f"Top {TOP_N_TRIALS} trials by validation accuracy",
+            _table_html(top) if len(top) else _missing("No completed trial yet."),
+        )
+    )
     if run.config:
-        sections.append((
-            "Configuration (config.yaml)",
-            f"<pre>{html.escape(yaml.safe_dump(run.config, sort_keys=True))}</pre>",
-        ))
+        sections.append(
+            (
+                "Configuration (config.yaml)",
+                f"<pre>{html.escape(yaml.safe_dump(run.config, sort_keys=True))}</pre>",
+            )
+        )
 
     text = _render_html(run, sections, _summary_rows(run, selected))
     out = run_dir / REPORT_NAME

@@ -16,7 +16,7 @@ from typing import Any
 from archgen.errors import SearchConfigError, SpecError
 from archgen.generate import Genes, max_pools, spec_from_genes
 from archgen.rules import RuleSet
-from archgen.spec import INIT_SCHEMES, ArchSpec
+from archgen.spec import DEFAULT_INIT, INIT_SCHEMES, ArchSpec
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class Param:
     high: float | None = None
     log: bool = False
     choices: tuple[Any, ...] = ()
+    default: Any = None  # the value a grid or manual config uses when it does not name this parameter
 
     def __post_init__(self) -> None:
         if self.kind == "choice":
@@ -61,6 +62,13 @@ class Param:
             raise SearchConfigError(f"{where}: {self.name}={value!r} is outside [{self.low:g}, {self.high:g}]")
         return int(value) if self.kind == "int" else float(value)
 
+    def default_value(self) -> Any:
+        if self.default is not None and (self.kind != "choice" or self.default in self.choices):
+            return self.default
+        if self.kind == "choice":
+            return self.choices[0]
+        return self.grid_values(1)[0]
+
     def grid_values(self, n: int) -> list[Any]:
         """n evenly spaced values (log-spaced for log ranges); all choices for choice params."""
         if self.kind == "choice":
@@ -82,24 +90,24 @@ def default_space(input_shape: tuple[int, int, int]) -> dict[str, Param]:
     """The default space; depth is capped by how many poolings the input survives."""
     depth = max(1, min(4, max_pools(input_shape, RuleSet())))
     params = [
-        Param("stages", "int", 1, depth),
-        Param("convs_per_stage", "int", 1, 3),
-        Param("base_filters", "choice", choices=(8, 16, 24, 32, 48, 64)),
-        Param("growth", "choice", choices=(2, 4)),
-        Param("stacking", "choice", choices=(False, True)),
-        Param("batchnorm", "choice", choices=(False, True)),
-        Param("dense_layers", "int", 0, 2),
-        Param("dense_units", "choice", choices=(64, 128, 256, 512)),
-        Param("dropout", "choice", choices=(0.0, 0.25, 0.5)),
-        Param("gap", "choice", choices=(False, True)),
-        Param("init", "choice", choices=INIT_SCHEMES),
-        Param("rebalance", "choice", choices=(False, True)),
-        Param("lr", "float", 1e-4, 3e-2, log=True),
-        Param("optimizer", "choice", choices=("adam", "adamw", "sgd")),
-        Param("batch_size", "choice", choices=(32, 64, 128, 256)),
-        Param("loss", "choice", choices=("ce", "mse")),
-        Param("weight_decay", "float", 1e-7, 1e-2, log=True),
-        Param("l1", "float", 1e-9, 1e-4, log=True),
+        Param("stages", "int", 1, depth, default=min(2, depth)),
+        Param("convs_per_stage", "int", 1, 3, default=1),
+        Param("base_filters", "choice", choices=(8, 16, 24, 32, 48, 64), default=32),
+        Param("growth", "choice", choices=(2, 4), default=2),
+        Param("stacking", "choice", choices=(False, True), default=False),
+        Param("batchnorm", "choice", choices=(False, True), default=True),
+        Param("dense_layers", "int", 0, 2, default=1),
+        Param("dense_units", "choice", choices=(64, 128, 256, 512), default=256),
+        Param("dropout", "choice", choices=(0.0, 0.25, 0.5), default=0.25),
+        Param("gap", "choice", choices=(False, True), default=False),
+        Param("init", "choice", choices=INIT_SCHEMES, default=DEFAULT_INIT),
+        Param("rebalance", "choice", choices=(False, True), default=False),
+        Param("lr", "float", 1e-4, 3e-2, log=True, default=1e-3),
+        Param("optimizer", "choice", choices=("adam", "adamw", "sgd"), default="adam"),
+        Param("batch_size", "choice", choices=(32, 64, 128, 256), default=64),
+        Param("loss", "choice", choices=("ce", "mse"), default="ce"),
+        Param("weight_decay", "float", 1e-7, 1e-2, log=True, default=1e-5),
+        Param("l1", "float", 1e-9, 1e-4, log=True, default=1e-9),
     ]
     return {p.name: p for p in params}
 
@@ -117,11 +125,12 @@ def space_from_config(input_shape: tuple[int, int, int], overrides: dict | None)
             if unknown:
                 raise SearchConfigError(f"space.{name}: unknown key(s) {', '.join(sorted(unknown))}")
             kind = "int" if base.kind == "int" else "float"
-            space[name] = Param(name, kind, value.get("low"), value.get("high"), bool(value.get("log", base.log)))
+            space[name] = Param(name, kind, value.get("low"), value.get("high"), bool(value.get("log", base.log)),
+                                default=base.default)
         elif isinstance(value, list):
             if base.kind != "choice":
                 value = [base.check(v, f"space.{name}") for v in value]
-            space[name] = Param(name, "choice", choices=tuple(value))
+            space[name] = Param(name, "choice", choices=tuple(value), default=base.default)
         else:
             if base.kind != "choice":
                 value = base.check(value, f"space.{name}")

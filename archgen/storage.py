@@ -11,6 +11,7 @@ import hashlib
 import logging
 import re
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,13 +47,15 @@ def open_storage(url: str | None, run_dir: Path) -> optuna.storages.BaseStorage:
     if not re.match(r"^[a-z0-9+]+://", url):
         raise SearchConfigError(f"--storage {redact(url)!r} is not a database URL (e.g. postgresql://user@host:5432/db)")
     try:
-        return RDBStorage(
-            url,
-            engine_kwargs={"pool_pre_ping": True, "connect_args": _connect_args(url)},
-            heartbeat_interval=HEARTBEAT_INTERVAL_S,
-            grace_period=GRACE_PERIOD_S,
-            failed_trial_callback=_retry_stale,
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(
+                url,
+                engine_kwargs={"pool_pre_ping": True, "connect_args": _connect_args(url)},
+                heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                grace_period=GRACE_PERIOD_S,
+                heartbeat_stale_trial_callback=_retry_stale,
+            )
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors vary by backend
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SearchConfigError(f"cannot open storage {redact(url)}: {redact(first)}") from None

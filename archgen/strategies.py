@@ -59,7 +59,7 @@ def coarse_grid(space: dict[str, Param], settings: Any) -> dict[str, list[Any]]:
         elif name in settings.grid_params:
             grid[name] = p.grid_values(settings.grid_points)
         else:
-            grid[name] = [p.grid_values(1)[0] if p.kind != "choice" else p.choices[0]]
+            grid[name] = [p.default_value()]
     return grid
 
 
@@ -107,6 +107,6 @@ def manual_configs(configs: Any, space: dict[str, Param]) -> list[dict[str, Any]
             if name in cfg:
                 full[name] = p.check(cfg[name], f"manual[{i}]")
             else:
-                full[name] = p.grid_values(1)[0] if p.kind != "choice" else p.choices[0]
+                full[name] = p.default_value()
         out.append(full)
     return out

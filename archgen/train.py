@@ -36,6 +36,7 @@ Contracts:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -288,13 +289,13 @@ class Trainer:
         # next shuffle instead (it is a different sample every epoch).
         if len(starts) > 1 and n - starts[-1] == 1:
             starts.pop()
-        batches = _progress(starts, cfg.progress, f"epoch {epoch}")
+        batches = _progress(starts, cfg.progress, f"epoch {epoch}/{cfg.epochs}")
         model, opt, loss_fn, l1 = self.model, self.optimizer, self._loss_fn, self.l1
         loss_sum = 0.0
         correct = 0
         seen = 0
         fork_devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=fork_devices):
+        with torch.random.fork_rng(devices=fork_devices), _closing(batches):
             torch.manual_seed(_mix_seed(cfg.seed, epoch, 1))
             model.train()
             for b, start in enumerate(batches, start=1):
@@ -373,6 +374,10 @@ def train(
             status, reason = "diverged", trainer.reason
             break
         m = finished[0]
+        log.info(
+            "epoch %d/%d: train_loss %.4f train_acc %.4f val_loss %.4f val_acc %.4f (%.1f s)",
+            m.epoch, config.epochs, m.train_loss, m.train_acc, m.val_loss, m.val_acc, m.duration_s,
+        )
         if best is None or _improves(m, best, config):
             best, since_best = m, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -482,6 +487,17 @@ def _mix_seed(seed: int, epoch: int, stream: int) -> int:
 
 def _finite_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@contextlib.contextmanager
+def _closing(bar: object):
+    """Close a tqdm bar however the epoch ends (a plain list needs nothing)."""
+    try:
+        yield bar
+    finally:
+        close = getattr(bar, "close", None)
+        if close is not None:
+            close()
 
 
 def _progress(items: list[int], enabled: bool, desc: str):

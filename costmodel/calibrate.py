@@ -45,7 +45,12 @@ from costmodel.device_profile import (
     load_cached,
 )
 from costmodel.errors import CostModelError
-from costmodel.estimate import estimate_total_ms, op_class, residual_features
+from costmodel.estimate import (
+    estimate_total_ms,
+    residual_features,
+    tree_base_class,
+    tree_features,
+)
 from costmodel.geometry import LayerGeom
 
 __all__ = ["DeviceProfile", "calibrate", "default_profile", "fit_profile", "load_cached",
@@ -56,6 +61,8 @@ log = logging.getLogger(__name__)
 # (layer geometry, measured ms) pairs.
 Sample = tuple[LayerGeom, float]
 MIN_CLASS_SAMPLES = 6
+MIN_TREE_SAMPLES = 30
+TREE_PARAMS = {"n_estimators": 150, "max_depth": 3, "learning_rate": 0.08, "subsample": 0.8}
 RIDGE_LAMBDA = 0.3
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu")
 
@@ -138,6 +145,56 @@ def fit_layers(
     return coeffs, weights, quality
 
 
+def fit_trees(
+    samples: Sequence[Sample], coeffs: dict[str, dict[str, float]],
+    act_elem_ms: dict[str, float], seed: int = 0,
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Boosted regression trees per op on ``log(T / T_linear)`` (in-context samples).
+
+    Returns ``(trees, quality)``; ops with fewer than ``MIN_TREE_SAMPLES`` samples get none.
+    """
+    from sklearn.ensemble import GradientBoostingRegressor
+
+    by_op: dict[str, list[Sample]] = defaultdict(list)
+    for g, t in samples:
+        by_op[g.op].append((g, t))
+    trees: dict[str, dict[str, Any]] = {}
+    quality: dict[str, Any] = {}
+    for op, rows in sorted(by_op.items()):
+        if len(rows) < MIN_TREE_SAMPLES or op == "dropout":
+            continue
+        base = []
+        for g, _ in rows:
+            c = coeffs.get(tree_base_class(g)) or coeffs.get(op)
+            if c is None:
+                break
+            base.append(c["c"] + c["a"] * g.macs + c["b"] * g.bytes)
+        else:
+            y = np.array([_strip_activation(g, t, act_elem_ms) for g, t in rows])
+            x = np.array([tree_features(g) for g, _ in rows])
+            r = np.log(np.maximum(y, 1e-9) / np.maximum(np.array(base), 1e-9))
+            model = GradientBoostingRegressor(random_state=seed, **TREE_PARAMS).fit(x, r)
+            trees[op] = _export_gbr(model, x[:1])
+            pred = np.exp(np.clip(model.predict(x), -3.0, 3.0)) * np.array(base)
+            err = np.abs(pred - y) / y
+            quality[f"trees_{op}"] = {"n": len(rows), "mape_in_sample": float(err.mean())}
+    return trees, quality
+
+
+def _export_gbr(model: Any, x0: np.ndarray) -> dict[str, Any]:
+    """sklearn GradientBoostingRegressor -> JSON-safe arrays (see estimate.compile_trees)."""
+    lr = float(model.learning_rate)
+    trees = []
+    total = 0.0
+    for est in model.estimators_[:, 0]:
+        t = est.tree_
+        trees.append([t.feature.tolist(), t.threshold.tolist(), t.children_left.tolist(),
+                      t.children_right.tolist(), t.value[:, 0, 0].tolist()])
+        total += float(est.predict(x0)[0])
+    init = float(model.predict(x0)[0]) - lr * total
+    return {"init": init, "lr": lr, "trees": trees}
+
+
 def _strip_activation(g: LayerGeom, t: float, act_elem_ms: dict[str, float]) -> float:
     """Measured time minus the fused activation's estimated cost (never below half of it)."""
     if g.activation and g.op in ("conv", "dense"):
@@ -168,6 +225,8 @@ def fit_profile(
     protocol: dict[str, Any],
     folds: int = 5,
     seed: int = 0,
+    use_trees: bool = True,
+    use_table: bool = True,
 ) -> DeviceProfile:
     """Fit a profile from isolated micro-benchmarks and profiled calibration networks.
 
@@ -180,7 +239,9 @@ def fit_profile(
     in_context: list[Sample] = [(g, t) for geoms, meas, _ in networks for g, t in zip(geoms, meas)]
     samples = list(in_context) + [s for s in micro if s[0].op != "conv" and s[0].op != "dense"]
     coeffs, weights, quality = fit_layers(samples, act_elem)
-    table = _layer_table(in_context)
+    trees, tq = fit_trees(in_context, coeffs, act_elem, seed) if use_trees else ({}, {})
+    quality.update(tq)
+    table = _layer_table(in_context) if use_table else {}
     t_k = _fit_t_k(in_context)
 
     # Network-level correction from out-of-fold layer predictions.
@@ -194,8 +255,9 @@ def fit_profile(
                  for s in zip(n[0], n[1])]
         train_samples = train + [s for s in micro if s[0].op not in ("conv", "dense")]
         c_f, w_f, _ = fit_layers(train_samples, act_elem)
-        prof_f = _make(context, c_f, w_f, _layer_table(train), t_k, act_elem,
-                       {"c0_ms": 0.0, "scale": 1.0}, {}, protocol)
+        tr_f, _ = fit_trees(train, c_f, act_elem, seed) if use_trees else ({}, {})
+        prof_f = _make(context, c_f, w_f, tr_f, _layer_table(train) if use_table else {}, t_k,
+                       act_elem, {"c0_ms": 0.0, "scale": 1.0}, {}, protocol)
         for i in held:
             oof_sum[i] = estimate_total_ms(networks[i][0], prof_f)
     e2e = np.array([n[2] for n in networks])
@@ -212,16 +274,18 @@ def fit_profile(
         "p95_abs_pct": float(np.percentile(err, 95)) if len(err) else 0.0,
     }
     quality["table_entries"] = len(table)
-    return _make(context, coeffs, weights, table, t_k, act_elem, network, quality, protocol)
+    return _make(context, coeffs, weights, trees, table, t_k, act_elem, network, quality,
+                 protocol)
 
 
 def _make(context: dict[str, Any], coeffs: dict[str, dict[str, float]],
-          weights: dict[str, list[float]], table: dict[str, float], t_k: dict[str, float],
+          weights: dict[str, list[float]], trees: dict[str, dict[str, Any]],
+          table: dict[str, float], t_k: dict[str, float],
           act_elem: dict[str, float], network: dict[str, float], quality: dict[str, Any],
           protocol: dict[str, Any]) -> DeviceProfile:
     return DeviceProfile(
         context=dict(context), coeffs=coeffs, t_k_ms=t_k, act_elem_ms=act_elem, residual=weights,
-        table=table, network=network, fit_quality=quality, protocol=dict(protocol),
+        trees=trees, table=table, use_table=bool(table), network=network, fit_quality=quality, protocol=dict(protocol),
         batch_scaling="fixed", is_default=False,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
@@ -275,6 +339,7 @@ def calibrate(
     batch_size: int = 32,
     quick: bool = False,
     networks: Sequence[Sequence[LayerGeom]] | None = None,
+    extra_networks: Sequence[Sequence[LayerGeom]] = (),
     n_networks: int | None = None,
     repeats: int | None = None,
     seed: int = 0,
@@ -283,27 +348,35 @@ def calibrate(
 ) -> DeviceProfile:
     """Measure and fit a device profile for ``device`` at ``threads`` and ``batch_size``.
 
-    ``quick``: about 16 calibration networks and 5 repeats (under a minute on a 2-core Xeon);
-    otherwise about 160 networks and 11 repeats (a few minutes). ``networks`` replaces the
-    random calibration networks (e.g. samples of archgen's own generator; never the networks you
-    will judge the model on). ``save_to_cache`` writes the profile to ``cache_path(context)``.
+    ``quick``: 16 random calibration networks and 5 repeats (under a minute on a 2-core Xeon);
+    otherwise 160 networks and 9 repeats (a few minutes). ``networks`` replaces the random
+    calibration networks, ``extra_networks`` adds to them (e.g. samples of archgen's own
+    generator, so the lookup table holds its layer configurations; never the networks the model
+    is judged on). All networks are profiled interleaved, round by round.
+    ``save_to_cache`` writes the profile to ``cache_path(context)``.
     Raises ``CostModelError`` for an unknown device or CUDA without CUDA.
     """
     from costmodel.netgen import random_plain_cnn
-    from costmodel.profile import PROTOCOL, input_for, module_from_geoms, profile_layer
-    from costmodel.profile import profile_module as _profile_module
+    from costmodel.profile import (
+        PROTOCOL,
+        input_for,
+        resolve_device,
+        module_from_geoms,
+        profile_layer,
+        profile_modules,
+    )
 
     context = current_context(device, threads, batch_size)
-    dev = device if device != "cuda" else "cuda"
+    dev = resolve_device(device)
     say = progress or (lambda msg: log.info("%s", msg))
-    reps = repeats or (5 if quick else 11)
+    reps = repeats or (5 if quick else 9)
     if reps < 1:
         raise CostModelError(f"repeats={reps} must be >= 1")
     rng = random.Random(seed)
     if networks is None:
         count = n_networks or (16 if quick else 160)
         networks = [random_plain_cnn(rng) for _ in range(count)]
-    networks = [list(n) for n in networks]
+    networks = [list(n) for n in networks] + [list(n) for n in extra_networks]
     micro_geoms = micro_benchmark_geoms(quick, seed)
     say(f"calibrating {context['device']} ({context['device_name']}), {threads} thread(s), "
         f"batch {batch_size}: {len(micro_geoms)} micro-benchmarks, {len(networks)} networks, "
@@ -311,14 +384,17 @@ def calibrate(
     micro: list[Sample] = []
     for g in micro_geoms:
         micro.append((g, profile_layer(g, batch_size, dev, threads, reps, warmup=2).min_ms))
+    import torch
+
+    torch.manual_seed(seed)
     profiled = []
-    for i, geoms in enumerate(networks):
-        module = module_from_geoms(geoms).to(dev)
-        x = input_for(geoms, batch_size, dev)
-        mp = _profile_module(module, x, dev, threads, reps, warmup=2)
-        profiled.append((list(mp.geoms), list(mp.meas_ms), mp.e2e_ms))
-        if (i + 1) % 20 == 0:
-            say(f"profiled {i + 1}/{len(networks)} networks")
+    chunk = 40  # interleave in chunks to bound memory (all models and inputs stay alive)
+    for start in range(0, len(networks), chunk):
+        part = networks[start:start + chunk]
+        pairs = [(module_from_geoms(g).to(dev), input_for(g, batch_size, dev)) for g in part]
+        for mp in profile_modules(pairs, dev, threads, reps, warmup=2):
+            profiled.append((list(mp.geoms), list(mp.meas_ms), mp.e2e_ms))
+        say(f"profiled {len(profiled)}/{len(networks)} networks")
     protocol = dict(PROTOCOL, repeats=reps, quick=quick, n_networks=len(networks),
                     n_micro=len(micro_geoms), seed=seed)
     profile = fit_profile(context, micro, profiled, protocol, seed=seed)

@@ -7,7 +7,8 @@ Model (per layer, at the profile's batch size ``B0``; see ``costmodel.estimate``
 
     base     = c + a * MACs + b * bytes              per op class (conv per kernel size)
     layer    = table[config]  if this exact configuration was measured in context,
-               else base * exp(clamp(w . psi(layer)))   (log-space residual regressor)
+               else base * exp(clamp(trees(phi(layer))))  (boosted trees on log(T / base));
+               classes without trees use a log-linear residual exp(clamp(w . psi(layer)))
              + activation elements * per-element cost of the fused activation
     network  = c0_ms + scale * sum(layer)           (network-level correction)
 
@@ -51,6 +52,8 @@ class DeviceProfile:
     t_k_ms: dict[str, float]
     act_elem_ms: dict[str, float] = field(default_factory=dict)
     residual: dict[str, list[float]] = field(default_factory=dict)
+    trees: dict[str, dict[str, Any]] = field(default_factory=dict)
+    use_table: bool = True
     table: dict[str, float] = field(default_factory=dict)
     network: dict[str, float] = field(default_factory=lambda: {"c0_ms": 0.0, "scale": 1.0})
     fit_quality: dict[str, Any] = field(default_factory=dict)

@@ -69,10 +69,49 @@ def residual_features(g: LayerGeom) -> list[float]:
     return [1.0, ln(g.acts), ln(g.c_in), ln(g.n_p)]
 
 
+ACT_CODES = {None: 0.0, "relu": 1.0, "tanh": 2.0, "sigmoid": 3.0, "gelu": 4.0}
+TREE_CLAMP = 3.0
+
+
+def tree_features(g: LayerGeom) -> list[float]:
+    """Features of the boosted-tree residual model (log sizes, kernel, stride, activation)."""
+    ln = math.log
+    return [
+        ln(g.c_in / g.groups), ln(g.c_out), ln(g.h_out), ln(g.h_in), float(g.kernel),
+        float(g.stride), ln(g.macs + 1.0), ln(g.bytes), ACT_CODES.get(g.activation, 5.0),
+        1.0 if g.mode == "max" else 0.0,
+    ]
+
+
+def compile_trees(model: dict[str, Any]) -> Any:
+    """Turn a stored tree ensemble into one Python function of the feature list.
+
+    The ensemble is ``{"init": float, "lr": float, "trees": [[feature, threshold, left, right,
+    value], ...]}`` (sklearn's array layout; a leaf has ``left == -1``). Each tree becomes one
+    nested conditional expression, so a prediction costs a few comparisons per tree instead of
+    an interpreter loop; every number is converted with ``int()``/``float()`` first, so a
+    profile file cannot inject code.
+    """
+
+    def expr(tree: list[list[Any]], node: int) -> str:
+        feature, threshold, left, right, value = (col[node] for col in tree)
+        if int(left) < 0:
+            return repr(float(value))
+        return (
+            f"({expr(tree, int(left))} if x[{int(feature)}] <= {float(threshold)!r} "
+            f"else {expr(tree, int(right))})"
+        )
+
+    terms = " + ".join(expr(t, 0) for t in model["trees"]) or "0.0"
+    source = f"lambda x: {float(model['init'])!r} + {float(model['lr'])!r} * ({terms})"
+    return eval(source, {"__builtins__": {}})  # noqa: S307 - generated from numbers only
+
+
 @dataclass(frozen=True)
 class _Compiled:
     coeffs: dict[str, tuple[float, float, float]]
     residual: dict[str, tuple[float, ...]]
+    trees: dict[str, Any]
     table: dict[str, float]
     act_elem_ms: dict[str, float]
     t_k_ms: dict[str, float]
@@ -87,7 +126,8 @@ def compile_profile(profile: DeviceProfile) -> _Compiled:
     return _Compiled(
         coeffs={k: (float(v["c"]), float(v["a"]), float(v["b"])) for k, v in profile.coeffs.items()},
         residual={k: tuple(float(x) for x in v) for k, v in profile.residual.items()},
-        table={k: float(v) for k, v in profile.table.items()},
+        trees={k: compile_trees(v) for k, v in profile.trees.items()},
+        table={k: float(v) for k, v in profile.table.items()} if profile.use_table else {},
         act_elem_ms={k: float(v) for k, v in profile.act_elem_ms.items()},
         t_k_ms={k: float(v) for k, v in profile.t_k_ms.items()},
         c0_ms=float(profile.network.get("c0_ms", 0.0)),
@@ -119,13 +159,14 @@ def _resolve(
 
 def _layer_raw_ms(g: LayerGeom, comp: _Compiled, factor: float) -> float:
     """One layer's calibrated time before the network-level scale."""
-    if factor == 1.0:
+    if factor == 1.0 and comp.table:
         hit = comp.table.get(g.config_key())
         if hit is not None:
             return hit
     if g.op == "dropout" and "dropout" not in comp.coeffs:
         return 0.0
-    cls = op_class(g, comp.coeffs)
+    tree = comp.trees.get(g.op)
+    cls = tree_base_class(g) if tree is not None else op_class(g, comp.coeffs)
     coeff = comp.coeffs.get(cls) or comp.coeffs.get(g.op)
     if coeff is None:
         raise CostModelError(
@@ -134,13 +175,24 @@ def _layer_raw_ms(g: LayerGeom, comp: _Compiled, factor: float) -> float:
         )
     c, a, b = coeff
     t = c + factor * (a * g.macs + b * g.bytes)
-    w = comp.residual.get(cls)
-    if w is not None:
-        r = sum(wi * xi for wi, xi in zip(w, residual_features(g)))
-        t *= math.exp(max(-RESIDUAL_CLAMP, min(RESIDUAL_CLAMP, r)))
+    if tree is not None:
+        r = tree(tree_features(g))
+        t *= math.exp(max(-TREE_CLAMP, min(TREE_CLAMP, r)))
+    else:
+        w = comp.residual.get(cls)
+        if w is not None:
+            r = sum(wi * xi for wi, xi in zip(w, residual_features(g)))
+            t *= math.exp(max(-RESIDUAL_CLAMP, min(RESIDUAL_CLAMP, r)))
     if g.activation and g.op in ("conv", "dense"):
         t += factor * g.acts * comp.act_elem_ms.get(g.activation, comp.act_elem_ms.get("relu", 0.0))
     return max(t, 0.0)
+
+
+def tree_base_class(g: LayerGeom) -> str:
+    """The linear base under a tree model: one per op (pool per mode, act all together)."""
+    if g.op == "pool":
+        return f"pool_{g.mode}"
+    return g.op
 
 
 def estimate_layers_ms(

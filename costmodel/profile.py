@@ -291,109 +291,141 @@ def profile_module(
     over as many unhooked calls, interleaved with the hooked ones. The module is put in eval
     mode and moved to ``device`` (left there).
     """
+    return profile_modules([(module, example_input)], device, threads, repeats, warmup, clock)[0]
+
+
+def profile_modules(
+    pairs: list[tuple[Any, Any]],
+    device: str = "cpu",
+    threads: int = 1,
+    repeats: int = 15,
+    warmup: int = 3,
+    clock: str = "wall",
+    per_layer: bool = True,
+) -> list[ModelProfile]:
+    """Profile several ``(module, example_input)`` pairs, interleaved round by round.
+
+    Each round runs every model once hooked and once plain, so a burst of load from other
+    processes lands on all models alike instead of biasing the ones measured during it.
+    ``per_layer=False`` skips the hooked runs (end-to-end only; ``meas_ms`` is empty).
+    """
     import torch
 
     device = resolve_device(device)
     if repeats < 1:
         raise CostModelError(f"repeats={repeats} must be >= 1")
     timer = cpu_timer(clock, threads)
-    geoms, calls = trace_module(module, example_input)
-    if not geoms:
-        raise CostModelError("the module has no layer the cost model can price")
-    module = module.to(device).eval()
-    x = example_input.to(device)
-    cuda = device != "cpu"
-    first_call = [g.calls[0] for g in geoms]
-    last_call = max(c for g in geoms for c in g.calls)
+    with fixed_threads(threads), torch.no_grad():
+        timers = [_ModelTimer(m, x, device, timer, per_layer) for m, x in pairs]
+        for t in timers:
+            t.warm(max(warmup, PROTOCOL["warmup_min"]))
+        for _ in range(repeats):
+            for t in timers:
+                t.run_round()
+    return [t.result(threads, repeats) for t in timers]
 
-    leaves = [m for m in module.modules() if next(iter(m.children()), None) is None]
-    stamps: list[Any] = []
-    stamp_call: list[int] = []
-    counter = [0]
-    boundaries = set(first_call)
 
-    def stamp() -> Any:
-        if cuda:
-            ev = torch.cuda.Event(enable_timing=True)
+class _ModelTimer:
+    """Per-layer (boundary hooks) and end-to-end timing of one model."""
+
+    def __init__(self, module: Any, example_input: Any, device: str,
+                 timer: Callable[[], float], per_layer: bool = True) -> None:
+        import torch
+
+        self.with_layers = per_layer
+        self.torch = torch
+        self.geoms, _ = trace_module(module, example_input)
+        if not self.geoms:
+            raise CostModelError("the module has no layer the cost model can price")
+        self.module = module.to(device).eval()
+        self.x = example_input.to(device)
+        self.device = device
+        self.cuda = device != "cpu"
+        self.timer = timer
+        self.boundaries = {g.calls[0] for g in self.geoms}
+        self.last_call = max(c for g in self.geoms for c in g.calls)
+        self.leaves = [m for m in module.modules() if next(iter(m.children()), None) is None]
+        self.stamps: list[Any] = []
+        self.counter = 0
+        self.per_layer: list[list[float]] = []
+        self.e2e: list[float] = []
+
+    def _stamp(self) -> Any:
+        if self.cuda:
+            ev = self.torch.cuda.Event(enable_timing=True)
             ev.record()
             return ev
-        return timer()
+        return self.timer()
 
-    def pre_hook(mod: Any, inputs: Any) -> None:
-        i = counter[0]
-        if i in boundaries:
-            stamps.append(stamp())
-            stamp_call.append(i)
+    def _pre_hook(self, mod: Any, inputs: Any) -> None:
+        if self.counter in self.boundaries:
+            self.stamps.append(self._stamp())
 
-    def post_hook(mod: Any, inputs: Any, output: Any) -> None:
-        i = counter[0]
-        counter[0] += 1
-        if i == last_call:
-            stamps.append(stamp())
-            stamp_call.append(-1)
+    def _post_hook(self, mod: Any, inputs: Any, output: Any) -> None:
+        if self.counter == self.last_call:
+            self.stamps.append(self._stamp())
+        self.counter += 1
 
-    def run_hooked() -> list[float]:
-        stamps.clear()
-        stamp_call.clear()
-        counter[0] = 0
-        module(x)
-        if cuda:
-            torch.cuda.synchronize()
-            return [a.elapsed_time(b) for a, b in zip(stamps, stamps[1:])]
-        return [(b - a) * 1e3 for a, b in zip(stamps, stamps[1:])]
+    def warm(self, n: int) -> None:
+        for _ in range(n):
+            self.module(self.x)
+        if self.with_layers:
+            self._hooked()  # warm the hook path too
+        if self.cuda:
+            self.torch.cuda.synchronize()
 
-    def run_plain() -> float:
-        if cuda:
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            start.record()
-            module(x)
-            end.record()
-            torch.cuda.synchronize()
-            return start.elapsed_time(end)
-        t0 = timer()
-        module(x)
-        return (timer() - t0) * 1e3
-
-    handles = []
-    per_layer: list[list[float]] = []
-    e2e: list[float] = []
-    with fixed_threads(threads), torch.no_grad():
-        for _ in range(max(warmup, PROTOCOL["warmup_min"])):
-            module(x)
-        if cuda:
-            torch.cuda.synchronize()
+    def _hooked(self) -> list[float]:
+        handles = []
         try:
-            for leaf in leaves:
-                handles.append(leaf.register_forward_pre_hook(pre_hook))
-                handles.append(leaf.register_forward_hook(post_hook))
-            run_hooked()  # warm the hook path too
-            for _ in range(repeats):
-                durations = run_hooked()
-                if len(durations) != len(geoms):
-                    raise CostModelError(
-                        f"profiling saw {len(durations)} layers but tracing found {len(geoms)}; "
-                        "the module's forward is not deterministic"
-                    )
-                per_layer.append(durations)
-                for h in handles:
-                    h.remove()
-                handles.clear()
-                e2e.append(run_plain())
-                for leaf in leaves:
-                    handles.append(leaf.register_forward_pre_hook(pre_hook))
-                    handles.append(leaf.register_forward_hook(post_hook))
+            for leaf in self.leaves:
+                handles.append(leaf.register_forward_pre_hook(self._pre_hook))
+                handles.append(leaf.register_forward_hook(self._post_hook))
+            self.stamps = []
+            self.counter = 0
+            self.module(self.x)
         finally:
             for h in handles:
                 h.remove()
-    del calls
-    columns = list(zip(*per_layer))
-    meas = tuple(min(col) for col in columns)
-    iqr = tuple(_quartiles(list(col))[1] - _quartiles(list(col))[0] for col in columns)
-    e2e_t = Timing.from_samples(e2e)
-    hooked_total = min(sum(row) for row in per_layer)
-    return ModelProfile(
-        geoms=tuple(geoms), meas_ms=meas, meas_iqr_ms=iqr, e2e_ms=e2e_t.min_ms,
-        e2e_iqr_ms=e2e_t.iqr_ms, hooked_total_ms=hooked_total, device=device, threads=threads,
-        batch_size=int(x.shape[0]), repeats=repeats,
-    )
+        st = self.stamps
+        if self.cuda:
+            self.torch.cuda.synchronize()
+            durations = [a.elapsed_time(b) for a, b in zip(st, st[1:])]
+        else:
+            durations = [(b - a) * 1e3 for a, b in zip(st, st[1:])]
+        if len(durations) != len(self.geoms):
+            raise CostModelError(
+                f"profiling saw {len(durations)} layers but tracing found {len(self.geoms)}; "
+                "the module's forward is not deterministic"
+            )
+        return durations
+
+    def _plain(self) -> float:
+        if self.cuda:
+            start = self.torch.cuda.Event(enable_timing=True)
+            end = self.torch.cuda.Event(enable_timing=True)
+            start.record()
+            self.module(self.x)
+            end.record()
+            self.torch.cuda.synchronize()
+            return start.elapsed_time(end)
+        t0 = self.timer()
+        self.module(self.x)
+        return (self.timer() - t0) * 1e3
+
+    def run_round(self) -> None:
+        if self.with_layers:
+            self.per_layer.append(self._hooked())
+        self.e2e.append(self._plain())
+
+    def result(self, threads: int, repeats: int) -> ModelProfile:
+        columns = [list(col) for col in zip(*self.per_layer)]
+        meas = tuple(min(col) for col in columns)
+        iqr = tuple(q[1] - q[0] for q in (_quartiles(col) for col in columns))
+        e2e = Timing.from_samples(self.e2e)
+        return ModelProfile(
+            geoms=tuple(self.geoms), meas_ms=meas, meas_iqr_ms=iqr, e2e_ms=e2e.min_ms,
+            e2e_iqr_ms=e2e.iqr_ms,
+            hooked_total_ms=min((sum(r) for r in self.per_layer), default=float("nan")),
+            device=self.device, threads=threads, batch_size=int(self.x.shape[0]),
+            repeats=repeats,
+        )

@@ -30,9 +30,10 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size} must be >= 1")
     start = time.perf_counter()
+    extra = generator_networks(8 if args.quick else 80, seed=10_000 + args.seed)
     profile = calibrate(
         device=args.device, threads=args.threads, batch_size=args.batch_size, quick=args.quick,
-        seed=args.seed, progress=lambda msg: sys.stderr.write(msg + "\n"),
+        seed=args.seed, extra_networks=extra, progress=lambda msg: sys.stderr.write(msg + "\n"),
     )
     path = profile.save(args.out) if args.out else profile.save(cache_path(profile.context))
     q = profile.fit_quality.get("network_oof", {})
@@ -43,3 +44,18 @@ def run(args: argparse.Namespace) -> int:
     )
     sys.stdout.write(f"{path}\n")
     return 0
+
+
+def generator_networks(n: int, seed: int, max_macs: int = 100_000_000) -> list:
+    """Layer geometries of ``n`` specs from archgen's own generator over a few input shapes, so
+    the profile's lookup table holds the layer configurations the search will price."""
+    from archgen.costing import spec_geoms
+    from archgen.generate import Budget, sample_specs
+
+    shapes = ((1, 28, 28), (3, 32, 32), (3, 64, 64), (3, 96, 96))
+    per_shape = max(1, n // len(shapes))
+    out = []
+    for i, shape in enumerate(shapes):
+        specs = sample_specs(shape, 10, per_shape, seed=seed + i, budget=Budget(max_macs=max_macs))
+        out.extend(spec_geoms(s) for s in specs)
+    return out

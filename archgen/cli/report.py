@@ -7,7 +7,9 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="write the HTML report (plots, tables) of a search run directory")
+    p = sub.add_parser(
+        "report", help="write the HTML report (plots, tables) of a search run directory"
+    )
     p.add_argument("run_dir", metavar="RUN_DIR", help="the --out directory of `archgen search`")
     p.add_argument(
         "--compare",

@@ -182,3 +182,28 @@ def test_existing_non_run_directory_is_refused(run_cli, tmp_path):
     code, _, err = run_cli("train", str(write_spec(tmp_path)), *FAST, "--out", str(out))
     assert code == 2 and "already holds files" in err
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_cli_opens_the_test_split_once_and_only_after_training(run_cli, tmp_path, monkeypatch):
+    import archgen.data
+    import archgen.train
+
+    events: list[str] = []
+    real_train, real_open = archgen.train.train, archgen.data.SealedTest.open
+
+    def spy_train(*args, **kwargs):
+        events.append("train start")
+        result = real_train(*args, **kwargs)
+        events.append("train end")
+        return result
+
+    def spy_open(self, reason):
+        events.append("test opened")
+        return real_open(self, reason)
+
+    monkeypatch.setattr(archgen.train, "train", spy_train)
+    monkeypatch.setattr(archgen.data.SealedTest, "open", spy_open)
+    out = tmp_path / "run"
+    assert run_cli("train", str(write_spec(tmp_path)), *FAST, "--out", str(out))[0] == 0
+    assert events == ["train start", "train end", "test opened"]
+    assert json.loads((out / "test_metrics.json").read_text())["test_opened"] == 1

@@ -14,7 +14,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from archgen.errors import UserError
-from archgen.report import PLOT_FILES, best_so_far, load_run, pareto_front, write_report
+from archgen.report import (
+    PLOT_FILES,
+    best_so_far,
+    load_run,
+    pareto_front,
+    progress_curves,
+    write_report,
+)
 
 T0 = pd.Timestamp("2026-11-26 09:00:00")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -29,7 +36,7 @@ def make_run(root: Path, *, strategy: str = "hyperband", n_trials: int = 24, see
     """A complete synthetic run directory with hand-made numbers.
 
     The best completed trial is number 7 (val_acc 0.9712, est_ms 1.25); trial 2 was rejected
-    before training; every fourth trial from 3 on was pruned; trial 5 failed.
+    before training; every fourth trial from 3 on (but 7) was pruned; trial 5 failed.
     """
     run = root / f"run-{strategy}"
     (run / "best").mkdir(parents=True)
@@ -39,16 +46,19 @@ def make_run(root: Path, *, strategy: str = "hyperband", n_trials: int = 24, see
     for number in range(n_trials):
         state, rejected, failure = "COMPLETE", "", ""
         if number == 2:
-            state, rejected = "PRUNED", "over budget: est_ms 3.2 > 2.0"
+            state, rejected = "PRUNED", "over budget: est_ms 5.3 > 5.0"
         elif number == 5:
             state, failure = "FAIL", "diverged: loss nan at epoch 1"
-        elif number % 4 == 3:
+        elif number % 4 == 3 and number != 7:
             state = "PRUNED"
         est_ms = round(0.4 + 0.15 * number + rng.uniform(0, 0.3), 3)
         epochs = {"COMPLETE": 9, "PRUNED": 3 if number % 8 == 3 else 1, "FAIL": 1}[state]
         if rejected:
             epochs = 0
-        curve = [min(0.96, 0.6 + 0.3 * (1 - 0.6**e) + 0.02 * rng.standard_normal()) for e in range(1, epochs + 1)]
+        curve = [
+            min(0.96, 0.6 + 0.3 * (1 - 0.6**e) + 0.02 * rng.standard_normal())
+            for e in range(1, epochs + 1)
+        ]
         val_acc = curve[-1] if curve and state != "FAIL" else float("nan")
         if number == 7:
             est_ms, curve[-1], val_acc = 1.25, 0.9712, 0.9712
@@ -82,7 +92,7 @@ def make_run(root: Path, *, strategy: str = "hyperband", n_trials: int = 24, see
     pd.DataFrame(inter).to_csv(run / "intermediate.csv", index=False)
     (run / "config.yaml").write_text(
         f"strategy: {strategy}\ndata: digits\ntrials: {n_trials}\ntime_budget_s: 600\n"
-        "objective: accuracy\nmax_latency_ms: 2.0\nbatch_size_latency: 1\nseed: 0\n"
+        "objective: accuracy\nmax_latency_ms: 5.0\nbatch_size_latency: 1\nseed: 0\n"
         "storage: null\nstudy: s1\n"
     )
     layers = ["s1.conv1", "s1.pool1", "s2.conv1", "s2.pool1", "fc1", "classifier"]
@@ -128,8 +138,15 @@ def make_run(root: Path, *, strategy: str = "hyperband", n_trials: int = 24, see
     return run
 
 
+def trials_duration_s(run: Path) -> float:
+    return float(pd.read_csv(run / "trials.csv")["duration_s"].sum())
+
+
 def _images(html_text: str) -> list[bytes]:
-    return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html_text)]
+    return [
+        base64.b64decode(m)
+        for m in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html_text)
+    ]
 
 
 # ------------------------------------------------------------------ pareto_front
@@ -180,7 +197,9 @@ def test_pareto_front_matches_brute_force(points):
     want = set()
     for i, (a, c) in enumerate(points):
         dominated = any(
-            a2 >= a and c2 <= c and (a2 > a or c2 < c) for j, (a2, c2) in enumerate(points) if j != i
+            a2 >= a and c2 <= c and (a2 > a or c2 < c)
+            for j, (a2, c2) in enumerate(points)
+            if j != i
         )
         if not dominated:
             want.add(i)
@@ -253,10 +272,20 @@ def test_report_has_summary_numbers_tables_and_four_plots(tmp_path):
     assert all(img.startswith(PNG_MAGIC) for img in images)
     # Tables: top-10 trials (best first) and the per-layer cost with its totals row.
     top = text.split("Top 10 trials")[1]
-    assert top.count("<tr>") == 11  # header + 10 trials
+    assert top.count("</tr>") == 11  # header + 10 trials
     assert re.search(r"<td>7</td>\s*<td>0\.9712</td>\s*<td>1\.250</td>", top)
     assert "s2.conv1" in text and "<td>total</td>" in text
-    assert "<td>1.230</td>" in text  # sum of est_ms over the six layers
+    total_row = text.split("<td>total</td>")[1].split("</tr>")[0]
+    # Sums over the six layers: MACs, est_ms 1.25 (= test_metrics' est_ms), meas_ms 1.27.
+    assert re.findall(r"<td>([^<]+)</td>", total_row) == [
+        "2,942,208",
+        "114,314",
+        "23,594",
+        "610,856",
+        "1.384",
+        "1.250",
+        "1.270",
+    ]
     assert "params_base_filters" in text
     assert not list(run.glob(".*.tmp")), "temporary files left behind"
 
@@ -294,8 +323,15 @@ def test_report_of_a_run_with_no_completed_trial_yet(tmp_path):
     run = tmp_path / "fresh"
     run.mkdir()
     pd.DataFrame(
-        {"number": [0], "state": ["RUNNING"], "val_acc": [np.nan], "est_ms": [0.8],
-         "datetime_start": [_ts(0)], "datetime_complete": [None], "rejected": [None]}
+        {
+            "number": [0],
+            "state": ["RUNNING"],
+            "val_acc": [np.nan],
+            "est_ms": [0.8],
+            "datetime_start": [_ts(0)],
+            "datetime_complete": [None],
+            "rejected": [None],
+        }
     ).to_csv(run / "trials.csv", index=False)
     text = write_report(run).read_text()
     assert "1 trials: RUNNING 1" in text
@@ -303,13 +339,25 @@ def test_report_of_a_run_with_no_completed_trial_yet(tmp_path):
     assert _images(text) == []
 
 
-def test_report_with_extra_runs_draws_one_curve_per_strategy(tmp_path):
+def test_progress_has_one_curve_per_strategy(tmp_path):
     a = make_run(tmp_path, strategy="hyperband", seed=1)
     b = make_run(tmp_path, strategy="random", n_trials=10, seed=2)
-    from archgen import report
-
-    png, caption = report.plot_progress([load_run(a), load_run(b)])
-    assert png is not None and png.startswith(PNG_MAGIC)
+    curves = progress_curves([load_run(a), load_run(b)])
+    assert [c.label for c in curves] == ["hyperband (run-hyperband)", "random (run-random)"]
+    hb, rnd = curves
+    assert len(hb.points) == 17 and len(rnd.points) == 7  # completed trials of each run
+    assert hb.best["best_val_acc"].iloc[-1] == 0.9712 == rnd.best["best_val_acc"].iloc[-1]
+    # Trials run back to back: 17 completed x 37 s, 3 pruned at epoch 3 x 13 s, 2 pruned at
+    # epoch 1 and 1 failed x 5 s, 1 rejected x 0.5 s.
+    assert hb.end_s == 17 * 37 + 3 * 13 + 3 * 5 + 0.5 == trials_duration_s(a)
+    # One run holding two strategies (a resumed study): two curves, each on its own clock.
+    trials = pd.read_csv(a / "trials.csv")
+    trials.loc[trials["number"] >= 12, "strategy"] = "tpe"
+    trials.to_csv(a / "trials.csv", index=False)
+    curves = progress_curves([load_run(a)])
+    assert [c.label for c in curves] == ["hyperband", "tpe"]
+    tpe_first = trials.loc[trials["number"] == 12, "duration_s"].item()
+    assert curves[1].best["time_s"].iloc[0] == tpe_first
     text = write_report(a, extra_runs=[b]).read_text()
     assert len(_images(text)) == 4
     with pytest.raises(UserError, match="nowhere"):
@@ -322,7 +370,7 @@ def test_pareto_mode_lists_pareto_csv(tmp_path):
     pareto_front(trials).head(2).to_csv(run / "pareto.csv", index=False)
     text = write_report(run).read_text()
     section = text.split("Pareto front (pareto.csv)")[1].split("<h2>")[0]
-    assert section.count("<tr>") == 3  # header + the two rows of pareto.csv
+    assert section.count("</tr>") == 3  # header + the two rows of pareto.csv
 
 
 @pytest.mark.parametrize("content", [None, "", "a,b\n1,2\n"])
@@ -352,5 +400,18 @@ def test_cli_report_on_a_non_run_directory_exits_2_with_one_line(capsys, tmp_pat
     assert code == 2
     assert out == ""
     assert err.count("\n") == 1
-    assert err.startswith("archgen report: error: ") and str(tmp_path) in err and "trials.csv" in err
+    assert (
+        err.startswith("archgen report: error: ") and str(tmp_path) in err and "trials.csv" in err
+    )
     assert not (tmp_path / "report.html").exists()
+
+
+def test_report_module_needs_neither_torch_nor_pyplot():
+    # Reports render on machines without a display or a torch install; pyplot's global state
+    # would also leak figures across the search loop's calls.
+    import subprocess
+    import sys
+
+    code = "import sys, archgen.report; print('torch' in sys.modules, 'matplotlib.pyplot' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]

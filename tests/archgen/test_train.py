@@ -12,8 +12,8 @@ from archgen.data import Dataset, SealedTest, Split, load_dataset
 from archgen.errors import UserError
 from archgen.train import (
     EpochMetrics,
-    Trainer,
     TrainConfig,
+    Trainer,
     TrainResult,
     _mse_softmax,
     evaluate_test,

@@ -1,0 +1,131 @@
+"""Population-based training (Jaderberg et al., 2017) on archgen's own Trainer.
+
+A population of ``population`` members (each an Optuna trial, sampled like random search and
+screened by the cost model) trains in rounds of ``pbt_interval`` epochs. After each round the
+members are ranked by validation accuracy; each member in the bottom ``pbt_quantile``
+*exploits* a random member of the top quantile (copies its architecture, weights, optimizer
+state and hyperparameters) and *explores* (multiplies lr and weight decay by 0.8 or 1.25).
+Every member stays one trial in the study: its intermediate values are its per-epoch
+validation accuracy, its final value the validation accuracy of its final weights, and its
+lineage (who it copied, when, with which hyperparameters) is in its user attributes.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from archgen.space import Param, suggest, train_kwargs
+
+log = logging.getLogger(__name__)
+
+PERTURB = (0.8, 1.25)
+
+
+@dataclass
+class Member:
+    trial: optuna.Trial
+    spec: Any
+    trainer: Any
+    val_acc: float = 0.0
+    lineage: list[dict] = field(default_factory=list)
+
+
+def _new_member(objective: Any, study: optuna.Study, space: dict[str, Param], seed: int) -> Member | None:
+    from archgen.build import build_model
+    from archgen.train import TrainConfig, Trainer, seed_everything
+
+    s = objective.settings
+    for _ in range(20):
+        trial = study.ask()
+        trial.set_user_attr("strategy", "pbt")
+        params = suggest(trial, space)
+        spec = objective.candidate(trial, params)
+        if spec is None:
+            study.tell(trial, state=TrialState.PRUNED)
+            continue
+        member_seed = seed * 100_003 + trial.number
+        seed_everything(member_seed)
+        model = build_model(spec, seed=member_seed)
+        config = TrainConfig(epochs=s.max_epochs, patience=s.max_epochs, seed=member_seed,
+                             threads=s.threads, **train_kwargs(params))
+        return Member(trial, spec, Trainer(model, objective.dataset, config))
+    return None
+
+
+def run_pbt(settings: Any, study: optuna.Study, dataset: Any, profile: Any, space: dict[str, Param],
+            deadline: float | None, progress: Callable[[dict], None] | None = None) -> list[Member]:
+    import torch
+
+    from archgen.build import build_model
+    from archgen.search import Objective, progress_status
+    from archgen.train import Trainer
+
+    objective = Objective(settings, dataset, profile, space, deadline, study._storage)
+    rng = random.Random(settings.seed)
+    size = settings.trials or settings.population
+    members = [m for m in (_new_member(objective, study, space, settings.seed) for _ in range(size)) if m]
+    if len(members) < 2:
+        raise RuntimeError("pbt: fewer than 2 members passed the budget screen")
+    epoch = 0
+    while epoch < settings.max_epochs and (deadline is None or time.time() < deadline):
+        step = min(settings.pbt_interval, settings.max_epochs - epoch)
+        for m in members:
+            if m.trainer.diverged:
+                continue
+            for metrics in m.trainer.run_epochs(step):
+                m.val_acc = metrics.val_acc
+                m.trial.report(metrics.val_acc, metrics.epoch)
+                m.trial.set_user_attr(f"val_acc_epoch_{metrics.epoch}", metrics.val_acc)
+        epoch += step
+        if epoch >= settings.max_epochs:
+            break
+        ranked = sorted(members, key=lambda m: (not m.trainer.diverged, m.val_acc))
+        n_q = max(1, int(round(len(members) * settings.pbt_quantile)))
+        bottom, top = ranked[:n_q], ranked[-n_q:]
+        for loser in bottom:
+            winner = rng.choice(top)
+            if winner is loser:
+                continue
+            state = winner.trainer.state_dict()
+            lr = state["hparams"]["lr"] * rng.choice(PERTURB)
+            wd = state["hparams"]["weight_decay"] * rng.choice(PERTURB)
+            model = build_model(winner.spec, seed=0)
+            trainer = Trainer(model, dataset, winner.trainer.config)
+            trainer.load_state_dict(state)
+            trainer.set_hparams(lr=lr, weight_decay=wd)
+            loser.lineage.append({"epoch": epoch, "copied": winner.trial.number, "lr": lr, "weight_decay": wd,
+                                  "val_acc_before": loser.val_acc})
+            loser.spec, loser.trainer, loser.val_acc = winner.spec, trainer, winner.val_acc
+        if progress is not None:
+            progress(progress_status(study, settings))
+    from costmodel.estimate import estimate_total_ms
+
+    from archgen.costing import spec_geoms, spec_macs
+
+    for m in members:
+        t = m.trial
+        for key, value in {
+            "est_ms": estimate_total_ms(spec_geoms(m.spec), profile, settings.latency_batch),
+            "macs": spec_macs(m.spec), "params": m.spec.num_params(),
+            "lineage": m.lineage, "spec": m.spec.to_dict(), "spec_key": m.spec.key(),
+            "spec_name": m.spec.short_name(), "epochs": m.trainer.epoch,
+            "final_lr": m.trainer.lr, "final_weight_decay": m.trainer.weight_decay,
+        }.items():
+            t.set_user_attr(key, value)
+        if m.trainer.diverged:
+            t.set_user_attr("failure", m.trainer.reason or "diverged")
+            study.tell(t, state=TrialState.FAIL)
+            continue
+        _, acc = m.trainer.evaluate(dataset.val)
+        t.set_user_attr("val_acc", acc)
+        torch.save(m.trainer.model.state_dict(), objective.checkpoints / f"trial_{t.number}.pt")
+        study.tell(t, [acc])
+    return members

@@ -1,0 +1,167 @@
+"""The search loop end to end on tiny budgets: every strategy, pruning rungs, budget
+screening, the sealed test split, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+from archgen.data import SealedTest
+from archgen.search import SearchSettings, run_search
+
+# Small, fast networks so a trial takes about a second on one core.
+TINY_SPACE = {
+    "stages": [1, 2],
+    "convs_per_stage": 1,
+    "base_filters": [8, 16],
+    "dense_layers": [0, 1],
+    "dense_units": 64,
+    "batchnorm": [False, True],
+    "stacking": False,
+    "growth": 2,
+    "batch_size": 128,
+    "lr": {"low": 3e-4, "high": 3e-2, "log": True},
+}
+COMPLETE_RUN = [
+    "config.yaml", "trials.csv", "best/spec.json", "best/spec.yaml", "best/weights.pt",
+    "best/model.onnx", "best/cost.csv", "test_metrics.json", "report.html",
+]
+
+
+def _write_config(tmp_path, **extra):
+    cfg = {"space": TINY_SPACE, **extra}
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+STRATEGY_ARGS = {
+    "random": ["--trials", "3"],
+    "bayes": ["--trials", "3"],
+    "hyperband": ["--trials", "4"],
+    "bohb": ["--trials", "4"],
+    "pbt": ["--trials", "3"],
+    "grid": ["--trials", "4"],
+    "manual": [],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("data", ["digits", "mnist"])
+@pytest.mark.parametrize("strategy", list(STRATEGY_ARGS))
+def test_every_strategy_produces_a_complete_run(run_cli, tmp_path, mnist_dir, strategy, data):
+    source = "digits" if data == "digits" else f"idx:{mnist_dir}"
+    extra = {"manual": [{"base_filters": 8, "stages": 1}, {"base_filters": 16, "lr": 0.003}]} if strategy == "manual" else {}
+    if strategy == "pbt":
+        extra["pbt_interval"] = 1
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(
+        "search", "--data", source, "--strategy", strategy, "--max-epochs", "2", "--threads", "1",
+        "--config", _write_config(tmp_path, **extra), "--out", str(out), "-q", *STRATEGY_ARGS[strategy],
+    )
+    assert code == 0, err
+    for name in COMPLETE_RUN:
+        assert (out / name).is_file(), name
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) >= 2 and (trials["state"] == "COMPLETE").any()
+    assert set(trials["strategy"].dropna()) == {strategy}
+    metrics = json.loads((out / "test_metrics.json").read_text())
+    assert metrics["test_opened"] == 1 and 0.0 <= metrics["test_acc"] <= 1.0
+    best = trials.loc[trials["number"] == metrics["trial_number"]].iloc[0]
+    assert best["val_acc"] == trials.loc[trials["state"] == "COMPLETE", "val_acc"].max()
+    assert f"test_acc {metrics['test_acc']:.4f}" in stdout
+    if strategy == "grid":  # coarse-to-fine: a fine phase around the best coarse point
+        study = optuna.load_study(study_name="archgen", storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(out / "study.journal"))))
+        phases = [t.user_attrs.get("grid_phase") for t in study.trials]
+        assert "coarse" in phases and "fine" in phases
+
+
+def test_hyperband_prunes_at_the_rungs(tmp_path):
+    settings = SearchSettings(
+        data="digits", strategy="hyperband", trials=12, max_epochs=9, reduction_factor=3,
+        patience=9, threads=1, out=str(tmp_path / "hb"), space=TINY_SPACE,
+    )
+    run_search(settings)
+    trials = pd.read_csv(tmp_path / "hb" / "trials.csv")
+    pruned = trials[trials["pruned"].notna()]
+    assert len(pruned) >= 1
+    # Hyperband with min_resource 1, eta 3, max 9: rungs at epochs 1, 3 and 9.
+    assert set(pruned["epochs"]) <= {1, 3, 9}
+    assert (pruned["epochs"] < 9).any()
+    completed = trials[trials["state"] == "COMPLETE"]
+    assert (completed["epochs"] > 1).all()
+
+
+def test_over_budget_candidates_are_never_trained(tmp_path):
+    space = {**TINY_SPACE, "base_filters": [8, 64], "stages": [1, 2]}
+    settings = SearchSettings(
+        data="digits", strategy="random", trials=8, max_epochs=1, threads=1, max_macs=60_000,
+        out=str(tmp_path / "b"), space=space,
+    )
+    run_search(settings)
+    trials = pd.read_csv(tmp_path / "b" / "trials.csv")
+    rejected = trials[trials["rejected"].fillna("").str.startswith("over budget")]
+    assert len(rejected) >= 1
+    assert (rejected["epochs"] == 0).all() and rejected["duration_s"].isna().all()
+    for n in rejected["number"]:
+        assert not (tmp_path / "b" / "checkpoints" / f"trial_{n}.pt").exists()
+    trained = trials[trials["state"] == "COMPLETE"]
+    assert (trained["macs"] <= 60_000).all()
+
+
+def test_test_split_is_opened_once_for_the_selected_model_only(tmp_path, monkeypatch):
+    opened: list[str] = []
+    real_open = SealedTest.open
+
+    def spy(self, reason):
+        opened.append(reason)
+        return real_open(self, reason)
+
+    monkeypatch.setattr(SealedTest, "open", spy)
+    settings = SearchSettings(data="digits", strategy="random", trials=3, max_epochs=1, threads=1,
+                              out=str(tmp_path / "t"), space=TINY_SPACE)
+    summary = run_search(settings)
+    assert len(opened) == 1
+    assert opened[0] == f"final evaluation of trial {summary['trial_number']}"
+
+
+@pytest.mark.parametrize(
+    "argv, config, needle",
+    [
+        (["--strategy", "annealing"], None, "unknown strategy 'annealing'"),
+        ([], {"colour": "blue"}, "unknown key 'colour'"),
+        (["--strategy", "manual"], {"manual": [{"lr": 5.0}]}, "manual[0]: lr=5.0 is outside"),
+        (["--strategy", "manual"], {"manual": [{"wings": 2}]}, "manual[0]: unknown parameter(s) wings"),
+        (["--strategy", "grid"], {"grid": {"base_filters": [7]}}, "grid.base_filters: base_filters=7 is not one of"),
+        (["--max-latency-ms", "0.000001"], None, "no candidate can meet the budget"),
+        (["--storage", "postgresql://bob:hunter2@127.0.0.1:1/nope"], None, "cannot open storage postgresql://bob:***@127.0.0.1:1/nope"),
+        (["--data", "idx:/nonexistent/dir"], None, "/nonexistent/dir"),
+        (["--trials", "0"], None, "trials=0 must be an integer >= 1"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(run_cli, tmp_path, argv, config, needle):
+    out = tmp_path / "run"
+    args = ["search", "--out", str(out), "-q", *argv]
+    if config is not None:
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump(config))
+        args += ["--config", str(path)]
+    code, stdout, err = run_cli(*args)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and needle in err, err
+    assert "hunter2" not in err
+    assert not out.exists()
+
+
+def test_resume_with_different_settings_is_refused(run_cli, tmp_path):
+    out = tmp_path / "run"
+    cfg = _write_config(tmp_path)
+    assert run_cli("search", "--trials", "1", "--max-epochs", "1", "--config", cfg, "--out", str(out), "-q",
+                   "--strategy", "random")[0] == 0
+    code, _, err = run_cli("search", "--trials", "2", "--config", cfg, "--out", str(out), "-q", "--strategy", "bohb")
+    assert code == 2 and "holds a different search" in err
