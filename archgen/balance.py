@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from costmodel.device_profile import DeviceProfile
-from costmodel.estimate import balance_summary, estimate_layers_ms
-
 from archgen.costing import spec_geoms
 from archgen.spec import ArchSpec, ConvSpec
+from costmodel.device_profile import DeviceProfile
+from costmodel.estimate import balance_summary, estimate_layers_ms
 
 STEP = 8
 

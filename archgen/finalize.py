@@ -86,7 +86,6 @@ def finalize(settings: Any, study: optuna.Study, dataset: Any, profile: Any, spa
     import torch
 
     from archgen.build import build_model
-    from archgen.costing import spec_geoms
     from archgen.export import export_onnx
     from archgen.spec import ArchSpec, save_spec
     from archgen.train import evaluate_test
@@ -148,10 +147,10 @@ def finalize(settings: Any, study: optuna.Study, dataset: Any, profile: Any, spa
 def _cost_table(model: Any, spec: Any, profile: Any, batch: int) -> tuple[pd.DataFrame, float]:
     """Per-layer estimate of the best model next to its measured per-layer time."""
     import torch
-    from costmodel.estimate import estimate
-    from costmodel.profile import profile_module
 
     from archgen.costing import spec_geoms
+    from costmodel.estimate import estimate
+    from costmodel.profile import profile_module
 
     report = estimate(spec_geoms(spec), profile, batch)
     measured = profile_module(model, torch.randn(batch, *spec.input_shape), device="cpu", threads=1, repeats=15)

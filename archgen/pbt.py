@@ -106,9 +106,8 @@ def run_pbt(settings: Any, study: optuna.Study, dataset: Any, profile: Any, spac
             loser.spec, loser.trainer, loser.val_acc = winner.spec, trainer, winner.val_acc
         if progress is not None:
             progress(progress_status(study, settings))
-    from costmodel.estimate import estimate_total_ms
-
     from archgen.costing import spec_geoms, spec_macs
+    from costmodel.estimate import estimate_total_ms
 
     for m in members:
         t = m.trial

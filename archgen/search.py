@@ -25,7 +25,14 @@ from optuna.trial import TrialState
 
 from archgen.errors import SearchConfigError, SpecError, UserError
 from archgen.space import Param, space_from_config, spec_from_params, suggest, train_kwargs
-from archgen.storage import Heartbeat, RunLock, open_storage, recover_local_stale, slot_lock, slots_used
+from archgen.storage import (
+    Heartbeat,
+    RunLock,
+    open_storage,
+    recover_local_stale,
+    slot_lock,
+    slots_used,
+)
 from archgen.strategies import (
     PRUNING,
     STRATEGIES,
@@ -76,6 +83,7 @@ class SearchSettings:
     pbt_interval: int = 2
     pbt_quantile: float = 0.25
     finalize: bool = True
+    warm_start: bool = True  # sampling strategies start from the practitioner's default config
     space: dict = field(default_factory=dict)
     grid: dict = field(default_factory=dict)
     manual: list = field(default_factory=list)
@@ -180,10 +188,9 @@ class Objective:
 
     def candidate(self, trial: optuna.Trial, params: dict[str, Any]) -> Any | None:
         """The (rebalanced) spec to train, or None when screened out (reason recorded)."""
-        from costmodel.estimate import estimate_total_ms
-
         from archgen.balance import rebalance
         from archgen.costing import spec_geoms, spec_macs
+        from costmodel.estimate import estimate_total_ms
 
         s = self.settings
         try:
@@ -406,9 +413,8 @@ def _check_budget_feasible(settings: SearchSettings, dataset: Any, space: dict[s
     """A budget no candidate can meet is bad input: find the cheapest candidate of the space."""
     if settings.max_latency_ms is None and settings.max_macs is None and settings.max_params is None:
         return
-    from costmodel.estimate import estimate_total_ms
-
     from archgen.costing import spec_geoms, spec_macs
+    from costmodel.estimate import estimate_total_ms
 
     profile = load_profile(settings)
     cheapest = {name: (p.choices[0] if p.kind == "choice" else p.low) for name, p in space.items()}
@@ -450,9 +456,13 @@ def _check_resume(settings: SearchSettings) -> bool:
 
 
 def _enqueue_plan(settings: SearchSettings, study: optuna.Study, space: dict[str, Param]) -> None:
-    """manual and grid: enqueue their configs once per study (resume does not re-enqueue)."""
+    """manual and grid: enqueue their configs; sampling strategies: the default config as a
+    warm start. Once per study (a resumed search does not enqueue again)."""
     if study.user_attrs.get("plan_enqueued"):
         return
+    if settings.warm_start and settings.strategy in ("random", "bayes", "hyperband", "bohb"):
+        study.enqueue_trial({name: p.default_value() for name, p in space.items()},
+                            user_attrs={"warm_start": True})
     if settings.strategy == "manual":
         for cfg in manual_configs(settings.manual, space):
             study.enqueue_trial(cfg)

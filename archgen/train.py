@@ -3,11 +3,8 @@ selection, the sealed test split is opened once, by :func:`evaluate_test`, at th
 
 Contracts:
 
-* **Losses.** ``ce``: cross-entropy on the logits. ``mse``: squared error between the *softmax
-  probabilities* and one-hot targets, summed over classes and averaged over the batch
-  (``mean_i sum_k (softmax(z_i)_k - t_ik)^2``). Softmax outputs keep the loss bounded (at most 2),
-  the textbook "MSE cost with sigmoid/softmax outputs"; on raw logits MSE fights the argmax
-  decision and needs a different learning rate.
+* **Losses** (:mod:`archgen.losses`): ``ce`` cross-entropy on the logits; ``mse`` squared error
+  between the softmax probabilities and one-hot targets, summed over classes.
 * **Regularization.** Both penalties apply to *weights* (parameters with two or more dimensions:
   conv kernels, dense matrices), never to biases or normalization parameters. ``weight_decay`` is
   the optimizer's L2 term (coupled for ``sgd``/``adam``: the gradient gains ``λ·w``, i.e. the loss
@@ -48,16 +45,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from archgen.data import Dataset, Split
 from archgen.errors import UserError
+from archgen.losses import LOSS_FNS, LOSSES, LossFn
 
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-LOSSES = ("ce", "mse")
 MONITORS = ("val_loss", "val_acc")
 EVAL_BATCH = 1024  # evaluation holds no activations for backward, so larger batches are cheap
 
@@ -178,7 +174,9 @@ class Trainer:
         self._train_x = data.train.x.to(self.device)
         self._train_y = data.train.y.to(self.device)
         if len(self._train_y) == 0:
-            raise UserError("the training split is empty; use a larger dataset or smaller val/test fractions")
+            raise UserError(
+                "the training split is empty; use a larger dataset or smaller val/test fractions"
+            )
         self.epoch = 0
         self.history: list[EpochMetrics] = []
         self.diverged = False
@@ -202,7 +200,7 @@ class Trainer:
             self.optimizer = torch.optim.Adam(groups, lr=config.lr)
         else:
             self.optimizer = torch.optim.AdamW(groups, lr=config.lr)
-        self._loss_fn = _LOSS_FNS[config.loss]
+        self._loss_fn = LOSS_FNS[config.loss]
 
     # -- hyperparameters and state ---------------------------------------------------------
 
@@ -211,8 +209,11 @@ class Trainer:
     ) -> None:
         """Change hyperparameters between epochs (optimizer state is kept)."""
         for name, value in (("lr", lr), ("weight_decay", weight_decay), ("l1", l1)):
-            if value is not None and (not _finite_number(value) or value < 0 or (name == "lr" and value == 0)):
-                raise UserError(f"{name}={value!r} is invalid: use a {'positive' if name == 'lr' else 'non-negative'} number")
+            if value is None:
+                continue
+            if not _finite_number(value) or value < 0 or (name == "lr" and value == 0):
+                kind = "positive" if name == "lr" else "non-negative"
+                raise UserError(f"{name}={value!r} is invalid: use a {kind} number")
         if lr is not None:
             self.lr = float(lr)
             for group in self.optimizer.param_groups:
@@ -419,7 +420,7 @@ def evaluate_test(model: nn.Module, data: Dataset, *, reason: str, loss: str = "
         raise UserError(f"loss={loss!r} is invalid: choose one of {', '.join(LOSSES)}")
     split = data.test.open(reason)
     device = next(iter(model.parameters()), torch.empty(0)).device
-    test_loss, test_acc = _evaluate(model, split, _LOSS_FNS[loss], device)
+    test_loss, test_acc = _evaluate(model, split, LOSS_FNS[loss], device)
     return {
         "test_acc": test_acc,
         "test_loss": test_loss,
@@ -433,27 +434,11 @@ def evaluate_test(model: nn.Module, data: Dataset, *, reason: str, loss: str = "
 # ---------------------------------------------------------------------------------------------
 # helpers
 
-def _ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits, y)
-
-
-def _mse_softmax(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    probs = torch.softmax(logits, dim=1)
-    target = F.one_hot(y, num_classes=logits.shape[1]).to(probs.dtype)
-    return (probs - target).pow(2).sum(dim=1).mean()
-
-
-_LOSS_FNS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "ce": _ce,
-    "mse": _mse_softmax,
-}
-
-
 @torch.no_grad()
 def _evaluate(
     model: nn.Module,
     split: Split,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    loss_fn: LossFn,
     device: torch.device,
 ) -> tuple[float, float]:
     was_training = model.training

@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 Sample = tuple[LayerGeom, float]
 MIN_CLASS_SAMPLES = 6
 MIN_TREE_SAMPLES = 30
-TREE_PARAMS = {"n_estimators": 150, "max_depth": 3, "learning_rate": 0.08, "subsample": 0.8}
+TREE_PARAMS = {"n_estimators": 60, "max_depth": 4, "learning_rate": 0.15, "subsample": 0.8}
 RIDGE_LAMBDA = 0.3
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu")
 
@@ -274,8 +274,31 @@ def fit_profile(
         "p95_abs_pct": float(np.percentile(err, 95)) if len(err) else 0.0,
     }
     quality["table_entries"] = len(table)
+    quality["baselines"] = fit_baselines(networks)
     return _make(context, coeffs, weights, trees, table, t_k, act_elem, network, quality,
                  protocol)
+
+
+def seed_units(geoms: Sequence[LayerGeom]) -> int:
+    """Textbook work of a network: sum of N_p x N_f over its conv and dense layers."""
+    return sum(g.n_p * g.n_f for g in geoms if g.op in ("conv", "dense"))
+
+
+def fit_baselines(
+    networks: Sequence[tuple[Sequence[LayerGeom], Sequence[float], float]],
+) -> dict[str, float]:
+    """One-constant baselines fitted on the calibration networks' end-to-end times
+    (relative least squares): ``flops_ms_per_mac`` (T = k * MACs) and ``seed_t_k_ms``
+    (T = T_k * sum of N_p x N_f, the textbook form with one T_k)."""
+
+    def one_constant(xs: list[float], ys: list[float]) -> float:
+        r = [x / y for x, y in zip(xs, ys) if y > 0]
+        return float(sum(r) / sum(v * v for v in r)) if r else 0.0
+
+    ys = [float(n[2]) for n in networks]
+    macs = [float(sum(g.macs for g in n[0])) for n in networks]
+    units = [float(seed_units(n[0])) for n in networks]
+    return {"flops_ms_per_mac": one_constant(macs, ys), "seed_t_k_ms": one_constant(units, ys)}
 
 
 def _make(context: dict[str, Any], coeffs: dict[str, dict[str, float]],
@@ -343,6 +366,7 @@ def calibrate(
     n_networks: int | None = None,
     repeats: int | None = None,
     seed: int = 0,
+    clock: str = "auto",
     save_to_cache: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> DeviceProfile:
@@ -360,6 +384,7 @@ def calibrate(
     from costmodel.profile import (
         PROTOCOL,
         input_for,
+        resolve_clock,
         resolve_device,
         module_from_geoms,
         profile_layer,
@@ -383,7 +408,7 @@ def calibrate(
         f"{reps} repeats")
     micro: list[Sample] = []
     for g in micro_geoms:
-        micro.append((g, profile_layer(g, batch_size, dev, threads, reps, warmup=2).min_ms))
+        micro.append((g, profile_layer(g, batch_size, dev, threads, reps, 2, clock).min_ms))
     import torch
 
     torch.manual_seed(seed)
@@ -392,10 +417,11 @@ def calibrate(
     for start in range(0, len(networks), chunk):
         part = networks[start:start + chunk]
         pairs = [(module_from_geoms(g).to(dev), input_for(g, batch_size, dev)) for g in part]
-        for mp in profile_modules(pairs, dev, threads, reps, warmup=2):
+        for mp in profile_modules(pairs, dev, threads, reps, 2, clock):
             profiled.append((list(mp.geoms), list(mp.meas_ms), mp.e2e_ms))
         say(f"profiled {len(profiled)}/{len(networks)} networks")
     protocol = dict(PROTOCOL, repeats=reps, quick=quick, n_networks=len(networks),
+                    clock=resolve_clock(clock, threads) if dev == "cpu" else "cuda-events",
                     n_micro=len(micro_geoms), seed=seed)
     profile = fit_profile(context, micro, profiled, protocol, seed=seed)
     q = profile.fit_quality.get("network_oof", {})

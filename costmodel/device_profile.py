@@ -74,7 +74,7 @@ class DeviceProfile:
     def describe(self) -> str:
         """One line naming the profile (used in reports)."""
         c = self.context
-        kind = "built-in default profile (uncalibrated, rough)" if self.is_default else "profile"
+        kind = "built-in default profile (uncalibrated, rough)" if self.is_default else "device profile"
         return (
             f"{kind}: {c.get('device')} {c.get('device_name')}, {c.get('threads')} thread(s), "
             f"batch {c.get('batch_size')}, torch {c.get('torch_version')}, {c.get('dtype')}"

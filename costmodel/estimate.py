@@ -27,7 +27,7 @@ from typing import Any
 
 from costmodel.device_profile import DeviceProfile, default_profile
 from costmodel.errors import CostModelError
-from costmodel.geometry import LayerGeom
+from costmodel.geometry import LayerGeom, parse_config_key
 
 COLUMNS = (
     "layer", "op", "c_in", "c_out", "kernel", "stride", "h_out", "w_out", "n_p", "n_f", "macs",
@@ -76,10 +76,22 @@ TREE_CLAMP = 3.0
 def tree_features(g: LayerGeom) -> list[float]:
     """Features of the boosted-tree residual model (log sizes, kernel, stride, activation)."""
     ln = math.log
+    cin, cout, k = g.c_in // g.groups, g.c_out, g.kernel
+    hw_in, n_p = g.h_in * g.w_in, g.h_out * g.w_out
+    op = g.op
+    if op == "conv":
+        macs = n_p * cout * cin * k * k
+        params = cout * cin * k * k + (cout if g.bias else 0)
+    elif op == "dense":
+        macs = g.c_in * cout
+        params = macs + (cout if g.bias else 0)
+    else:
+        macs = 0
+        params = 2 * cout if op == "bn" else 0
+    nbytes = (g.c_in * hw_in + cout * n_p + params) * g.dtype_bytes
     return [
-        ln(g.c_in / g.groups), ln(g.c_out), ln(g.h_out), ln(g.h_in), float(g.kernel),
-        float(g.stride), ln(g.macs + 1.0), ln(g.bytes), ACT_CODES.get(g.activation, 5.0),
-        1.0 if g.mode == "max" else 0.0,
+        ln(cin), ln(cout), ln(g.h_out), ln(g.h_in), float(k), float(g.stride), ln(macs + 1.0),
+        ln(nbytes), ACT_CODES.get(g.activation, 5.0), 1.0 if g.mode == "max" else 0.0,
     ]
 
 
@@ -112,7 +124,7 @@ class _Compiled:
     coeffs: dict[str, tuple[float, float, float]]
     residual: dict[str, tuple[float, ...]]
     trees: dict[str, Any]
-    table: dict[str, float]
+    table: dict[tuple[Any, ...], float]
     act_elem_ms: dict[str, float]
     t_k_ms: dict[str, float]
     c0_ms: float
@@ -127,7 +139,8 @@ def compile_profile(profile: DeviceProfile) -> _Compiled:
         coeffs={k: (float(v["c"]), float(v["a"]), float(v["b"])) for k, v in profile.coeffs.items()},
         residual={k: tuple(float(x) for x in v) for k, v in profile.residual.items()},
         trees={k: compile_trees(v) for k, v in profile.trees.items()},
-        table={k: float(v) for k, v in profile.table.items()} if profile.use_table else {},
+        table={parse_config_key(k): float(v) for k, v in profile.table.items()}
+        if profile.use_table else {},
         act_elem_ms={k: float(v) for k, v in profile.act_elem_ms.items()},
         t_k_ms={k: float(v) for k, v in profile.t_k_ms.items()},
         c0_ms=float(profile.network.get("c0_ms", 0.0)),
@@ -160,7 +173,7 @@ def _resolve(
 def _layer_raw_ms(g: LayerGeom, comp: _Compiled, factor: float) -> float:
     """One layer's calibrated time before the network-level scale."""
     if factor == 1.0 and comp.table:
-        hit = comp.table.get(g.config_key())
+        hit = comp.table.get(g.config_tuple())
         if hit is not None:
             return hit
     if g.op == "dropout" and "dropout" not in comp.coeffs:

@@ -133,16 +133,27 @@ class LayerGeom:
         """Bytes touched per sample: input + output activations + parameters."""
         return (self.c_in * self.h_in * self.w_in + self.acts + self.params) * self.dtype_bytes
 
-    def config_key(self) -> str:
-        """A key for the configuration (everything that determines run time, not the name)."""
-        weighted = self.op in ("conv", "dense")
-        windowed = self.op in ("conv", "pool")
+    def config_tuple(self) -> tuple[Any, ...]:
+        """Everything that determines run time, not the name (fields that do not apply to the
+        op are normalised, so e.g. a bias flag on a pooling layer does not matter)."""
+        op = self.op
+        windowed = op == "conv" or op == "pool"
         return (
-            f"{self.op}|{self.c_in}|{self.c_out}|{self.h_in}x{self.w_in}|{self.h_out}x{self.w_out}"
-            f"|k{self.kernel if windowed else 1}s{self.stride if windowed else 1}"
-            f"p{self.padding if windowed else 0}g{self.groups}|b{int(self.bias and weighted)}"
-            f"|{self.mode if self.op == 'pool' else ''}|{self.activation or ''}|{self.dtype_bytes}"
+            op, self.c_in, self.c_out, self.h_in, self.w_in, self.h_out, self.w_out,
+            self.kernel if windowed else 1, self.stride if windowed else 1,
+            self.padding if windowed else 0, self.groups,
+            int(self.bias and (op == "conv" or op == "dense")),
+            self.mode if op == "pool" else "", self.activation or "", self.dtype_bytes,
         )
+
+    def config_key(self) -> str:
+        """``config_tuple`` as a string (the key of a profile's lookup table)."""
+        return "|".join(str(v) for v in self.config_tuple())
+
+
+def parse_config_key(key: str) -> tuple[Any, ...]:
+    """Inverse of ``LayerGeom.config_key`` (integers back to int)."""
+    return tuple(int(v) if v.isdigit() else v for v in key.split("|"))
 
 
 def geoms_from_module(module: Any, example_input: Any) -> list[LayerGeom]:

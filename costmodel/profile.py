@@ -2,8 +2,14 @@
 
 Timing protocol (recorded in every device profile, see ``PROTOCOL``):
 
-* CPU: ``time.perf_counter`` around each call, ``torch.set_num_threads(threads)`` fixed for the
-  whole measurement (1 by default: on shared machines one thread repeats far better than two);
+* CPU: ``torch.set_num_threads(threads)`` fixed for the whole measurement (1 by default: on
+  shared machines one thread repeats far better than two). The clock is ``time.perf_counter``
+  at 2+ threads; at 1 thread (``clock="auto"``) it is the computing thread's CPU time
+  (``time.thread_time``): with one torch thread all the work runs in the calling thread, so
+  its CPU time equals its wall time on an idle core (0.3% apart here) but excludes the time the
+  core is lent to other processes. On this shared 2-core machine (load 4-7) wall-clock per-layer
+  minima did not add up to the end-to-end minimum (20-40% apart); thread CPU time did (~1%).
+  ``clock="wall"`` forces ``perf_counter``;
   CUDA: ``torch.cuda.Event`` pairs and ``torch.cuda.synchronize`` before reading them.
 * Warm-up per shape (``warmup`` calls, at least 2) before any timed call, so one-time costs
   (allocator growth, oneDNN primitive creation, cuDNN autotuning) are excluded.
@@ -32,7 +38,7 @@ log = logging.getLogger(__name__)
 PROTOCOL = {
     "statistic": "min",
     "spread": "iqr",
-    "cpu_timer": "time.perf_counter",
+    "cpu_timer": "time.thread_time at 1 thread (clock=auto), else time.perf_counter",
     "cuda_timer": "torch.cuda.Event + synchronize",
     "warmup_min": 2,
     "per_layer": "leaf-module boundary hooks, interleaved with unhooked end-to-end calls",
@@ -85,13 +91,22 @@ def resolve_device(device: str) -> str:
     raise CostModelError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
 
 
-CLOCKS = ("wall", "thread")
+CLOCKS = ("auto", "wall", "thread")
+
+
+def resolve_clock(clock: str, threads: int) -> str:
+    """``auto`` is ``thread`` at one thread and ``wall`` otherwise."""
+    if clock == "auto":
+        return "thread" if threads == 1 else "wall"
+    return clock
 
 
 def cpu_timer(clock: str, threads: int) -> Callable[[], float]:
     """The CPU timer for ``clock``: ``wall`` is ``time.perf_counter``; ``thread`` is
     ``time.thread_time`` (CPU time of the calling thread: immune to the core being lent to other
-    processes, valid only when torch computes in this one thread, i.e. ``threads == 1``)."""
+    processes, valid only when torch computes in this one thread, i.e. ``threads == 1``);
+    ``auto`` picks ``thread`` at one thread, else ``wall``."""
+    clock = resolve_clock(clock, threads)
     if clock == "wall":
         return time.perf_counter
     if clock == "thread":
@@ -124,7 +139,7 @@ def time_fn(
     threads: int = 1,
     repeats: int = 15,
     warmup: int = 3,
-    clock: str = "wall",
+    clock: str = "auto",
 ) -> Timing:
     """Time ``fn()`` ``repeats`` times after ``warmup`` untimed calls.
 
@@ -227,7 +242,7 @@ def profile_layer(
     threads: int = 1,
     repeats: int = 15,
     warmup: int = 3,
-    clock: str = "wall",
+    clock: str = "auto",
 ) -> Timing:
     """Time one layer in isolation (its own module, a fixed random input)."""
     import torch
@@ -283,7 +298,7 @@ def profile_module(
     threads: int = 1,
     repeats: int = 15,
     warmup: int = 3,
-    clock: str = "wall",
+    clock: str = "auto",
 ) -> ModelProfile:
     """Profile ``module`` on ``example_input`` (its batch size is the profiled batch size).
 
@@ -300,7 +315,7 @@ def profile_modules(
     threads: int = 1,
     repeats: int = 15,
     warmup: int = 3,
-    clock: str = "wall",
+    clock: str = "auto",
     per_layer: bool = True,
 ) -> list[ModelProfile]:
     """Profile several ``(module, example_input)`` pairs, interleaved round by round.

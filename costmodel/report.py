@@ -41,7 +41,7 @@ def _totals_lines(report: CostReport) -> list[str]:
             f"measured end-to-end {report.e2e_meas_ms:.4g} ms (iqr {report.e2e_meas_iqr_ms:.3g}); "
             f"sum of measured layers {layer_sum:.4g} ms; estimate error {err:+.1f}%"
         )
-    lines.append(f"profile: {report.profile_note}")
+    lines.append(report.profile_note)
     return lines
 
 

@@ -82,19 +82,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
 
     import torch
-    from costmodel.device_profile import default_profile, load_cached
-    from costmodel.profile import profile_modules
 
     from archgen.balance import conv_times, rebalance
     from archgen.build import build_model
     from archgen.generate import GenSpace, sample_specs
+    from costmodel.device_profile import default_profile, load_cached
+    from costmodel.profile import profile_modules
 
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     profile = load_cached("cpu", 1, args.batch_size)
-    profile_name = "cached calibrated profile (cpu, 1 thread, batch %d)" % args.batch_size
+    profile_name = f"cached calibrated profile (cpu, 1 thread, batch {args.batch_size})"
     if profile is None:
         profile = default_profile()
-        profile_name = "built-in default_profile() (no cached CPU profile at 1 thread / batch %d)" % args.batch_size
+        profile_name = f"built-in default_profile() (no cached CPU profile at 1 thread / batch {args.batch_size})"
     log.info("profile: %s", profile_name)
     space = GenSpace(batchnorm=(False,), dropout=(0.0,))
     specs = sample_specs((1, 28, 28), 10, args.n, seed=args.seed, space=space, accept=conv_only_body)

@@ -121,6 +121,8 @@ def run_one(args: argparse.Namespace, strategy: str, seed: int) -> RunResult:
     cmd = ["taskset", "-c", args.cpu, sys.executable, "-m", "archgen", "search", "--data", args.data,
            "--strategy", strategy, "--time-budget", str(args.budget_s), "--out", str(run_dir),
            "--seed", str(seed), "--threads", "1", "-q"]
+    if args.config_path is not None:
+        cmd += ["--config", str(args.config_path)]
     log.info("run: %s", " ".join(cmd))
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -211,15 +213,20 @@ def plot(results: list[RunResult], budget_s: float, path: str) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 5))
     labelled: set[str] = set()
+    # Every curve runs on to the latest end of any run, so flat stretches stay visible.
+    x_end = max([budget_s] + [r.search_span_s or 0.0 for r in results] + [t for r in results for t, _ in r.curve])
     for r in results:
         if not r.curve:
             continue
-        xs = [t for t, _ in r.curve] + [max(budget_s, r.curve[-1][0])]
+        xs = [t for t, _ in r.curve] + [x_end]
         ys = [a for _, a in r.curve] + [r.curve[-1][1]]
         label = r.strategy if r.strategy not in labelled else None
         labelled.add(r.strategy)
-        ax.step(xs, ys, where="post", color=COLOURS.get(r.strategy), label=label, alpha=0.8)
+        colour = COLOURS.get(r.strategy)
+        ax.step(xs, ys, where="post", color=colour, label=label, alpha=0.8)
+        ax.plot(xs[:-1], ys[:-1], "o", color=colour, ms=3, alpha=0.8)
     ax.axvline(budget_s, color="black", lw=0.8, ls=":")
+    ax.set_xlim(left=0)
     ax.set_xlabel("wall time since the first trial started (s)")
     ax.set_ylabel("best validation accuracy so far")
     ax.set_title(f"archgen search on MNIST-10k, {budget_s:g} s per run, one core (one line per seed)")
@@ -232,6 +239,19 @@ def plot(results: list[RunResult], budget_s: float, path: str) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def write_config(args: argparse.Namespace) -> Path | None:
+    """The search YAML shared by every run (only the settings given on this command line)."""
+    import yaml
+
+    cfg = {k: v for k, v in (("max_macs", args.max_macs), ("max_epochs", args.max_epochs)) if v is not None}
+    if not cfg:
+        return None
+    path = Path(args.out_root) / "search_config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
 
 
 def machine() -> str:
@@ -254,8 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-md", default=None, help="write the markdown section here")
     ap.add_argument("--plot", default=None, metavar="PNG")
     ap.add_argument("--cpu", default="0", help="taskset CPU list for every run")
+    ap.add_argument("--max-macs", type=int, default=None,
+                    help="screen out candidates above this many MACs (keeps one epoch to seconds on one core)")
+    ap.add_argument("--max-epochs", type=int, default=None)
     ap.add_argument("--analyze-only", action="store_true")
     args = ap.parse_args(argv)
+    args.config_path = write_config(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     seeds = [int(s) for s in args.seeds.split(",") if s]
     strategies = [s for s in args.strategies.split(",") if s]
@@ -266,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     text, per_strategy = summarize(results, args.budget_s)
     cmd = "python " + " ".join(["scripts/bench_search.py"] + (argv if argv is not None else sys.argv[1:]))
     header = (f"Command: `{cmd}`\n\nDate: {started}; machine: {machine()}; each run pinned with "
-              f"`taskset -c {args.cpu}` and `--threads 1`.\n\n")
+              f"`taskset -c {args.cpu}` and `--threads 1`; search config: "
+              f"{args.config_path.read_text().strip().replace(chr(10), ', ') if args.config_path else 'defaults'}.\n\n")
     failures = [r for r in results if r.error]
     for r in failures:
         text += f"\n{r.strategy} seed {r.seed} failed (rc {r.rc}); stderr tail:\n\n```\n{r.error[-1500:]}\n```\n"

@@ -114,9 +114,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _latency_fn(batch_size: int):  # noqa: ANN202
-    from costmodel.device_profile import load_cached
-
     from archgen.costing import spec_geoms
+    from costmodel.device_profile import load_cached
     from costmodel.estimate import estimate_total_ms
 
     profile = load_cached(device="cpu", threads=1, batch_size=batch_size)

@@ -10,12 +10,12 @@ from torch import nn
 
 from archgen.data import Dataset, SealedTest, Split, load_dataset
 from archgen.errors import UserError
+from archgen.losses import mse_softmax
 from archgen.train import (
     EpochMetrics,
     TrainConfig,
     Trainer,
     TrainResult,
-    _mse_softmax,
     evaluate_test,
     seed_everything,
     train,
@@ -89,11 +89,11 @@ def test_mse_loss_is_softmax_vs_one_hot_summed_over_classes():
     logits = torch.zeros(2, 10)
     y = torch.tensor([3, 7])
     # Uniform probabilities 0.1: (0.9)^2 + 9 * (0.1)^2 = 0.9 for every sample.
-    assert float(_mse_softmax(logits, y)) == pytest.approx(0.9)
+    assert float(mse_softmax(logits, y)) == pytest.approx(0.9)
     confident = torch.full((1, 4), -100.0)
     confident[0, 2] = 100.0
-    assert float(_mse_softmax(confident, torch.tensor([2]))) == pytest.approx(0.0, abs=1e-9)
-    assert float(_mse_softmax(confident, torch.tensor([0]))) == pytest.approx(2.0)
+    assert float(mse_softmax(confident, torch.tensor([2]))) == pytest.approx(0.0, abs=1e-9)
+    assert float(mse_softmax(confident, torch.tensor([0]))) == pytest.approx(2.0)
 
 
 def test_ce_and_mse_train_differently_and_both_learn(digits):

@@ -1,0 +1,112 @@
+"""`archgen cost`, `archgen profile`, `archgen calibrate`: outputs, formats, exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+SPEC = {
+    "schema_version": 1, "input_shape": [1, 28, 28], "num_classes": 10,
+    "layers": [
+        {"op": "conv", "filters": 8, "kernel": 5, "stride": 1, "padding": "same", "activation": "relu"},
+        {"op": "pool", "mode": "max", "kernel": 2, "stride": 2},
+        {"op": "conv", "filters": 16, "kernel": 3, "stride": 1, "padding": "same", "activation": "relu"},
+        {"op": "pool", "mode": "max", "kernel": 2, "stride": 2},
+        {"op": "dense", "units": 32, "activation": "relu"},
+    ],
+    "init": {"scheme": "lecun_uniform"},
+}
+NAMES = ["s1.conv1", "s1.pool", "s2.conv1", "s2.pool", "fc1", "classifier"]
+
+
+@pytest.fixture
+def spec_file(tmp_path: Path) -> Path:
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(SPEC))
+    return path
+
+
+def test_cost_json_matches_library(run_cli, spec_file: Path) -> None:
+    from archgen.costing import spec_geoms
+    from archgen.spec import load_spec
+    from costmodel.estimate import estimate
+
+    code, out, err = run_cli("cost", str(spec_file), "--format", "json")
+    assert code == 0, err
+    d = json.loads(out)
+    assert [r["layer"] for r in d["layers"]] == NAMES
+    report = estimate(spec_geoms(load_spec(spec_file)))
+    assert d["total_est_ms"] == pytest.approx(report.total_est_ms)
+    assert d["total_macs"] == 28 * 28 * 8 * 25 + 14 * 14 * 16 * 8 * 9 + 784 * 32 + 32 * 10
+    assert d["is_default_profile"] is True and d["batch_size"] == 1
+
+
+@pytest.mark.parametrize(("fmt", "marker"), [("table", "t_c_seed_ms"), ("csv", "layer,op,c_in"),
+                                            ("markdown", "| layer | op |")])
+def test_cost_formats(run_cli, spec_file: Path, fmt: str, marker: str) -> None:
+    code, out, _ = run_cli("cost", str(spec_file), "--format", fmt)
+    assert code == 0 and marker in out and "s2.conv1" in out
+
+
+def test_cost_bad_inputs_exit_2(run_cli, spec_file: Path, tmp_path: Path) -> None:
+    code, _, err = run_cli("cost", str(tmp_path / "missing.json"))
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli("cost", str(spec_file), "--batch-size", "0")
+    assert code == 2 and "--batch-size 0" in err
+
+
+def test_cost_refuses_foreign_profile(run_cli, spec_file: Path, tmp_path: Path) -> None:
+    from costmodel.device_profile import DeviceProfile, current_context
+
+    ctx = current_context("cpu", 1, 32)
+    ctx["device_name"] = "Another CPU 9000"
+    prof = DeviceProfile(context=ctx, coeffs={"conv": {"c": 0.1, "a": 0.0, "b": 0.0}},
+                         t_k_ms={})
+    path = prof.save(tmp_path / "foreign.json")
+    code, out, err = run_cli("cost", str(spec_file), "--device-profile", str(path))
+    assert code == 2 and out == ""
+    assert "device_name='Another CPU 9000'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_profile_predicted_next_to_measured(run_cli, spec_file: Path, tmp_path: Path) -> None:
+    png = tmp_path / "layers.png"
+    code, out, err = run_cli("profile", str(spec_file), "--batch-size", "2", "--repeats", "3",
+                             "--format", "json", "--plot", str(png))
+    assert code == 0, err
+    d = json.loads(out)
+    assert [r["layer"] for r in d["layers"]] == NAMES
+    assert all(r["meas_ms"] > 0 and "err_pct" in r for r in d["layers"])
+    assert d["e2e_meas_ms"] > 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_profile_bad_device_exit_2(run_cli, spec_file: Path) -> None:
+    code, _, err = run_cli("profile", str(spec_file), "--device", "tpu")
+    assert code == 2 and "unknown device 'tpu'" in err
+    if not torch.cuda.is_available():
+        code, _, err = run_cli("profile", str(spec_file), "--device", "cuda")
+        assert code == 2 and "CUDA is not available" in err
+
+
+@pytest.mark.slow
+def test_calibrate_quick_then_cost_and_profile_use_it(run_cli, spec_file: Path,
+                                                      tmp_path: Path) -> None:
+    code, out, err = run_cli("calibrate", "--quick", "--batch-size", "4")
+    assert code == 0, err
+    path = Path(out.strip())
+    assert path.is_file() and path.name == "profile-t1-b4.json"
+    saved = json.loads(path.read_text())
+    assert saved["context"]["batch_size"] == 4 and saved["protocol"]["quick"] is True
+    code, out, err = run_cli("cost", str(spec_file), "--batch-size", "4", "--format", "json")
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["is_default_profile"] is False and d["batch_size"] == 4
+    code, out, err = run_cli("profile", str(spec_file), "--batch-size", "4", "--repeats", "2",
+                             "--format", "json")
+    assert code == 0 and json.loads(out)["is_default_profile"] is False
+    target = tmp_path / "p.json"
+    code, out, _ = run_cli("calibrate", "--quick", "--batch-size", "2", "--out", str(target))
+    assert code == 0 and Path(out.strip()) == target and target.is_file()

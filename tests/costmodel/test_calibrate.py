@@ -1,0 +1,103 @@
+"""Calibration: fits recover known coefficients; a tiny real calibration yields a usable profile."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from costmodel.calibrate import _export_gbr, calibrate, fit_layers, fit_profile
+from costmodel.device_profile import DeviceProfile, current_context
+from costmodel.errors import CostModelError
+from costmodel.estimate import compile_trees, estimate, estimate_total_ms
+from costmodel.geometry import LayerGeom
+from costmodel.netgen import random_plain_cnn
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+def true_ms(g: LayerGeom) -> float:
+    """A made-up device: linear per op, exactly."""
+    if g.op == "conv":
+        return 0.05 + 2e-8 * g.macs * 4 + 3e-8 * g.bytes * 4
+    if g.op == "dense":
+        return 0.02 + 1e-8 * g.macs * 4 + 5e-9 * g.bytes * 4
+    return 0.01 + 1e-8 * g.bytes * 4
+
+
+def synthetic_networks(n: int, seed: int) -> list[list[LayerGeom]]:
+    rng = random.Random(seed)
+    return [random_plain_cnn(rng, max_macs=20_000_000) for _ in range(n)]
+
+
+def test_linear_fit_recovers_exact_coefficients() -> None:
+    samples = [(g, true_ms(g)) for net in synthetic_networks(20, 1) for g in net]
+    coeffs, _, quality = fit_layers(samples, {}, residual=False)
+    assert coeffs["conv"]["c"] == pytest.approx(0.05, rel=1e-3)
+    assert coeffs["conv"]["a"] == pytest.approx(8e-8, rel=1e-3)
+    assert coeffs["conv"]["b"] == pytest.approx(1.2e-7, rel=1e-3)
+    assert coeffs["pool_max"]["b"] == pytest.approx(4e-8, rel=1e-3)
+    assert quality["conv"]["mape"] < 1e-6
+
+
+def test_network_correction_recovers_constant_and_scale() -> None:
+    nets = synthetic_networks(40, 2)
+    # End to end = 0.3 ms + 1.2 x the sum of the layers: what the correction must learn.
+    data = [(n, [true_ms(g) for g in n], 0.3 + 1.2 * sum(true_ms(g) for g in n)) for n in nets]
+    prof = fit_profile(current_context("cpu", 1, 4), [], data, {"statistic": "min"})
+    assert prof.network["scale"] == pytest.approx(1.2, rel=0.02)
+    assert prof.network["c0_ms"] == pytest.approx(0.3, abs=0.05)
+    held = synthetic_networks(10, 3)
+    for n in held:
+        want = 0.3 + 1.2 * sum(true_ms(g) for g in n)
+        assert estimate_total_ms(n, prof) == pytest.approx(want, rel=0.05)
+
+
+def test_exported_trees_predict_like_sklearn() -> None:
+    from sklearn.ensemble import GradientBoostingRegressor
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 4))
+    y = np.sin(x[:, 0]) + x[:, 1] * x[:, 2]
+    model = GradientBoostingRegressor(n_estimators=40, max_depth=3, random_state=0).fit(x, y)
+    f = compile_trees(json.loads(json.dumps(_export_gbr(model, x[:1]))))
+    ours = np.array([f(list(row)) for row in x[:50]])
+    assert np.allclose(ours, model.predict(x[:50]), atol=1e-9)
+
+
+def test_bad_device() -> None:
+    with pytest.raises(CostModelError, match="unknown device 'gpu0'"):
+        calibrate(device="gpu0", quick=True)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda() -> None:
+    with pytest.raises(CostModelError, match="CUDA is not available"):
+        calibrate(device="cuda", quick=True)
+
+
+def test_tiny_real_calibration_gives_a_usable_profile(tmp_path: Path) -> None:
+    prof = calibrate(quick=True, batch_size=2, n_networks=4, repeats=2, seed=3)
+    assert prof.context["device"] == "cpu" and prof.context["batch_size"] == 2
+    assert prof.context["threads"] == 1 and prof.context["torch_version"] == torch.__version__
+    assert prof.protocol["statistic"] == "min" and prof.protocol["repeats"] == 2
+    assert {"conv", "dense", "pool_max"} <= set(prof.coeffs)
+    assert prof.fit_quality["network_oof"]["n"] == 4
+    back = DeviceProfile.load(prof.save(tmp_path / "p.json"))
+    back.check_context(batch_size=2)
+    net = synthetic_networks(1, 9)[0]
+    assert estimate(net, back).total_est_ms == pytest.approx(estimate_total_ms(net, prof))
+    assert estimate_total_ms(net, back) > 0
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_calibration() -> None:
+    prof = calibrate(device="cuda", quick=True, batch_size=8, n_networks=4, repeats=3)
+    assert prof.context["device"] == "cuda"
+    assert prof.context["device_name"] == torch.cuda.get_device_name(0)
+    assert estimate_total_ms(synthetic_networks(1, 5)[0], prof) > 0

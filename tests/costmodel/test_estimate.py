@@ -1,0 +1,148 @@
+"""estimate(): columns, closed-form numbers with a hand-made profile, batch rules, fast path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from costmodel.device_profile import DeviceProfile, default_profile
+from costmodel.errors import CostModelError
+from costmodel.estimate import (
+    COLUMNS,
+    balance_summary,
+    compile_trees,
+    estimate,
+    estimate_layers_ms,
+    estimate_total_ms,
+)
+from costmodel.geometry import LayerGeom
+
+GEOMS = [
+    LayerGeom("s1.conv1", "conv", 1, 8, 28, 28, 28, 28, kernel=5, padding=2, activation="relu"),
+    LayerGeom("s1.pool", "pool", 8, 8, 28, 28, 14, 14, 2, 2, bias=False),
+    LayerGeom("s2.conv1", "conv", 8, 16, 14, 14, 14, 14, kernel=3, padding=1, activation="relu"),
+    LayerGeom("s2.pool", "pool", 16, 16, 14, 14, 7, 7, 2, 2, bias=False),
+    LayerGeom("fc1", "dense", 784, 64, 1, 1, 1, 1, activation="relu"),
+    LayerGeom("classifier", "dense", 64, 10, 1, 1, 1, 1),
+]
+
+
+def hand_profile(batch_size: int = 4, **changes) -> DeviceProfile:  # noqa: ANN003
+    fields = dict(
+        context={"device": "cpu", "device_name": "test-cpu", "threads": 1,
+                 "torch_version": "0", "dtype": "float32", "batch_size": batch_size},
+        coeffs={"conv": {"c": 0.1, "a": 1e-6, "b": 1e-5}, "dense": {"c": 0.05, "a": 2e-6, "b": 0.0},
+                "pool_max": {"c": 0.02, "a": 0.0, "b": 1e-6}},
+        t_k_ms={"conv": 1e-4, "dense": 2e-4, "pool": 1e-5},
+        act_elem_ms={"relu": 1e-6},
+        network={"c0_ms": 0.5, "scale": 2.0},
+    )
+    fields.update(changes)
+    return DeviceProfile(**fields)
+
+
+def linear_ms(g: LayerGeom) -> float:
+    c = {"conv": (0.1, 1e-6, 1e-5), "dense": (0.05, 2e-6, 0.0), "pool": (0.02, 0.0, 1e-6)}[g.op]
+    act = g.acts * 1e-6 if g.activation else 0.0
+    return c[0] + c[1] * g.macs + c[2] * g.bytes + act
+
+
+def test_columns_and_closed_form_numbers() -> None:
+    report = estimate(GEOMS, hand_profile())
+    assert tuple(report.table.columns) == COLUMNS
+    expected = [2.0 * linear_ms(g) for g in GEOMS]
+    assert report.table["est_ms"].tolist() == pytest.approx(expected, rel=1e-12)
+    assert report.total_est_ms == pytest.approx(sum(expected) + 0.5, rel=1e-12)
+    assert report.overhead_ms == 0.5
+    seed = report.table["t_c_seed_ms"].tolist()
+    assert seed[0] == pytest.approx(784 * 8 * 1e-4)
+    assert seed[1] == pytest.approx(196 * 8 * 1e-5)
+    assert seed[4] == pytest.approx(64 * 2e-4)
+    assert report.total_macs == sum(g.macs for g in GEOMS)
+    assert report.total_params == sum(g.params for g in GEOMS)
+    assert not report.is_default_profile and "test-cpu" in report.profile_note
+
+
+def test_fast_path_equals_report() -> None:
+    prof = hand_profile()
+    report = estimate(GEOMS, prof)
+    assert estimate_total_ms(GEOMS, prof) == pytest.approx(report.total_est_ms, rel=1e-12)
+    per_layer, overhead = estimate_layers_ms(GEOMS, prof)
+    assert per_layer == pytest.approx(report.table["est_ms"].tolist(), rel=1e-12)
+    assert overhead == 0.5
+
+
+def test_balance_over_conv_layers() -> None:
+    est = [1.0, 5.0, 3.0, 5.0, 9.0, 9.0]  # conv layers are 1.0 and 3.0
+    bal = balance_summary(GEOMS, est)
+    assert bal["cv"] == pytest.approx(0.5)
+    assert bal["max_over_mean"] == pytest.approx(1.5)
+    assert balance_summary(GEOMS[4:], [1.0, 2.0]) == {"cv": 0.0, "max_over_mean": 1.0}
+
+
+def test_calibrated_profile_refuses_other_batch_size() -> None:
+    with pytest.raises(CostModelError, match="batch size 4, not 8"):
+        estimate(GEOMS, hand_profile(), batch_size=8)
+    assert estimate(GEOMS, hand_profile(), batch_size=4).batch_size == 4
+
+
+def test_default_profile_scales_linearly_and_says_so() -> None:
+    one = estimate(GEOMS)
+    assert one.is_default_profile and "default" in one.profile_note and one.batch_size == 1
+    two = estimate(GEOMS, None, batch_size=2)
+    coeffs = default_profile().coeffs
+    conv = coeffs["conv"]
+    g = GEOMS[0]
+    extra = g.acts * default_profile().act_elem_ms["relu"]
+    per_sample = conv["a"] * g.macs + conv["b"] * g.bytes + extra
+    assert two.table["est_ms"][0] - one.table["est_ms"][0] == pytest.approx(per_sample, rel=1e-9)
+
+
+def test_table_hit_wins_over_regression() -> None:
+    prof = hand_profile(table={GEOMS[0].config_key(): 7.0})
+    assert estimate(GEOMS, prof).table["est_ms"][0] == pytest.approx(2.0 * 7.0)
+    off = hand_profile(table={GEOMS[0].config_key(): 7.0}, use_table=False)
+    assert estimate(GEOMS, off).table["est_ms"][0] == pytest.approx(2.0 * linear_ms(GEOMS[0]))
+
+
+def test_compiled_trees_evaluate_like_the_arrays() -> None:
+    # One stump on feature 1 (threshold 2.0 -> -1.0 / +1.0) and one leaf-only tree (0.5).
+    model = {"init": 0.25, "lr": 0.1,
+             "trees": [[[1, -2, -2], [2.0, -2.0, -2.0], [1, -1, -1], [2, -1, -1], [0.0, -1.0, 1.0]],
+                       [[-2], [-2.0], [-1], [-1], [0.5]]]}
+    f = compile_trees(model)
+    assert f([0.0, 1.0]) == pytest.approx(0.25 + 0.1 * (-1.0 + 0.5))
+    assert f([0.0, 3.0]) == pytest.approx(0.25 + 0.1 * (1.0 + 0.5))
+
+
+def test_report_to_dict_is_json_and_measurements_attach() -> None:
+    from costmodel.profile import ModelProfile
+
+    report = estimate(GEOMS, hand_profile())
+    meas = ModelProfile(tuple(GEOMS), tuple(1.0 for _ in GEOMS), tuple(0.1 for _ in GEOMS), 6.5,
+                        0.2, 6.4, "cpu", 1, 4, 3)
+    both = report.with_measurements(meas)
+    assert list(both.table.columns) == list(COLUMNS) + ["meas_ms", "meas_iqr_ms"]
+    d = json.loads(json.dumps(both.to_dict()))
+    assert d["e2e_meas_ms"] == 6.5 and d["layers"][0]["meas_ms"] == 1.0
+    assert d["balance"] == report.balance
+    with pytest.raises(CostModelError, match="profiled 1 layers"):
+        report.with_measurements(ModelProfile(tuple(GEOMS[:1]), (1.0,), (0.1,), 1.0, 0.1, 1.0,
+                                              "cpu", 1, 4, 3))
+
+
+def test_empty_network_is_an_error() -> None:
+    with pytest.raises(CostModelError, match="no layers"):
+        estimate([])
+
+
+def test_pricing_modules_do_not_import_torch() -> None:
+    code = (
+        "import sys, costmodel.geometry, costmodel.estimate, costmodel.device_profile, "
+        "costmodel.report; print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
