@@ -349,11 +349,11 @@ class _ModelTimer:
 
         self.with_layers = per_layer
         self.torch = torch
-        self.geoms, _ = trace_module(module, example_input)
-        if not self.geoms:
-            raise CostModelError("the module has no layer the cost model can price")
         self.module = module.to(device).eval()
         self.x = example_input.to(device)
+        self.geoms, _ = trace_module(self.module, self.x)
+        if not self.geoms:
+            raise CostModelError("the module has no layer the cost model can price")
         self.device = device
         self.cuda = device != "cpu"
         self.timer = timer

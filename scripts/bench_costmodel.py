@@ -95,10 +95,14 @@ def held_out_networks(n: int) -> tuple[list[list[LayerGeom]], list, list[str]]:
         from archgen.build import build_model
         from archgen.costing import spec_geoms
 
+        seen: set[str] = set()
         for i, s in enumerate(specs):
+            if s.key() in seen:
+                continue
+            seen.add(s.key())
             geoms.append(spec_geoms(s))
             modules.append(build_model(s, seed=i))
-            names.append(s.short_name())
+            names.append(s.key())
     rng = random.Random(12345)
     while len(geoms) < n:
         g = random_plain_cnn(rng, max_macs=MAX_MACS)
@@ -170,7 +174,7 @@ def throughput(geoms: list[list[LayerGeom]], modules: list, profile, n_fvcore: i
 
     def fv(item) -> None:
         g, m = item
-        x = torch.randn(1, g[0].c_in, g[0].h_in, g[0].w_in)
+        x = torch.randn(1, g[0].c_in, g[0].h_in, g[0].w_in, device=next(m.parameters()).device)
         FlopCountAnalysis(m, x).unsupported_ops_warnings(False).uncalled_modules_warnings(
             False).total()
 
@@ -186,7 +190,12 @@ def throughput(geoms: list[list[LayerGeom]], modules: list, profile, n_fvcore: i
 def run_config(batch: int, threads: int, args: argparse.Namespace, nets: tuple) -> dict:
     geoms, modules, names = nets
     t0 = time.perf_counter()
-    extra = calibration_extra(set(), args.quick) if not args.no_generator_calibration else []
+    held_keys = set(names)
+    extra = [] if args.no_generator_calibration else calibration_extra(held_keys, args.quick)
+    held_configs = {tuple(g.config_key() for g in n) for n in geoms}
+    overlap = sum(tuple(g.config_key() for g in n) in held_configs for n in extra)
+    if overlap:
+        raise SystemExit(f"{overlap} calibration networks equal held-out ones; fix the seeds")
     profile = calibrate(device=args.device, threads=threads, batch_size=batch, quick=args.quick,
                         extra_networks=extra, n_networks=args.calib_networks, clock=args.clock,
                         progress=lambda m: log.info("%s", m))
@@ -294,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="random calibration networks (default: calibrate's)")
     p.add_argument("--no-generator-calibration", action="store_true")
     p.add_argument("--no-throughput", action="store_true")
+    p.add_argument("--no-layer-sum", action="store_true")
     p.add_argument("--sum-batch", type=int, default=32)
     p.add_argument("--clock", default="auto", choices=("auto", "wall", "thread"),
                    help="CPU clock: auto = thread CPU time at 1 thread, perf_counter otherwise")
@@ -317,8 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).write_text(text + "\n")  # partial results survive an interruption
     tp = None if args.no_throughput else throughput(nets[0], nets[1], results[0]["profile"], 20)
     n_sum = min(30, len(nets[0]))
-    sums = layer_sum_check(nets[1][:n_sum], nets[0][:n_sum], args.sum_batch, 1, args.device,
-                           args.repeats)
+    sums = None if args.no_layer_sum else layer_sum_check(
+        nets[1][:n_sum], nets[0][:n_sum], args.sum_batch, 1, args.device, args.repeats)
     text = write_markdown(results, tp, sums, args, info)
     Path(args.out).write_text(text + "\n")
     print(text)

@@ -100,7 +100,7 @@ def test_hyperband_prunes_at_the_rungs(tmp_path):
 def test_over_budget_candidates_are_never_trained(tmp_path):
     space = {**TINY_SPACE, "base_filters": [8, 64], "stages": [1, 2]}
     settings = SearchSettings(
-        data="digits", strategy="random", trials=8, max_epochs=1, threads=1, max_macs=60_000,
+        data="digits", strategy="random", trials=8, max_epochs=1, threads=1, max_macs=20_000,
         out=str(tmp_path / "b"), space=space,
     )
     run_search(settings)
@@ -111,7 +111,7 @@ def test_over_budget_candidates_are_never_trained(tmp_path):
     for n in rejected["number"]:
         assert not (tmp_path / "b" / "checkpoints" / f"trial_{n}.pt").exists()
     trained = trials[trials["state"] == "COMPLETE"]
-    assert (trained["macs"] <= 60_000).all()
+    assert (trained["macs"] <= 20_000).all() and len(trained) >= 1
 
 
 def test_test_split_is_opened_once_for_the_selected_model_only(tmp_path, monkeypatch):
