@@ -74,7 +74,10 @@ class SearchSettings:
     reduction_factor: int = 3
     val_frac: float = 0.15
     test_frac: float = 0.15
-    threads: int | None = None
+    # One intra-op thread per worker: small CNNs on small batches barely scale past one core,
+    # and oversubscribed OpenMP threads were 9x slower per epoch on a loaded 2-core machine
+    # (1.5 s vs 13 s on digits). Use --workers to fill the cores instead.
+    threads: int | None = 1
     bayes_sampler: str = "tpe"
     grid_points: int = 3
     grid_params: tuple[str, ...] = ("lr", "base_filters", "stages")

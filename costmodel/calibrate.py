@@ -384,11 +384,11 @@ def calibrate(
     from costmodel.profile import (
         PROTOCOL,
         input_for,
-        resolve_clock,
-        resolve_device,
         module_from_geoms,
         profile_layer,
         profile_modules,
+        resolve_clock,
+        resolve_device,
     )
 
     context = current_context(device, threads, batch_size)

@@ -256,6 +256,7 @@ class CostReport:
     is_default_profile: bool
     e2e_meas_ms: float | None = None
     e2e_meas_iqr_ms: float | None = None
+    meas_clock: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def with_measurements(self, model_profile: Any) -> CostReport:
@@ -274,6 +275,7 @@ class CostReport:
         return replace(
             self, table=table, e2e_meas_ms=float(model_profile.e2e_ms),
             e2e_meas_iqr_ms=float(model_profile.e2e_iqr_ms),
+            meas_clock=getattr(model_profile, "clock", None) or None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -296,6 +298,7 @@ class CostReport:
         if self.e2e_meas_ms is not None:
             out["e2e_meas_ms"] = self.e2e_meas_ms
             out["e2e_meas_iqr_ms"] = self.e2e_meas_iqr_ms
+            out["meas_clock"] = self.meas_clock
         return out
 
 

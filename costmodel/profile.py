@@ -268,6 +268,7 @@ class ModelProfile:
     threads: int
     batch_size: int
     repeats: int
+    clock: str = ""
 
     @property
     def layer_sum_ms(self) -> float:
@@ -287,6 +288,7 @@ class ModelProfile:
             "threads": self.threads,
             "batch_size": self.batch_size,
             "repeats": self.repeats,
+            "clock": self.clock,
             "protocol": dict(PROTOCOL),
         }
 
@@ -337,7 +339,8 @@ def profile_modules(
         for _ in range(repeats):
             for t in timers:
                 t.run_round()
-    return [t.result(threads, repeats) for t in timers]
+    clock_name = resolve_clock(clock, threads) if device == "cpu" else "cuda-events"
+    return [t.result(threads, repeats, clock_name) for t in timers]
 
 
 class _ModelTimer:
@@ -432,7 +435,7 @@ class _ModelTimer:
             self.per_layer.append(self._hooked())
         self.e2e.append(self._plain())
 
-    def result(self, threads: int, repeats: int) -> ModelProfile:
+    def result(self, threads: int, repeats: int, clock: str) -> ModelProfile:
         columns = [list(col) for col in zip(*self.per_layer)]
         meas = tuple(min(col) for col in columns)
         iqr = tuple(q[1] - q[0] for q in (_quartiles(col) for col in columns))
@@ -442,5 +445,5 @@ class _ModelTimer:
             e2e_iqr_ms=e2e.iqr_ms,
             hooked_total_ms=min((sum(r) for r in self.per_layer), default=float("nan")),
             device=self.device, threads=threads, batch_size=int(self.x.shape[0]),
-            repeats=repeats,
+            repeats=repeats, clock=clock,
         )

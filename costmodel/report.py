@@ -39,7 +39,8 @@ def _totals_lines(report: CostReport) -> list[str]:
         layer_sum = float(report.table["meas_ms"].sum())
         lines.append(
             f"measured end-to-end {report.e2e_meas_ms:.4g} ms (iqr {report.e2e_meas_iqr_ms:.3g}); "
-            f"sum of measured layers {layer_sum:.4g} ms; estimate error {err:+.1f}%"
+            f"sum of measured layers {layer_sum:.4g} ms; estimate error {err:+.1f}% "
+            f"(minimum of repeats, clock {report.meas_clock})"
         )
     lines.append(report.profile_note)
     return lines

@@ -44,7 +44,7 @@ LENET5 = {
     "layers": [
         {"op": "conv", "filters": 6, "kernel": 5, "padding": "same"},
         {"op": "pool", "mode": "max", "kernel": 2, "stride": 2},
-        {"op": "conv", "filters": 16, "kernel": 5, "padding": "valid"},
+        {"op": "conv", "filters": 16, "kernel": 5, "padding": "same"},
         {"op": "pool", "mode": "max", "kernel": 2, "stride": 2},
         {"op": "dense", "units": 120},
         {"op": "dense", "units": 84},
@@ -56,10 +56,11 @@ DIGITS_CNN = {
     "input_shape": [1, 8, 8],
     "num_classes": 10,
     "layers": [
-        {"op": "conv", "filters": 16, "kernel": 3},
         {"op": "conv", "filters": 32, "kernel": 3},
+        {"op": "conv", "filters": 64, "kernel": 3},
         {"op": "pool", "mode": "max", "kernel": 2, "stride": 2},
         {"op": "dense", "units": 128},
+        {"op": "dropout", "rate": 0.25},
     ],
     "init": {"scheme": "kaiming_uniform"},
 }

@@ -207,3 +207,59 @@ def test_cli_opens_the_test_split_once_and_only_after_training(run_cli, tmp_path
     assert run_cli("train", str(write_spec(tmp_path)), *FAST, "--out", str(out))[0] == 0
     assert events == ["train start", "train end", "test opened"]
     assert json.loads((out / "test_metrics.json").read_text())["test_opened"] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# acceptance 1: the specs and defaults of scripts/bench_train.py reach the target accuracy
+
+LENET5_SAME = {
+    "schema_version": 1,
+    "input_shape": [1, 28, 28],
+    "num_classes": 10,
+    "layers": [
+        {"op": "conv", "filters": 6, "kernel": 5, "padding": "same"},
+        {"op": "pool", "mode": "max", "kernel": 2, "stride": 2},
+        {"op": "conv", "filters": 16, "kernel": 5, "padding": "same"},
+        {"op": "pool", "mode": "max", "kernel": 2, "stride": 2},
+        {"op": "dense", "units": 120},
+        {"op": "dense", "units": 84},
+    ],
+    "init": {"scheme": "kaiming_uniform"},
+}
+DIGITS_CNN = {
+    "schema_version": 1,
+    "input_shape": [1, 8, 8],
+    "num_classes": 10,
+    "layers": [
+        {"op": "conv", "filters": 32, "kernel": 3},
+        {"op": "conv", "filters": 64, "kernel": 3},
+        {"op": "pool", "mode": "max", "kernel": 2, "stride": 2},
+        {"op": "dense", "units": 128},
+        {"op": "dropout", "rate": 0.25},
+    ],
+    "init": {"scheme": "kaiming_uniform"},
+}
+
+
+@pytest.mark.slow
+def test_small_cnn_on_digits_reaches_97_percent(run_cli, tmp_path):
+    spec = tmp_path / "digits_cnn.json"
+    spec.write_text(json.dumps(DIGITS_CNN))
+    code, out, err = run_cli("train", str(spec), "--data", "digits", "--threads", "1", "--quiet",
+                             "--out", str(tmp_path / "run"), "--format", "json")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["epochs_run"] <= 20 and summary["n_test"] == 270
+    assert summary["test_acc"] >= 0.97
+
+
+@pytest.mark.slow
+def test_lenet5_on_mnist10k_reaches_97_5_percent(run_cli, tmp_path, mnist_dir):
+    spec = tmp_path / "lenet5.json"
+    spec.write_text(json.dumps(LENET5_SAME))
+    code, out, err = run_cli("train", str(spec), "--data", f"idx:{mnist_dir}", "--threads", "1",
+                             "--quiet", "--out", str(tmp_path / "run"), "--format", "json")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["epochs_run"] <= 20 and summary["n_test"] == 1500
+    assert summary["test_acc"] >= 0.975

@@ -165,3 +165,25 @@ def test_resume_with_different_settings_is_refused(run_cli, tmp_path):
                    "--strategy", "random")[0] == 0
     code, _, err = run_cli("search", "--trials", "2", "--config", cfg, "--out", str(out), "-q", "--strategy", "bohb")
     assert code == 2 and "holds a different search" in err
+
+
+def test_pareto_objective_exports_the_front(tmp_path):
+    settings = SearchSettings(data="digits", strategy="bayes", objective="pareto", trials=4, max_epochs=1,
+                              threads=1, out=str(tmp_path / "p"), space=TINY_SPACE)
+    run_search(settings)
+    front = pd.read_csv(tmp_path / "p" / "pareto.csv")
+    trials = pd.read_csv(tmp_path / "p" / "trials.csv")
+    done = trials[trials["state"] == "COMPLETE"]
+    assert 1 <= len(front) <= len(done)
+    for _, row in front.iterrows():  # no completed trial dominates a front member
+        dominated = (done["val_acc"] >= row["val_acc"]) & (done["est_ms"] <= row["est_ms"]) & (
+            (done["val_acc"] > row["val_acc"]) | (done["est_ms"] < row["est_ms"]))
+        assert not dominated.any()
+
+
+def test_bayes_with_gaussian_process_sampler(tmp_path):
+    settings = SearchSettings(data="digits", strategy="bayes", bayes_sampler="gp", trials=3, max_epochs=1,
+                              threads=1, out=str(tmp_path / "gp"), space=TINY_SPACE)
+    summary = run_search(settings)
+    assert summary["test_opened"] == 1
+    assert (pd.read_csv(tmp_path / "gp" / "trials.csv")["state"] == "COMPLETE").sum() >= 2

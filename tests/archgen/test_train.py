@@ -354,3 +354,25 @@ def test_test_split_is_never_read_during_training_and_read_once_at_the_end(digit
     with pytest.raises(RuntimeError, match="already opened"):
         evaluate_test(model, data, reason="peek again")
     assert spy_test.opened == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# progress bar
+
+
+def test_progress_bar_only_on_a_terminal_and_when_asked(monkeypatch):
+    import io
+    import sys
+
+    from archgen.train import _progress
+
+    items = [0, 64, 128]
+    assert _progress(items, True, "x") is items  # pytest's stderr is not a TTY
+    fake_tty = io.StringIO()
+    fake_tty.isatty = lambda: True  # type: ignore[method-assign]
+    monkeypatch.setattr(sys, "stderr", fake_tty)
+    assert _progress(items, False, "x") is items
+    bar = _progress(items, True, "epoch 1/3")
+    assert list(bar) == items
+    bar.close()
+    assert "epoch 1/3" in fake_tty.getvalue()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+
 def fvcore_conv_linear(module, x) -> dict[str, int]:  # noqa: ANN001 - torch types
     """fvcore's conv + linear flop count per leaf module path (batch of ``x``)."""
     from fvcore.nn import FlopCountAnalysis

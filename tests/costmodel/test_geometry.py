@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from costmodel_refnets import fvcore_conv_linear
 
 from costmodel.errors import CostModelError
 from costmodel.geometry import LayerGeom, geoms_from_module
-from costmodel_refnets import fvcore_conv_linear
 
 
 def test_conv_closed_form() -> None:

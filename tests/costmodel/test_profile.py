@@ -47,6 +47,16 @@ def test_thread_count_is_fixed_and_restored() -> None:
     assert set(seen) == {1} and torch.get_num_threads() == before
 
 
+def test_clock_auto_is_thread_time_at_one_thread() -> None:
+    from costmodel.profile import resolve_clock
+
+    assert resolve_clock("auto", 1) == "thread" and resolve_clock("auto", 2) == "wall"
+    prof = profile_module(small_cnn(), torch.randn(2, 3, 32, 32), repeats=2)
+    assert prof.clock == "thread"
+    prof = profile_module(small_cnn(), torch.randn(2, 3, 32, 32), repeats=2, clock="wall")
+    assert prof.clock == "wall"
+
+
 def test_bad_devices_and_options() -> None:
     with pytest.raises(CostModelError, match="unknown device 'tpu'"):
         resolve_device("tpu")
