@@ -86,6 +86,7 @@ class SearchSettings:
     pbt_interval: int = 2
     pbt_quantile: float = 0.25
     finalize: bool = True
+    calibrate: bool = True  # fit a quick CPU profile first when none is cached for this machine
     warm_start: bool = True  # sampling strategies start from the practitioner's default config
     space: dict = field(default_factory=dict)
     grid: dict = field(default_factory=dict)
@@ -395,9 +396,23 @@ def _worker_entry(settings: SearchSettings, worker_id: int, start: float) -> Non
 # -- orchestration ------------------------------------------------------------------------------
 
 
+def ensure_profile(settings: SearchSettings) -> None:
+    """Calibrate (quick mode, cached per device) when this machine has no profile yet, so the
+    latency estimates and budgets of the search are this machine's, not the built-in guess."""
+    from costmodel.calibrate import calibrate
+    from costmodel.device_profile import load_cached
+
+    if not settings.calibrate or load_cached("cpu", 1, settings.latency_batch) is not None:
+        return
+    log.warning("no device profile for cpu/1 thread/batch %d: calibrating (quick, about a minute)",
+                settings.latency_batch)
+    calibrate(device="cpu", threads=1, batch_size=settings.latency_batch, quick=True, save_to_cache=True)
+
+
 def prepare(settings: SearchSettings) -> tuple[Any, dict[str, Param]]:
     """Validate everything a user can get wrong before anything is written."""
     dataset = load_data(settings)
+    ensure_profile(settings)
     space = space_from_config(dataset.input_shape, settings.space)
     if settings.strategy == "manual":
         manual_configs(settings.manual, space)

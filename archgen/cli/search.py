@@ -30,6 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, metavar="DIR", help="run directory (default runs/search)")
     p.add_argument("--no-finalize", action="store_false", dest="finalize", default=None,
                    help="join a shared study without selecting/testing/exporting in this process")
+    p.add_argument("--no-calibrate", action="store_false", dest="calibrate", default=None,
+                   help="use the built-in latency profile when this machine has none cached")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=run)
 
@@ -45,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     cli = {
         k: getattr(args, k)
         for k in ("data", "strategy", "trials", "time_budget_s", "max_latency_ms", "objective",
-                  "storage", "study", "workers", "seed", "threads", "out", "finalize")
+                  "storage", "study", "workers", "seed", "threads", "out", "finalize", "calibrate")
     }
     cli["latency_batch"] = args.latency_batch
     cli["max_epochs"] = args.max_epochs
