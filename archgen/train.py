@@ -49,6 +49,7 @@ from torch import nn
 
 from archgen.data import Dataset, Split
 from archgen.errors import UserError
+from archgen.augment import random_shift
 from archgen.losses import LOSS_FNS, LOSSES, LossFn
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class TrainConfig:
     min_delta: float = 0.0
     monitor: str = "val_loss"
     diverge_factor: float = 1e3
+    augment_shift: int = 0  # random translation of each training image by up to this many pixels
     seed: int = 0
     threads: int | None = None
     progress: bool = False
@@ -98,6 +100,8 @@ class TrainConfig:
                 raise bad(name, "use a non-negative number (0 disables it)")
         if not _finite_number(self.diverge_factor) or self.diverge_factor <= 1:
             raise bad("diverge_factor", "use a number above 1, e.g. 1000")
+        if not isinstance(self.augment_shift, int) or isinstance(self.augment_shift, bool) or self.augment_shift < 0:
+            raise bad("augment_shift", "use a non-negative integer number of pixels (0 disables it)")
         for name in ("batch_size", "epochs", "patience"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -303,6 +307,8 @@ class Trainer:
                 idx = order[start : start + cfg.batch_size]
                 xb = x.index_select(0, idx)
                 yb = y.index_select(0, idx)
+                if cfg.augment_shift:
+                    xb = random_shift(xb, cfg.augment_shift)
                 logits = model(xb)
                 loss = loss_fn(logits, yb)
                 loss_value = loss.item()

@@ -10,7 +10,7 @@ Model (per layer, at the profile's batch size ``B0``; see ``costmodel.estimate``
                else base * exp(clamp(trees(phi(layer))))  (boosted trees on log(T / base));
                classes without trees use a log-linear residual exp(clamp(w . psi(layer)))
              + activation elements * per-element cost of the fused activation
-    network  = c0_ms + scale * sum(layer)           (network-level correction)
+    network  = c0_ms + sum(scale * layer + per_layer_ms)   (network-level correction)
 
 A profile holds for ONE batch size: ``estimate`` refuses another batch size for a calibrated
 profile (``batch_scaling == "fixed"``). The built-in default profile (``batch_scaling ==
@@ -44,7 +44,7 @@ class DeviceProfile:
     sample at batch size ``context["batch_size"]``; ``act_elem_ms[name]`` is the cost of one
     activation element of a fused activation; ``residual[op_class]`` the weights of the
     log-space correction; ``table`` maps ``LayerGeom.config_key()`` to a measured ms;
-    ``network = {"c0_ms", "scale"}``; ``t_k_ms[op]`` the textbook per-op filter time.
+    ``network = {"c0_ms", "scale", "per_layer_ms"}``; ``t_k_ms[op]`` the textbook per-op filter time.
     """
 
     context: dict[str, Any]

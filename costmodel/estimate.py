@@ -10,7 +10,7 @@ Pure arithmetic, no torch. Two entry points:
 Per layer, ``t_k_ms`` is the textbook time of one filter application for the op and
 ``t_c_seed_ms = n_p * n_f * t_k_ms`` (scaled by batch size relative to the profile's);
 ``est_ms`` is the calibrated estimate (model in ``costmodel.device_profile``), already multiplied
-by the network-level ``scale``. ``total_est_ms = sum(est_ms) + overhead_ms`` where
+by the network-level ``scale`` and including the network-level ``per_layer_ms`` term. ``total_est_ms = sum(est_ms) + overhead_ms`` where
 ``overhead_ms`` is the fitted per-network constant ``c0_ms``.
 
 Batch size: a calibrated profile holds for its own batch size only; asking for another raises
@@ -129,6 +129,7 @@ class _Compiled:
     t_k_ms: dict[str, float]
     c0_ms: float
     scale: float
+    per_layer_ms: float
     batch_size: int
     linear: bool
 
@@ -145,6 +146,7 @@ def compile_profile(profile: DeviceProfile) -> _Compiled:
         t_k_ms={k: float(v) for k, v in profile.t_k_ms.items()},
         c0_ms=float(profile.network.get("c0_ms", 0.0)),
         scale=float(profile.network.get("scale", 1.0)),
+        per_layer_ms=float(profile.network.get("per_layer_ms", 0.0)),
         batch_size=profile.batch_size,
         linear=profile.batch_scaling == "linear",
     )
@@ -213,7 +215,7 @@ def estimate_layers_ms(
 ) -> tuple[list[float], float]:
     """Per-layer ``est_ms`` (network scale applied) and the per-network overhead in ms."""
     _, comp, factor = _resolve(profile, batch_size)
-    per_layer = [comp.scale * _layer_raw_ms(g, comp, factor) for g in geoms]
+    per_layer = [comp.scale * _layer_raw_ms(g, comp, factor) + comp.per_layer_ms for g in geoms]
     return per_layer, comp.c0_ms
 
 
@@ -223,9 +225,11 @@ def estimate_total_ms(
     """Fast path: the calibrated end-to-end estimate in ms (no DataFrame)."""
     _, comp, factor = _resolve(profile, batch_size)
     total = 0.0
+    n = 0
     for g in geoms:
         total += _layer_raw_ms(g, comp, factor)
-    return comp.c0_ms + comp.scale * total
+        n += 1
+    return comp.c0_ms + comp.scale * total + comp.per_layer_ms * n
 
 
 def seed_t_k_ms(g: LayerGeom, comp: _Compiled) -> float:

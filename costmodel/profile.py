@@ -269,6 +269,7 @@ class ModelProfile:
     batch_size: int
     repeats: int
     clock: str = ""
+    e2e_samples_ms: tuple[float, ...] = field(default=(), repr=False)
 
     @property
     def layer_sum_ms(self) -> float:
@@ -319,12 +320,14 @@ def profile_modules(
     warmup: int = 3,
     clock: str = "auto",
     per_layer: bool = True,
+    warmup_s: float = 0.0,
 ) -> list[ModelProfile]:
     """Profile several ``(module, example_input)`` pairs, interleaved round by round.
 
     Each round runs every model once hooked and once plain, so a burst of load from other
     processes lands on all models alike instead of biasing the ones measured during it.
     ``per_layer=False`` skips the hooked runs (end-to-end only; ``meas_ms`` is empty).
+    Warm-up: at least ``warmup`` interleaved untimed rounds and at least ``warmup_s`` seconds.
     """
     import torch
 
@@ -334,8 +337,18 @@ def profile_modules(
     timer = cpu_timer(clock, threads)
     with fixed_threads(threads), torch.no_grad():
         timers = [_ModelTimer(m, x, device, timer, per_layer) for m, x in pairs]
+        # Warm-up rounds are interleaved like the timed ones and last at least ``warmup_s``:
+        # freshly built models ran up to 30% slower for their first ~10 s here (batch 1).
+        start = time.perf_counter()
+        rounds = 0
+        while rounds < max(warmup, PROTOCOL["warmup_min"]) or (
+            time.perf_counter() - start < warmup_s
+        ):
+            for t in timers:
+                t.warm(1)
+            rounds += 1
         for t in timers:
-            t.warm(max(warmup, PROTOCOL["warmup_min"]))
+            t.warm_hooks()
         for _ in range(repeats):
             for t in timers:
                 t.run_round()
@@ -387,10 +400,12 @@ class _ModelTimer:
     def warm(self, n: int) -> None:
         for _ in range(n):
             self.module(self.x)
-        if self.with_layers:
-            self._hooked()  # warm the hook path too
         if self.cuda:
             self.torch.cuda.synchronize()
+
+    def warm_hooks(self) -> None:
+        if self.with_layers:
+            self._hooked()  # the hook path too
 
     def _hooked(self) -> list[float]:
         handles = []
@@ -445,5 +460,5 @@ class _ModelTimer:
             e2e_iqr_ms=e2e.iqr_ms,
             hooked_total_ms=min((sum(r) for r in self.per_layer), default=float("nan")),
             device=self.device, threads=threads, batch_size=int(self.x.shape[0]),
-            repeats=repeats, clock=clock,
+            repeats=repeats, clock=clock, e2e_samples_ms=tuple(self.e2e),
         )

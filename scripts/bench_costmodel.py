@@ -41,7 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from costmodel.calibrate import calibrate, seed_units  # noqa: E402
+from costmodel.calibrate import CHUNK, WARMUP_S, calibrate, seed_units  # noqa: E402
 from costmodel.estimate import estimate, estimate_total_ms  # noqa: E402
 from costmodel.geometry import LayerGeom  # noqa: E402
 from costmodel.netgen import random_plain_cnn  # noqa: E402
@@ -124,7 +124,9 @@ def calibration_extra(held_keys: set[str], quick: bool) -> list[list[LayerGeom]]
 
 
 def measure(modules: list, geoms: list[list[LayerGeom]], batch: int, threads: int, device: str,
-            repeats: int) -> list[float]:
+            repeats: int) -> tuple[list[float], list[float], list[float]]:
+    """(reference, pass A, pass B): 2 x ``repeats`` rounds over all networks, interleaved;
+    A = minimum over odd rounds, B = over even rounds, reference = minimum over all."""
     import torch
 
     from costmodel.profile import profile_modules
@@ -134,8 +136,13 @@ def measure(modules: list, geoms: list[list[LayerGeom]], batch: int, threads: in
     for m, g in zip(modules, geoms):
         c, h, w = g[0].c_in, g[0].h_in, g[0].w_in
         pairs.append((m, torch.randn(batch, c, h, w)))
-    out = profile_modules(pairs, device, threads, repeats, 2, args_clock, per_layer=False)
-    return [p.e2e_ms for p in out]
+    out = []
+    for start in range(0, len(pairs), CHUNK):  # the same interleaving regime as calibration
+        out += profile_modules(pairs[start:start + CHUNK], device, threads, 2 * repeats, 2,
+                               args_clock, per_layer=False, warmup_s=WARMUP_S)
+    a = [min(p.e2e_samples_ms[0::2]) for p in out]
+    b = [min(p.e2e_samples_ms[1::2]) for p in out]
+    return [p.e2e_ms for p in out], a, b
 
 
 def layer_sum_check(modules: list, geoms: list, batch: int, threads: int, device: str,
@@ -146,7 +153,7 @@ def layer_sum_check(modules: list, geoms: list, batch: int, threads: int, device
 
     pairs = [(m, torch.randn(batch, g[0].c_in, g[0].h_in, g[0].w_in))
              for m, g in zip(modules, geoms)]
-    out = profile_modules(pairs, device, threads, repeats, 2, args_clock)
+    out = profile_modules(pairs, device, threads, repeats, 2, args_clock, warmup_s=WARMUP_S)
     dev = [abs(p.layer_sum_ms / p.e2e_ms - 1) * 100 for p in out]
     return {"n": len(dev), "median_abs_pct": statistics.median(dev),
             "p90_abs_pct": float(np.percentile(dev, 90)),
@@ -205,8 +212,7 @@ def run_config(batch: int, threads: int, args: argparse.Namespace, nets: tuple) 
     calib_s = time.perf_counter() - t0
     log.info("b%d t%d: calibrated in %.0f s; measuring %d held-out networks", batch, threads,
              calib_s, len(geoms))
-    meas_a = measure(modules, geoms, batch, threads, args.device, args.repeats)
-    meas_b = measure(modules, geoms, batch, threads, args.device, args.repeats)
+    meas_ref, meas_a, meas_b = measure(modules, geoms, batch, threads, args.device, args.repeats)
     base = profile.fit_quality["baselines"]
     macs = [sum(g.macs for g in n) for n in geoms]
     preds = {
@@ -217,17 +223,20 @@ def run_config(batch: int, threads: int, args: argparse.Namespace, nets: tuple) 
                                                       use_table=False)) for n in geoms],
         "(d) calibrated (table + trees + network correction)": [
             estimate_total_ms(n, profile) for n in geoms],
-        "noise floor (2nd measurement)": meas_b,
     }
-    rows = {k: metrics(v, meas_a) for k, v in preds.items()}
+    rows = {k: metrics(v, meas_ref) for k, v in preds.items()}
+    rows["(d) calibrated, against pass A only"] = metrics(preds[
+        "(d) calibrated (table + trees + network correction)"], meas_a)
+    rows["noise floor: pass B against pass A"] = metrics(meas_b, meas_a)
     hits = sum(g.config_key() in profile.table for n in geoms for g in n)
     total_layers = sum(len(n) for n in geoms)
     return {
         "batch_size": batch, "threads": threads, "calibration_s": calib_s,
         "calibration_networks": profile.protocol.get("n_networks"),
         "calibration_oof": profile.fit_quality.get("network_oof"), "metrics": rows,
-        "table_hit_share": hits / total_layers, "median_meas_ms": statistics.median(meas_a),
-        "profile": profile, "meas": meas_a, "pred": preds,
+        "table_hit_share": hits / total_layers, "median_meas_ms": statistics.median(meas_ref),
+        "profile": profile, "meas": meas_ref, "meas_a": meas_a, "meas_b": meas_b, "pred": preds,
+        "network_correction": profile.network,
     }
 
 
@@ -248,6 +257,10 @@ def machine() -> dict[str, str]:
     return info
 
 
+def _ratio(value: float) -> str:
+    return "n/a" if value != value else f"{value:,.1f}x"
+
+
 def write_markdown(results: list[dict], tp: dict | None, sums: dict | None, args, info) -> str:
     lines = [f"## Cost model benchmark ({args.device})", "",
              f"* date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}",
@@ -258,8 +271,11 @@ def write_markdown(results: list[dict], tp: dict | None, sums: dict | None, args
              f"* held-out networks: {args.networks} (3/4 archgen generator specs, half of them "
              f"with R2 off; 1/4 random plain CNNs; <= {MAX_MACS / 1e6:.0f}M MACs per sample; "
              "none used in calibration)",
-             f"* protocol: end-to-end minimum of {args.repeats} runs, all networks interleaved "
-             "round by round, measured twice (pass A = reference, pass B = noise floor); "
+             f"* protocol: {2 * args.repeats} rounds over all networks, interleaved round by "
+             f"round (in chunks of {CHUNK} networks after {WARMUP_S:.0f} s of interleaved "
+             "warm-up, as in calibration); reference = minimum over all rounds; pass A = "
+             "minimum over odd rounds, pass "
+             f"B = over even rounds ({args.repeats} runs each; B against A = noise floor); "
              f"torch.set_num_threads fixed; CPU clock `{args.clock}` (auto: the computing "
              "thread's CPU time `time.thread_time` at 1 thread, `perf_counter` at 2 threads; "
              "CUDA: events); the machine was shared with other agents' jobs "
@@ -279,9 +295,9 @@ def write_markdown(results: list[dict], tp: dict | None, sums: dict | None, args
         lines += ["### Pricing throughput (same held-out networks, 1 thread)", "",
                   "| method | networks/s | vs fvcore |", "|---|---|---|",
                   f"| `estimate_total_ms` (fast path) | {tp['estimate_total_ms_per_s']:,.0f} | "
-                  f"{tp['ratio_fast_vs_fvcore']:,.0f}x |",
+                  f"{_ratio(tp['ratio_fast_vs_fvcore'])} |",
                   f"| `estimate` (DataFrame report) | {tp['estimate_report_per_s']:,.0f} | "
-                  f"{tp['ratio_report_vs_fvcore']:,.1f}x |",
+                  f"{_ratio(tp['ratio_report_vs_fvcore'])} |",
                   f"| fvcore `FlopCountAnalysis(...).total()` | {tp['fvcore_per_s']:,.1f} | 1x |"
                   + (" (fvcore not installed)" if tp["fvcore_per_s"] != tp["fvcore_per_s"] else ""),
                   "", f"Compiling a profile for the fast path (once per profile): "
@@ -301,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--networks", type=int, default=120, help="held-out networks (default 120)")
     p.add_argument("--configs", default=None,
                    help="comma list of bBtT, default b32t1,b32t2,b1t1 (cpu) / b32t1,b1t1 (cuda)")
-    p.add_argument("--repeats", type=int, default=9, help="timed runs per network and pass")
+    p.add_argument("--repeats", type=int, default=9,
+                   help="timed runs per network and pass (two interleaved passes)")
     p.add_argument("--quick", action="store_true", help="quick calibration")
     p.add_argument("--calib-networks", type=int, default=None,
                    help="random calibration networks (default: calibrate's)")

@@ -187,3 +187,20 @@ def test_bayes_with_gaussian_process_sampler(tmp_path):
     summary = run_search(settings)
     assert summary["test_opened"] == 1
     assert (pd.read_csv(tmp_path / "gp" / "trials.csv")["state"] == "COMPLETE").sum() >= 2
+
+
+@pytest.mark.parametrize("name", ["grid.yaml", "manual.yaml", "space.yaml"])
+def test_example_configs_are_valid(name):
+    from pathlib import Path
+
+    from archgen.search import load_config_file, settings_from
+    from archgen.space import space_from_config
+    from archgen.strategies import coarse_grid, manual_configs
+
+    path = Path(__file__).resolve().parents[2] / "examples" / name
+    settings = settings_from({}, str(path))
+    space = space_from_config((1, 8, 8), settings.space)
+    if settings.strategy == "manual":
+        assert len(manual_configs(settings.manual, space)) == len(load_config_file(path)["manual"])
+    if settings.strategy == "grid":
+        assert coarse_grid(space, settings)["lr"] == [0.0003, 0.003, 0.03]

@@ -376,3 +376,20 @@ def test_progress_bar_only_on_a_terminal_and_when_asked(monkeypatch):
     assert list(bar) == items
     bar.close()
     assert "epoch 1/3" in fake_tty.getvalue()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_and_test_evaluation_on_cuda(digits):
+    model = mlp()
+    r = train(model, digits, dataclasses.replace(FAST, device="cuda", epochs=2))
+    assert r.status == "ok" and r.epochs_run == 2 and r.best_val_acc > 0.5
+    assert next(model.parameters()).is_cuda
+    out = evaluate_test(model, digits, reason="cuda check")
+    assert out["n"] == 270 and 0.5 < out["test_acc"] <= 1.0
+
+
+def test_cuda_device_without_cuda_is_a_user_error(digits, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="CUDA is not available"):
+        Trainer(mlp(), digits, dataclasses.replace(FAST, device="cuda"))
