@@ -94,11 +94,15 @@ def default_space(input_shape: tuple[int, int, int]) -> dict[str, Param]:
     widen them with a ``space:`` section for bigger machines or budgets.
     """
     depth = max(1, min(4, max_pools(input_shape, RuleSet())))
+    # Random shifts of a pixel or two are the cheapest regularizer for small images; one pixel
+    # is already an eighth of an 8x8 digit.
+    shift = 1 if min(input_shape[1], input_shape[2]) < 16 else 2
     params = [
         Param("stages", "int", 1, depth, default=min(2, depth)),
         Param("convs_per_stage", "int", 1, 2, default=1),
         Param("base_filters", "choice", choices=(8, 16, 24, 32, 48), default=32),
         Param("growth", "choice", choices=(2, 4), default=2),
+        Param("max_filters", "choice", choices=(64, 128, 256), default=128),
         Param("stacking", "choice", choices=(False, True), default=False),
         Param("batchnorm", "choice", choices=(False, True), default=True),
         Param("dense_layers", "int", 0, 2, default=1),
@@ -116,6 +120,7 @@ def default_space(input_shape: tuple[int, int, int]) -> dict[str, Param]:
         Param("loss", "choice", choices=("ce", "mse"), default="ce"),
         Param("weight_decay", "float", 1e-7, 1e-2, log=True, default=1e-5),
         Param("l1", "float", 1e-9, 1e-4, log=True, default=1e-9),
+        Param("augment_shift", "int", 0, 2, default=shift),
     ]
     return {p.name: p for p in params}
 
@@ -150,7 +155,7 @@ def suggest(trial: Any, space: dict[str, Param]) -> dict[str, Any]:
     return {name: p.suggest(trial) for name, p in space.items()}
 
 
-TRAIN_KEYS = ("lr", "optimizer", "batch_size", "loss", "weight_decay", "l1")
+TRAIN_KEYS = ("lr", "optimizer", "batch_size", "loss", "weight_decay", "l1", "augment_shift")
 
 
 def spec_from_params(
@@ -162,7 +167,8 @@ def spec_from_params(
     switches to global average pooling first, as a practitioner would; if it still does not
     fit, the network drops its hidden dense layers. SpecError if nothing fits.
     """
-    rules = RuleSet(growth=params["growth"], stacking=params["stacking"], init=params["init"])
+    rules = RuleSet(growth=params["growth"], stacking=params["stacking"], init=params["init"],
+                    max_filters=params.get("max_filters", RuleSet.max_filters))
     genes = Genes(
         stages=params["stages"],
         convs_per_stage=params["convs_per_stage"],

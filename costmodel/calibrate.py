@@ -392,7 +392,8 @@ def calibrate(
     otherwise 160 networks and 9 repeats (a few minutes). ``networks`` replaces the random
     calibration networks, ``extra_networks`` adds to them (e.g. samples of archgen's own
     generator, so the lookup table holds its layer configurations; never the networks the model
-    is judged on). All networks are profiled interleaved, round by round.
+    is judged on). Networks are profiled interleaved, round by round, in chunks of ``CHUNK``
+    after ``WARMUP_S`` seconds of interleaved warm-up; ``clock`` as in ``costmodel.profile``.
     ``save_to_cache`` writes the profile to ``cache_path(context)``.
     Raises ``CostModelError`` for an unknown device or CUDA without CUDA.
     """

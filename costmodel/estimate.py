@@ -10,8 +10,9 @@ Pure arithmetic, no torch. Two entry points:
 Per layer, ``t_k_ms`` is the textbook time of one filter application for the op and
 ``t_c_seed_ms = n_p * n_f * t_k_ms`` (scaled by batch size relative to the profile's);
 ``est_ms`` is the calibrated estimate (model in ``costmodel.device_profile``), already multiplied
-by the network-level ``scale`` and including the network-level ``per_layer_ms`` term. ``total_est_ms = sum(est_ms) + overhead_ms`` where
-``overhead_ms`` is the fitted per-network constant ``c0_ms``.
+by the network-level ``scale`` and including the network-level ``per_layer_ms`` term;
+``total_est_ms = sum(est_ms) + overhead_ms`` where ``overhead_ms`` is the fitted per-network
+constant ``c0_ms``.
 
 Batch size: a calibrated profile holds for its own batch size only; asking for another raises
 ``CostModelError`` (calibrate at that batch size instead). The built-in default profile scales

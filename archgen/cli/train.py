@@ -53,6 +53,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
     p.add_argument("--weight-decay", type=float, default=0.0, metavar="X", help="L2 lambda on weights")
     p.add_argument("--l1", type=float, default=0.0, metavar="X", help="L1 lambda on weights")
+    p.add_argument("--augment-shift", type=int, default=0, metavar="PX",
+                   help="random translation of training images by up to PX pixels (default 0: off)")
     p.add_argument("--patience", type=int, default=5, metavar="P",
                    help="early stopping: epochs without validation improvement (default 5)")
     p.add_argument("--min-delta", type=float, default=0.0, metavar="D",
@@ -85,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     # Everything a user can get wrong is checked before anything is written.
     config = TrainConfig(
         lr=args.lr, optimizer=args.optimizer, momentum=args.momentum, loss=args.loss,
-        weight_decay=args.weight_decay, l1=args.l1, batch_size=args.batch_size,
+        weight_decay=args.weight_decay, l1=args.l1, augment_shift=args.augment_shift, batch_size=args.batch_size,
         epochs=args.epochs, patience=args.patience, min_delta=args.min_delta,
         monitor=args.monitor, seed=args.seed, threads=args.threads,
         progress=not args.quiet, device=args.device,

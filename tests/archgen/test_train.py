@@ -393,3 +393,23 @@ def test_cuda_device_without_cuda_is_a_user_error(digits, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UserError, match="CUDA is not available"):
         Trainer(mlp(), digits, dataclasses.replace(FAST, device="cuda"))
+
+
+def test_random_shift_moves_pixels_within_bounds_and_is_seeded():
+    import torch
+
+    from archgen.augment import random_shift
+
+    x = torch.arange(1, 2 * 1 * 5 * 5 + 1, dtype=torch.float).reshape(2, 1, 5, 5)
+    torch.manual_seed(3)
+    a = random_shift(x, 1)
+    torch.manual_seed(3)
+    b = random_shift(x, 1)
+    assert torch.equal(a, b) and a.shape == x.shape
+    for i in range(2):
+        # every output pixel is either padding (0) or an input pixel of the same image
+        vals = set(a[i].flatten().tolist()) - {0.0}
+        assert vals <= set(x[i].flatten().tolist())
+        # a shift of at most 1 keeps the centre 3x3 block inside the output
+        assert set(x[i, 0, 1:4, 1:4].flatten().tolist()) <= vals
+    assert torch.equal(random_shift(x, 0), x)
