@@ -388,7 +388,7 @@ def calibrate(
 ) -> DeviceProfile:
     """Measure and fit a device profile for ``device`` at ``threads`` and ``batch_size``.
 
-    ``quick``: 16 random calibration networks and 5 repeats (under a minute on a 2-core Xeon);
+    ``quick``: 24 random calibration networks and 5 repeats (under a minute on a 2-core Xeon);
     otherwise 160 networks and 9 repeats (a few minutes). ``networks`` replaces the random
     calibration networks, ``extra_networks`` adds to them (e.g. samples of archgen's own
     generator, so the lookup table holds its layer configurations; never the networks the model
@@ -416,7 +416,7 @@ def calibrate(
         raise CostModelError(f"repeats={reps} must be >= 1")
     rng = random.Random(seed)
     if networks is None:
-        count = n_networks or (16 if quick else 160)
+        count = n_networks or (24 if quick else 160)
         networks = [random_plain_cnn(rng) for _ in range(count)]
     networks = [list(n) for n in networks] + [list(n) for n in extra_networks]
     micro_geoms = micro_benchmark_geoms(quick, seed)

@@ -211,13 +211,25 @@ def tree_base_class(g: LayerGeom) -> str:
     return g.op
 
 
+# The network-level correction is fitted on calibration networks; extrapolated to far smaller
+# networks a negative c0 or per-layer term could price a layer or a network at <= 0 ms (seen
+# once: a one-conv net at batch 1 estimated at -0.03 ms). It may shrink the layer sum, but
+# never below this share of it.
+MIN_SHARE_OF_LAYER_SUM = 0.25
+
+
+def _corrected_layer_ms(raw_ms: float, comp: _Compiled) -> float:
+    return max(comp.scale * raw_ms + comp.per_layer_ms, MIN_SHARE_OF_LAYER_SUM * comp.scale * raw_ms)
+
+
 def estimate_layers_ms(
     geoms: Sequence[LayerGeom], profile: DeviceProfile | None = None, batch_size: int | None = None
 ) -> tuple[list[float], float]:
     """Per-layer ``est_ms`` (network scale applied) and the per-network overhead in ms."""
     _, comp, factor = _resolve(profile, batch_size)
-    per_layer = [comp.scale * _layer_raw_ms(g, comp, factor) + comp.per_layer_ms for g in geoms]
-    return per_layer, comp.c0_ms
+    per_layer = [_corrected_layer_ms(_layer_raw_ms(g, comp, factor), comp) for g in geoms]
+    overhead = max(comp.c0_ms, -(1 - MIN_SHARE_OF_LAYER_SUM) * sum(per_layer))
+    return per_layer, overhead
 
 
 def estimate_total_ms(
@@ -226,11 +238,9 @@ def estimate_total_ms(
     """Fast path: the calibrated end-to-end estimate in ms (no DataFrame)."""
     _, comp, factor = _resolve(profile, batch_size)
     total = 0.0
-    n = 0
     for g in geoms:
-        total += _layer_raw_ms(g, comp, factor)
-        n += 1
-    return comp.c0_ms + comp.scale * total + comp.per_layer_ms * n
+        total += _corrected_layer_ms(_layer_raw_ms(g, comp, factor), comp)
+    return total + max(comp.c0_ms, -(1 - MIN_SHARE_OF_LAYER_SUM) * total)
 
 
 def seed_t_k_ms(g: LayerGeom, comp: _Compiled) -> float:

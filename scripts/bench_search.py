@@ -55,6 +55,7 @@ class RunResult:
     rc: int | None = None
     wall_s: float | None = None
     curve: list[tuple[float, float]] = field(default_factory=list)
+    compute_curve: list[tuple[float, float]] = field(default_factory=list)
     final_val_acc: float | None = None
     test_acc: float | None = None
     n_trials: int = 0
@@ -85,6 +86,26 @@ def best_so_far(trials: pd.DataFrame) -> tuple[list[tuple[float, float]], float 
     return curve, span_s
 
 
+def compute_so_far(trials: pd.DataFrame) -> list[tuple[float, float]]:
+    """Like ``best_so_far`` but against training compute instead of wall time: the sum of
+    ``epochs x macs`` (G MAC per training sample, forward) of every trial *started* by the time a
+    trial completes, pruned or complete. With one worker a trial starts only after the previous
+    one ended, so that is the work done so far; for PBT, whose members train side by side and all
+    complete at the end, it counts the whole population. Unlike wall time it does not depend on
+    what else ran on the core."""
+    df = trials.copy()
+    df["start"] = pd.to_datetime(df["datetime_start"])
+    df["end"] = pd.to_datetime(df["datetime_complete"])
+    df["work_g"] = df["epochs"].fillna(0).astype(float) * df["macs"].fillna(0).astype(float) / 1e9
+    done = df[(df["state"] == "COMPLETE") & df["val_acc"].notna()].sort_values("end")
+    curve, best = [], -math.inf
+    for end, acc in zip(done["end"], done["val_acc"]):
+        if acc > best:
+            best = float(acc)
+            curve.append((float(df.loc[df["start"] < end, "work_g"].sum()), best))
+    return curve
+
+
 def time_to_reach(curve: list[tuple[float, float]], target: float) -> float:
     """First time the best-so-far reaches ``target`` (inf when it never does)."""
     for t_s, acc in curve:
@@ -101,7 +122,12 @@ def read_run(res: RunResult) -> RunResult:
         res.n_complete = int((df["state"] == "COMPLETE").sum())
         res.n_pruned = int((df["state"] == "PRUNED").sum())
         res.curve, res.search_span_s = best_so_far(df)
+        res.compute_curve = compute_so_far(df)
         res.final_val_acc = res.curve[-1][1] if res.curve else None
+    bench = res.run_dir / "bench_run.json"
+    if bench.exists() and res.wall_s is None:
+        d = json.loads(bench.read_text())
+        res.wall_s, res.rc = d["wall_s"], d["rc"]
     metrics = res.run_dir / "test_metrics.json"
     if metrics.exists():
         res.test_acc = float(json.loads(metrics.read_text())["test_acc"])
@@ -128,6 +154,7 @@ def run_one(args: argparse.Namespace, strategy: str, seed: int) -> RunResult:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     res.wall_s = time.perf_counter() - t0
     res.rc = proc.returncode
+    (run_dir / "bench_run.json").write_text(json.dumps({"wall_s": res.wall_s, "rc": res.rc, "cmd": cmd}))
     if proc.returncode != 0:
         res.error = proc.stderr.strip()[-3000:]
         log.error("%s seed %d failed (rc %d):\n%s", strategy, seed, proc.returncode, res.error)
@@ -156,17 +183,18 @@ def summarize(results: list[RunResult], budget_s: float) -> tuple[str, dict]:
     strategies = list(dict.fromkeys(r.strategy for r in results))
     seeds = sorted({r.seed for r in results})
     lines = ["| strategy | seed | trials (complete/pruned) | final best val_acc | test_acc | "
-             "t to random's final val (s) | t / random's t | search span (s) | process wall (s) |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+             "t to random's final val (s) | t / random's t | compute to it (G epoch-MAC) | compute / random's | "
+             "search span (s) | process wall (s) |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     per_strategy: dict[str, dict] = {}
     for s in strategies:
-        reach, ratios = [], []
+        reach, ratios, creach, cratios = [], [], [], []
         for seed in seeds:
             r = by.get((s, seed))
             rnd = by.get(("random", seed))
             if r is None:
                 continue
-            t = ratio = None
+            t = ratio = c = cratio = None
             if rnd is not None and rnd.final_val_acc is not None:
                 target = rnd.final_val_acc
                 t = time_to_reach(r.curve, target)
@@ -174,9 +202,15 @@ def summarize(results: list[RunResult], budget_s: float) -> tuple[str, dict]:
                 ratio = t / t_rnd if t_rnd > 0 else None
                 reach.append(t)
                 ratios.append(ratio)
+                c = time_to_reach(r.compute_curve, target)
+                c_rnd = time_to_reach(rnd.compute_curve, target)
+                cratio = c / c_rnd if c_rnd > 0 else None
+                creach.append(c)
+                cratios.append(cratio)
             lines.append(
                 f"| {s} | {seed} | {r.n_trials} ({r.n_complete}/{r.n_pruned}) | {_fmt(r.final_val_acc)} | "
-                f"{_fmt(r.test_acc)} | {_fmt(t, '.0f')} | {_fmt(ratio, '.2f')} | {_fmt(r.search_span_s, '.0f')} | "
+                f"{_fmt(r.test_acc)} | {_fmt(t, '.0f')} | {_fmt(ratio, '.2f')} | {_fmt(c, '.3f')} | "
+                f"{_fmt(cratio, '.2f')} | {_fmt(r.search_span_s, '.0f')} | "
                 f"{_fmt(r.wall_s, '.0f')} |" + (f" **failed rc {r.rc}**" if r.error else "")
             )
         rs = [by[(s, seed)] for seed in seeds if (s, seed) in by]
@@ -188,15 +222,19 @@ def summarize(results: list[RunResult], budget_s: float) -> tuple[str, dict]:
             "median_ratio_vs_random": _median(ratios),
             "t_reach_s": reach,
             "ratios": ratios,
+            "median_compute_ratio_vs_random": _median(cratios),
+            "compute_ratios": cratios,
         }
     summary = ["| strategy | seeds | median final best val_acc | median test_acc | "
-               "median t to random's final val (s) | median of per-seed t / random's t | reached (seeds) |",
-               "|---|---:|---:|---:|---:|---:|---:|"]
+               "median t to random's final val (s) | median of per-seed t / random's t | "
+               "median of per-seed compute / random's | reached (seeds) |",
+               "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for s, d in per_strategy.items():
         reached = sum(1 for t in d["t_reach_s"] if not math.isinf(t))
         summary.append(
             f"| {s} | {d['n_seeds']} | {_fmt(d['median_final_val_acc'])} | {_fmt(d['median_test_acc'])} | "
             f"{_fmt(d['median_t_reach_s'], '.0f')} | {_fmt(d['median_ratio_vs_random'], '.2f')} | "
+            f"{_fmt(d['median_compute_ratio_vs_random'], '.2f')} | "
             f"{reached}/{len(d['t_reach_s'])} |"
         )
     text = (f"Budget per run: {budget_s:g} s of search (`--time-budget`), then the run's own finalize "

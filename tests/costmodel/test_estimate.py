@@ -146,3 +146,26 @@ def test_pricing_modules_do_not_import_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_network_correction_never_prices_a_small_network_at_or_below_zero():
+    """A calibration fit with a negative constant and per-layer term (seen on a quick profile)
+    must not extrapolate to <= 0 ms for a network smaller than the calibration networks."""
+    import dataclasses
+
+    from costmodel.device_profile import default_profile
+    from costmodel.estimate import MIN_SHARE_OF_LAYER_SUM, estimate_layers_ms, estimate_total_ms
+    from costmodel.geometry import LayerGeom
+
+    base = default_profile()
+    bent = dataclasses.replace(base, network={"c0_ms": -5.0, "scale": 0.9, "per_layer_ms": -1.0})
+    geoms = [LayerGeom("c", "conv", 1, 8, 8, 8, 8, 8, kernel=3, padding=1, activation="relu"),
+             LayerGeom("fc", "dense", 512, 10, 1, 1, 1, 1)]
+    neutral = dataclasses.replace(base, network={"c0_ms": 0.0, "scale": 1.0, "per_layer_ms": 0.0})
+    layer_sum = estimate_total_ms(geoms, neutral, 1)
+    total = estimate_total_ms(geoms, bent, 1)
+    per_layer, overhead = estimate_layers_ms(geoms, bent, 1)
+    assert total > 0 and all(t > 0 for t in per_layer)
+    # floors: each layer >= share x scale x its raw time; the constant removes at most (1 - share)
+    assert total >= MIN_SHARE_OF_LAYER_SUM**2 * 0.9 * layer_sum - 1e-12
+    assert abs(sum(per_layer) + overhead - total) < 1e-12
