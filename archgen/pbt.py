@@ -123,8 +123,9 @@ def run_pbt(settings: Any, study: optuna.Study, dataset: Any, profile: Any, spac
             t.set_user_attr("failure", m.trainer.reason or "diverged")
             study.tell(t, state=TrialState.FAIL)
             continue
-        _, acc = m.trainer.evaluate(dataset.val)
+        loss, acc = m.trainer.evaluate(dataset.val)
         t.set_user_attr("val_acc", acc)
+        t.set_user_attr("val_loss", loss)
         torch.save(m.trainer.model.state_dict(), objective.checkpoints / f"trial_{t.number}.pt")
         study.tell(t, [acc])
     return members

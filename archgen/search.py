@@ -271,6 +271,7 @@ class Objective:
             return TrialOutcome(TrialState.FAIL)
         torch.save(model.state_dict(), self.checkpoints / f"trial_{trial.number}.pt")
         trial.set_user_attr("val_acc", result.best_val_acc)
+        trial.set_user_attr("val_loss", result.best_val_loss)
         if stop_reason and stop_reason[0].startswith("pruned"):
             trial.set_user_attr("pruned", stop_reason[0])
             return TrialOutcome(TrialState.PRUNED)

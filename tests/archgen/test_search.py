@@ -204,3 +204,21 @@ def test_example_configs_are_valid(name):
         assert len(manual_configs(settings.manual, space)) == len(load_config_file(path)["manual"])
     if settings.strategy == "grid":
         assert coarse_grid(space, settings)["lr"] == [0.0003, 0.003, 0.03]
+
+
+def test_selection_breaks_accuracy_ties_by_validation_loss():
+    from types import SimpleNamespace
+
+    from archgen.finalize import select_best
+
+    study = optuna.create_study(direction="maximize")
+    for acc, loss, est in [(0.98, 0.09, 1.0), (0.99, 0.08, 2.0), (0.99, 0.05, 3.0), (0.99, 0.05, 2.5)]:
+        t = study.ask()
+        t.set_user_attr("val_acc", acc)
+        t.set_user_attr("val_loss", loss)
+        t.set_user_attr("est_ms", est)
+        study.tell(t, acc)
+    best = select_best(study, SimpleNamespace(max_latency_ms=None))
+    assert best.number == 3  # 0.99, lowest loss, then cheaper
+    capped = select_best(study, SimpleNamespace(max_latency_ms=2.0))
+    assert capped.number == 1
