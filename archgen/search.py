@@ -70,7 +70,7 @@ class SearchSettings:
     out: str = "runs/search"
     max_epochs: int = 20
     min_epochs: int = 1
-    patience: int = 4
+    patience: int = 6
     reduction_factor: int = 3
     val_frac: float = 0.15
     test_frac: float = 0.15
