@@ -222,3 +222,15 @@ def test_selection_breaks_accuracy_ties_by_validation_loss():
     assert best.number == 3  # 0.99, lowest loss, then cheaper
     capped = select_best(study, SimpleNamespace(max_latency_ms=2.0))
     assert capped.number == 1
+
+
+def test_candidates_too_slow_for_the_time_budget_are_not_started(tmp_path):
+    # A 2-second budget cannot afford 20 epochs of the wide network; the narrow one is fine.
+    space = {**TINY_SPACE, "base_filters": 48, "stages": 2, "convs_per_stage": 2, "dense_layers": 0}
+    settings = SearchSettings(data="digits", strategy="random", trials=2, time_budget_s=2.0, max_epochs=20,
+                              threads=1, out=str(tmp_path / "slow"), space=space, warm_start=False, finalize=False)
+    run_search(settings)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "slow" / "study.journal")))
+    trials = optuna.load_study(study_name="archgen", storage=storage).trials
+    assert trials and all(t.user_attrs.get("rejected", "").startswith("too slow for the time budget") for t in trials)
+    assert all("epochs" not in t.user_attrs for t in trials)
