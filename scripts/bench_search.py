@@ -284,6 +284,8 @@ def write_config(args: argparse.Namespace) -> Path | None:
     import yaml
 
     cfg = {k: v for k, v in (("max_macs", args.max_macs), ("max_epochs", args.max_epochs)) if v is not None}
+    if args.no_warm_start:  # compare the samplers alone, not the shared practitioner default
+        cfg["warm_start"] = False
     if not cfg:
         return None
     path = Path(args.out_root) / "search_config.yaml"
@@ -316,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="screen out candidates above this many MACs (keeps one epoch to seconds on one core)")
     ap.add_argument("--max-epochs", type=int, default=None)
     ap.add_argument("--analyze-only", action="store_true")
+    ap.add_argument("--no-warm-start", action="store_true", help="start every strategy without the default config")
     args = ap.parse_args(argv)
     args.config_path = write_config(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
