@@ -47,9 +47,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from archgen.augment import random_shift
 from archgen.data import Dataset, Split
 from archgen.errors import UserError
-from archgen.augment import random_shift
 from archgen.losses import LOSS_FNS, LOSSES, LossFn
 
 log = logging.getLogger(__name__)
