@@ -22,7 +22,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -300,8 +300,15 @@ class ArchSpec:
 
     def key(self) -> str:
         """Stable 12-hex-digit hash of the canonical form (dedup, file names)."""
-        # to_dict's key order is fixed by the code, so no sort_keys is needed for stability.
-        canon = json.dumps(self.to_dict(), separators=(",", ":"))
+        # Byte-identical to json.dumps(self.to_dict(), separators=(",", ":")) (to_dict's key
+        # order is fixed by the code), assembled from per-layer strings cached on the (frozen,
+        # hashable, generator-shared) layer objects: the generator keys every candidate.
+        canon = (
+            f'{{"schema_version":{SCHEMA_VERSION},"input_shape":{json.dumps(list(self.input_shape), separators=(",", ":"))},'
+            f'"num_classes":{json.dumps(self.num_classes)},'
+            f'"layers":[{",".join(_layer_json(layer) for layer in self.layers)}],'
+            f'"init":{{"scheme":{json.dumps(self.init.scheme)}}}}}'
+        )
         return hashlib.sha1(canon.encode()).hexdigest()[:12]
 
     def short_name(self) -> str:
@@ -331,6 +338,11 @@ def layer_to_dict(layer: LayerSpec) -> dict[str, Any]:
     for name in _LAYER_FIELDS[layer.op]:
         d[name] = getattr(layer, name)
     return d
+
+
+@lru_cache(maxsize=8192)
+def _layer_json(layer: LayerSpec) -> str:
+    return json.dumps(layer_to_dict(layer), separators=(",", ":"))
 
 
 def layer_from_dict(index: int, data: Any) -> LayerSpec:

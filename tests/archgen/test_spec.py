@@ -106,3 +106,14 @@ def test_load_spec_reports_json_position(tmp_path):
     bad.write_text('{"schema_version": 1,\n "layers": [}')
     with pytest.raises(SpecError, match=r"bad.json: invalid JSON at line 2 column"):
         load_spec(bad)
+
+
+def test_key_is_the_hash_of_the_canonical_json():
+    import hashlib
+
+    from archgen.generate import sample_specs
+
+    for shape in ((1, 28, 28), (3, 224, 224)):
+        for spec in sample_specs(shape, 10, 50, seed=2):
+            canon = json.dumps(spec.to_dict(), separators=(",", ":"))
+            assert spec.key() == hashlib.sha1(canon.encode()).hexdigest()[:12]
