@@ -10,7 +10,7 @@ argument dict.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from archgen.errors import SearchConfigError, SpecError
@@ -187,18 +187,12 @@ def spec_from_params(
         gap=params["gap"],
         kernel=3,
     )
-    for attempt in (genes, _replace(genes, gap=True), _replace(genes, dense_layers=0)):
+    for attempt in (genes, replace(genes, gap=True), replace(genes, dense_layers=0)):
         try:
             return spec_from_genes(input_shape, num_classes, rules, attempt)
         except SpecError as exc:
             last = exc
     raise last
-
-
-def _replace(g: Genes, **changes: Any) -> Genes:
-    from dataclasses import replace
-
-    return replace(g, **changes)
 
 
 def train_kwargs(params: dict[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,6 @@ import logging
 import math
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -62,13 +61,9 @@ def widths(spec: object) -> list[int]:
 
 
 def machine() -> str:
-    model = "unknown"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {os.cpu_count()} threads"
+    from costmodel.device_profile import cpu_model_name
+
+    return f"{cpu_model_name()}, {os.cpu_count()} threads"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -295,13 +295,9 @@ def write_config(args: argparse.Namespace) -> Path | None:
 
 
 def machine() -> str:
-    model = "unknown"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {os.cpu_count()} threads, {platform.python_implementation()} {platform.python_version()}"
+    from costmodel.device_profile import cpu_model_name
+
+    return f"{cpu_model_name()}, {os.cpu_count()} threads, {platform.python_implementation()} {platform.python_version()}"
 
 
 def main(argv: list[str] | None = None) -> int:
