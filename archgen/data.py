@@ -26,7 +26,7 @@ The file formats are read by :mod:`archgen.readers`; this module splits and norm
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +110,14 @@ class Dataset:
     test: SealedTest
     class_names: list[str]
     stats: dict = field(default_factory=dict)
+
+    def with_val_in_train(self) -> Dataset:
+        """The same dataset with the validation split appended to the training split, for a
+        final refit after selection. Normalization stays the training split's (the model is
+        exported with it); ``val`` stays as it is but is no longer held out; the sealed test
+        split is the same object, so it still opens only once."""
+        merged = Split(torch.cat([self.train.x, self.val.x]), torch.cat([self.train.y, self.val.y]))
+        return replace(self, train=merged, stats={**self.stats, "refit_on_train_plus_val": True})
 
     def describe(self) -> dict:
         """A JSON/YAML-friendly summary (no data), for run directories."""

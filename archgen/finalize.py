@@ -104,12 +104,16 @@ def finalize(settings: Any, study: optuna.Study, dataset: Any, profile: Any, spa
     if best is None:
         raise RuntimeError("no trial completed: nothing to select (raise --trials or --time-budget)")
     spec = ArchSpec.from_dict(best.user_attrs["spec"])
-    model = build_model(spec, seed=0)
-    ckpt = run_dir / "checkpoints" / f"trial_{best.number}.pt"
-    if ckpt.exists():
-        model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
-    else:  # trained on another machine: retrain its config deterministically here
-        model = _retrain(settings, best, dataset, spec)
+    model, refit = _refit(settings, best, dataset, spec), None
+    if model is not None:
+        refit = {"epochs": best.user_attrs["best_epoch"], "n_train": len(dataset.train) + len(dataset.val)}
+    else:
+        model = build_model(spec, seed=0)
+        ckpt = run_dir / "checkpoints" / f"trial_{best.number}.pt"
+        if ckpt.exists():
+            model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+        else:  # trained on another machine: retrain its config deterministically here
+            model = _retrain(settings, best, dataset, spec)
     best_dir = run_dir / "best"
     best_dir.mkdir(exist_ok=True)
     save_spec(spec, best_dir / "spec.json")
@@ -128,6 +132,7 @@ def finalize(settings: Any, study: optuna.Study, dataset: Any, profile: Any, spa
         "test_opened": test["test_opened"],
         "trial_number": best.number,
         "val_acc": best.user_attrs["val_acc"],
+        "refit": refit,
         "est_ms": best.user_attrs.get("est_ms"),
         "meas_ms": meas_ms,
         "latency_batch": settings.latency_batch,
@@ -159,6 +164,32 @@ def _cost_table(model: Any, spec: Any, profile: Any, batch: int) -> tuple[pd.Dat
     model.train(False)
     report = report.with_measurements(measured)
     return report.table, float(measured.e2e_ms)
+
+
+def _refit(settings: Any, trial: optuna.trial.FrozenTrial, dataset: Any, spec: Any) -> Any | None:
+    """The selected configuration retrained on train + validation for the trial's best epoch
+    count, from the trial's own initial weights; None when refit is off, not applicable or
+    diverged (the trial's weights are exported then)."""
+    from archgen.build import build_model
+    from archgen.space import train_kwargs
+    from archgen.train import TrainConfig, seed_everything, train_fixed
+
+    epochs = int(trial.user_attrs.get("best_epoch") or 0)
+    if not settings.refit or settings.strategy == "pbt" or epochs < 1:
+        return None
+    seed = settings.seed * 100_003 + trial.number
+    seed_everything(seed)
+    model = build_model(spec, seed=seed)
+    config = TrainConfig(epochs=epochs, patience=settings.patience, seed=seed, threads=settings.threads,
+                         **train_kwargs(trial.params))
+    t0 = time.perf_counter()
+    result = train_fixed(model, dataset.with_val_in_train(), config, epochs)
+    if result.status != "ok":
+        log.warning("refit of trial %d diverged (%s): exporting the trial's own weights", trial.number, result.reason)
+        return None
+    log.info("refit trial %d on train + validation: %d epochs in %.1f s", trial.number, epochs,
+             time.perf_counter() - t0)
+    return model
 
 
 def _retrain(settings: Any, trial: optuna.trial.FrozenTrial, dataset: Any, spec: Any) -> Any:

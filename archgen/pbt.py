@@ -80,6 +80,7 @@ def run_pbt(settings: Any, study: optuna.Study, dataset: Any, profile: Any, spac
         for m in members:
             if m.trainer.diverged:
                 continue
+            m.trainer.deadline = deadline  # a round stops at the budget, to the batch
             for metrics in m.trainer.run_epochs(step):
                 m.val_acc = metrics.val_acc
                 m.trial.report(metrics.val_acc, metrics.epoch)

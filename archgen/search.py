@@ -92,6 +92,10 @@ class SearchSettings:
     pbt_interval: int = 2
     pbt_quantile: float = 0.25
     finalize: bool = True
+    # After selection on validation, retrain the selected configuration on train + validation
+    # for the selected trial's best epoch count (more data for the exported model; test stays
+    # sealed until the one final evaluation). Not for pbt, whose members change hyperparameters.
+    refit: bool = True
     calibrate: bool = True  # fit a quick CPU profile first when none is cached for this machine
     warm_start: bool = True  # sampling strategies start from the practitioner's default config
     space: dict = field(default_factory=dict)
@@ -289,7 +293,7 @@ class Objective:
 
         t0 = time.perf_counter()
         with Heartbeat(self.storage, trial):
-            result = train(model, self.dataset, config, on_epoch=on_epoch)
+            result = train(model, self.dataset, config, on_epoch=on_epoch, deadline=self.deadline)
         duration_s = time.perf_counter() - t0
         trial.set_user_attr("duration_s", duration_s)
         trial.set_user_attr("epochs", result.epochs_run)
@@ -300,8 +304,10 @@ class Objective:
         if result.status == "diverged":
             trial.set_user_attr("failure", result.reason or "diverged")
             return TrialOutcome(TrialState.FAIL)
+        if result.status == "stopped" and not stop_reason:  # the deadline passed mid-epoch
+            stop_reason.append(result.reason or "time budget reached")
         if not result.history:
-            trial.set_user_attr("failure", "no epoch finished")
+            trial.set_user_attr("failure", f"no epoch finished ({stop_reason[0]})" if stop_reason else "no epoch finished")
             return TrialOutcome(TrialState.FAIL)
         torch.save(model.state_dict(), self.checkpoints / f"trial_{trial.number}.pt")
         trial.set_user_attr("val_acc", result.best_val_acc)

@@ -186,6 +186,11 @@ class Trainer:
         self.diverged = False
         self.reason: str | None = None
         self.stopped = False
+        # Wall-clock deadline (``time.time()``), checked before every batch: past it the epoch is
+        # abandoned (``timed_out``; the epoch does not count) so a search's time budget holds
+        # to a batch, not to an epoch.
+        self.deadline: float | None = None
+        self.timed_out = False
         self.lr = config.lr
         self.weight_decay = config.weight_decay
         self.l1 = config.l1
@@ -304,6 +309,10 @@ class Trainer:
             torch.manual_seed(_mix_seed(cfg.seed, epoch, 1))
             model.train()
             for b, start in enumerate(batches, start=1):
+                if self.deadline is not None and time.time() > self.deadline:
+                    self.timed_out = True
+                    self.reason = f"time budget reached in epoch {epoch} before batch {b}"
+                    return None
                 idx = order[start : start + cfg.batch_size]
                 xb = x.index_select(0, idx)
                 yb = y.index_select(0, idx)
@@ -362,15 +371,19 @@ def train(
     data: Dataset,
     config: TrainConfig,
     on_epoch: Callable[[EpochMetrics], bool | None] | None = None,
+    deadline: float | None = None,
 ) -> TrainResult:
     """Train ``model`` for up to ``config.epochs`` epochs with early stopping on validation.
 
     Afterwards ``model`` holds the weights of the best validation epoch (by ``config.monitor``).
     ``on_epoch`` is called after every finished epoch with its metrics; returning ``True`` stops
-    training with status ``"stopped"`` (the search prunes through it). Never opens the test split.
+    training with status ``"stopped"`` (the search prunes through it). Past ``deadline``
+    (``time.time()``) the running epoch is abandoned before its next batch and training stops
+    with status ``"stopped"``. Never opens the test split.
     """
     t0 = time.perf_counter()
     trainer = Trainer(model, data, config)
+    trainer.deadline = deadline
     best_state: dict | None = None
     best: EpochMetrics | None = None
     since_best = 0
@@ -379,6 +392,9 @@ def train(
         finished = trainer.run_epochs(1)
         if trainer.diverged:
             status, reason = "diverged", trainer.reason
+            break
+        if not finished:  # the deadline passed during the epoch
+            status, reason = "stopped", trainer.reason
             break
         m = finished[0]
         log.info(
@@ -412,6 +428,27 @@ def train(
         history=list(trainer.history),
         duration_s=time.perf_counter() - t0,
         early_stopped=early,
+    )
+
+
+def train_fixed(model: nn.Module, data: Dataset, config: TrainConfig, epochs: int) -> TrainResult:
+    """Train exactly ``epochs`` epochs and keep the last weights: no early stopping and no
+    restore, because ``data.val`` may be part of the training data (a refit on train +
+    validation after selection). ``status`` is ``"diverged"`` when the loss blew up."""
+    t0 = time.perf_counter()
+    trainer = Trainer(model, data, config)
+    trainer.run_epochs(epochs)
+    last = trainer.history[-1] if trainer.history else None
+    return TrainResult(
+        status="diverged" if trainer.diverged else "ok",
+        reason=trainer.reason,
+        best_epoch=last.epoch if last else 0,
+        best_val_acc=last.val_acc if last else 0.0,
+        best_val_loss=last.val_loss if last else math.inf,
+        epochs_run=len(trainer.history),
+        history=list(trainer.history),
+        duration_s=time.perf_counter() - t0,
+        early_stopped=False,
     )
 
 

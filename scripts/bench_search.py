@@ -164,6 +164,26 @@ def run_one(args: argparse.Namespace, strategy: str, seed: int) -> RunResult:
     return res
 
 
+def run_parallel(args: argparse.Namespace, jobs: list[tuple[str, int]]) -> list[RunResult]:
+    """One search per CPU of ``--cpu`` at a time, each pinned to its own CPU."""
+    import queue
+    from concurrent.futures import ThreadPoolExecutor
+
+    cpus: queue.Queue[str] = queue.Queue()
+    for cpu in args.cpu.split(","):
+        cpus.put(cpu)
+
+    def one(job: tuple[str, int]) -> RunResult:
+        cpu = cpus.get()
+        try:
+            return run_one(argparse.Namespace(**{**vars(args), "cpu": cpu}), *job)
+        finally:
+            cpus.put(cpu)
+
+    with ThreadPoolExecutor(max_workers=cpus.qsize()) as pool:
+        return list(pool.map(one, jobs))
+
+
 def _fmt(x: float | None, spec: str = ".4f") -> str:
     if x is None:
         return "-"
@@ -310,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-md", default=None, help="write the markdown section here")
     ap.add_argument("--plot", default=None, metavar="PNG")
     ap.add_argument("--cpu", default="0", help="taskset CPU list for every run")
+    ap.add_argument("--parallel", action="store_true",
+                    help="run as many searches at once as --cpu names CPUs, each pinned to one of them "
+                         "(runs are ordered seed by seed, so the strategies of a seed run side by side)")
     ap.add_argument("--max-macs", type=int, default=None,
                     help="screen out candidates above this many MACs (keeps one epoch to seconds on one core)")
     ap.add_argument("--max-epochs", type=int, default=None)
@@ -323,11 +346,17 @@ def main(argv: list[str] | None = None) -> int:
     if "random" not in strategies:
         log.warning("random is not among the strategies: no time-to-target column")
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    results = [run_one(args, s, seed) for seed in seeds for s in strategies]
+    jobs = [(s, seed) for seed in seeds for s in strategies]
+    if args.parallel:
+        results = run_parallel(args, jobs)
+    else:
+        results = [run_one(args, s, seed) for s, seed in jobs]
     text, per_strategy = summarize(results, args.budget_s)
     cmd = "python " + " ".join(["scripts/bench_search.py"] + (argv if argv is not None else sys.argv[1:]))
+    pinning = (f"`taskset` to one of CPUs {args.cpu}, {len(args.cpu.split(','))} runs side by side"
+               if args.parallel else f"`taskset -c {args.cpu}`")
     header = (f"Command: `{cmd}`\n\nDate: {started}; machine: {machine()}; each run pinned with "
-              f"`taskset -c {args.cpu}` and `--threads 1`; search config: "
+              f"{pinning} and `--threads 1`; search config: "
               f"{args.config_path.read_text().strip().replace(chr(10), ', ') if args.config_path else 'defaults'}.\n\n")
     failures = [r for r in results if r.error]
     for r in failures:

@@ -32,6 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="join a shared study without selecting/testing/exporting in this process")
     p.add_argument("--no-calibrate", action="store_false", dest="calibrate", default=None,
                    help="use the built-in latency profile when this machine has none cached")
+    p.add_argument("--no-refit", action="store_false", dest="refit", default=None,
+                   help="export the selected trial's own weights instead of retraining its "
+                        "configuration on train + validation for its best epoch count")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=run)
 
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     cli = {
         k: getattr(args, k)
         for k in ("data", "strategy", "trials", "time_budget_s", "max_latency_ms", "objective",
-                  "storage", "study", "workers", "seed", "threads", "out", "finalize", "calibrate")
+                  "storage", "study", "workers", "seed", "threads", "out", "finalize", "calibrate", "refit")
     }
     cli["latency_batch"] = args.latency_batch
     cli["max_epochs"] = args.max_epochs
@@ -61,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
         meas = summary.get("meas_ms")
         print(
             f"best: {summary['spec_name']}  val_acc {summary['val_acc']:.4f}  "
-            f"test_acc {summary['test_acc']:.4f} (n={summary['n']}, opened once)  "
+            f"test_acc {summary['test_acc']:.4f} (n={summary['n']}, opened once"
+            + (f"; refit on train+val, {summary['refit']['epochs']} epochs" if summary.get("refit") else "")
+            + ")  "
             f"latency est {summary['est_ms']:.3f} ms / measured {meas:.3f} ms at batch {summary['latency_batch']}"
         )
         print(f"results: {out}/  (trials.csv, best/spec.json, best/model.onnx, test_metrics.json, report.html)")

@@ -272,3 +272,17 @@ def test_sealed_test_is_constructible_standalone():
     assert sealed.n == 3 and sealed.open("x") is split
     with pytest.raises(ValueError, match="Split needs"):
         Split(torch.zeros(3, 2, 2), torch.zeros(3, dtype=torch.int64))
+
+
+def test_with_val_in_train_appends_validation_and_keeps_the_same_sealed_test():
+    data = load_dataset("digits", seed=3)
+    merged = data.with_val_in_train()
+    assert len(merged.train) == len(data.train) + len(data.val)
+    assert torch.equal(merged.train.x[: len(data.train)], data.train.x)
+    assert torch.equal(merged.train.x[len(data.train):], data.val.x)
+    assert torch.equal(merged.train.y[len(data.train):], data.val.y)
+    assert merged.test is data.test  # still one seal: opening it through either counts once
+    merged.test.open("final evaluation")
+    with pytest.raises(RuntimeError, match="already opened once"):
+        data.test.open("again")
+    assert merged.stats["refit_on_train_plus_val"] is True and "refit_on_train_plus_val" not in data.stats

@@ -128,6 +128,34 @@ def test_test_split_is_opened_once_for_the_selected_model_only(tmp_path, monkeyp
     summary = run_search(settings)
     assert len(opened) == 1
     assert opened[0] == f"final evaluation of trial {summary['trial_number']}"
+    assert summary["refit"] is not None  # the refit on train + validation does not open it either
+
+
+def test_refit_retrains_the_selected_config_on_train_plus_val(tmp_path):
+    import torch
+
+    from archgen.data import load_dataset
+
+    base = dict(data="digits", strategy="random", trials=2, max_epochs=3, patience=3, threads=1, space=TINY_SPACE)
+    on = run_search(SearchSettings(out=str(tmp_path / "on"), **base))
+    off = run_search(SearchSettings(out=str(tmp_path / "off"), refit=False, **base))
+    assert on["trial_number"] == off["trial_number"] and on["val_acc"] == off["val_acc"]
+    trials = pd.read_csv(tmp_path / "on" / "trials.csv").set_index("number")
+    data = load_dataset("digits", seed=0)
+    n = len(data.train) + len(data.val)
+    study = optuna.load_study(study_name="archgen", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "on" / "study.journal"))))
+    best = study.trials[on["trial_number"]]
+    assert on["refit"] == {"epochs": best.user_attrs["best_epoch"], "n_train": n}
+    assert 1 <= on["refit"]["epochs"] <= 3 and trials.loc[on["trial_number"], "state"] == "COMPLETE"
+    assert off["refit"] is None
+    # without refit the export is the trial's checkpoint; with it, new weights
+    ckpt = torch.load(tmp_path / "off" / "checkpoints" / f"trial_{off['trial_number']}.pt", weights_only=True)
+    exported_off = torch.load(tmp_path / "off" / "best" / "weights.pt", weights_only=True)
+    exported_on = torch.load(tmp_path / "on" / "best" / "weights.pt", weights_only=True)
+    assert all(torch.equal(ckpt[k], exported_off[k]) for k in ckpt)
+    assert any(not torch.equal(ckpt[k], exported_on[k]) for k in ckpt)
+    assert json.loads((tmp_path / "on" / "test_metrics.json").read_text())["refit"]["n_train"] == n
 
 
 @pytest.mark.parametrize(
@@ -234,3 +262,52 @@ def test_candidates_too_slow_for_the_time_budget_are_not_started(tmp_path):
     trials = optuna.load_study(study_name="archgen", storage=storage).trials
     assert trials and all(t.user_attrs.get("rejected", "").startswith("too slow for the time budget") for t in trials)
     assert all("epochs" not in t.user_attrs for t in trials)
+
+
+class _Recorder(optuna.samplers.RandomSampler):
+    """Records which trials a sampler is shown."""
+
+    def __init__(self) -> None:
+        super().__init__(seed=0)
+        self.seen: list[int] = []
+
+    def sample_independent(self, study, trial, name, distribution):
+        self.seen = [t.number for t in study._get_trials(deepcopy=False, states=None, use_cache=False)]
+        return super().sample_independent(study, trial, name, distribution)
+
+
+def test_model_based_samplers_ignore_screened_out_trials():
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from archgen.strategies import TrainedTrialsSampler
+
+    def study_with(sampler):
+        study = optuna.create_study(direction="maximize", sampler=sampler,
+                                    pruner=optuna.pruners.HyperbandPruner(1, 20, 3))
+        dist = {"x": FloatDistribution(0, 1)}
+        first = study.ask()  # the pruner sets its brackets up at its first decision
+        first.suggest_float("x", 0, 1)
+        first.report(0.0, 1)
+        first.should_prune()
+        study.tell(first, 0.0)
+        for i in range(1, 30):
+            if i % 5 == 4:  # screened out before training: no accuracy, not a bad result
+                study.add_trial(create_trial(state=TrialState.PRUNED, params={"x": 0.9}, distributions=dist,
+                                             user_attrs={"rejected": "over budget"}))
+            else:
+                study.add_trial(create_trial(value=i / 30, params={"x": i / 30}, distributions=dist,
+                                             intermediate_values={1: i / 40}))
+        study.ask().suggest_float("x", 0, 1)
+        return study
+
+    bare = _Recorder()
+    study_with(bare)
+    wrapped = _Recorder()
+    study_with(TrainedTrialsSampler(wrapped))
+    trained = [i for i in range(30) if i % 5 != 4]
+    # Optuna alone shows the sampler the screened-out trials as (the worst) pruned trials
+    assert sorted(n for n in bare.seen if n < 30) == list(range(30))
+    # ours: every trained trial of every Hyperband bracket (plus the running one), none screened out
+    assert sorted(n for n in wrapped.seen if n < 30) == trained
+    assert 30 in wrapped.seen

@@ -258,6 +258,53 @@ def test_callback_can_stop_training(digits):
     assert r.reason == "stopped by callback after epoch 2"
 
 
+def test_deadline_stops_training_within_an_epoch_and_restores_the_best_epoch(digits, monkeypatch):
+    import time as real_time
+    import types
+
+    import archgen.train as train_mod
+
+    calls = []  # the trainer reads the wall clock once per batch; the budget runs out at call 51
+
+    def clock() -> float:
+        calls.append(1)
+        return 0.0 if len(calls) <= 50 else 10.0
+
+    monkeypatch.setattr(train_mod, "time", types.SimpleNamespace(time=clock, perf_counter=real_time.perf_counter))
+    per_epoch = math.ceil(len(digits.train) / FAST.batch_size)
+    assert per_epoch == 20  # 1,257 training images in batches of 64
+    r = train(mlp(), digits, dataclasses.replace(FAST, epochs=10), deadline=5.0)
+    assert r.status == "stopped" and r.epochs_run == 2
+    assert r.reason == "time budget reached in epoch 3 before batch 11"
+    assert r.best_epoch in (1, 2) and len(calls) == 51
+    # no deadline: the clock is never read per batch
+    calls.clear()
+    r = train(mlp(), digits, dataclasses.replace(FAST, epochs=1))
+    assert r.status == "ok" and calls == []
+
+
+def test_deadline_before_the_first_batch_finishes_no_epoch(digits):
+    import time
+
+    r = train(mlp(), digits, FAST, deadline=time.time() - 1)
+    assert r.status == "stopped" and r.epochs_run == 0 and r.history == []
+    assert r.reason == "time budget reached in epoch 1 before batch 1"
+
+
+def test_train_fixed_runs_exactly_n_epochs_and_keeps_the_last_weights(digits):
+    from archgen.train import train_fixed
+
+    model = mlp()
+    r = train_fixed(model, digits, dataclasses.replace(FAST, patience=1), 4)
+    assert r.status == "ok" and r.epochs_run == 4 and r.best_epoch == 4 and not r.early_stopped
+    # the weights after epoch 4, whatever the validation loss did (patience 1 would have stopped
+    # train() earlier or restored an earlier epoch)
+    again = mlp()
+    history = Trainer(again, digits, FAST).run_epochs(4)
+    assert strip_time(r.history) == strip_time(history)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
 # ---------------------------------------------------------------------------------------------
 # divergence
 
