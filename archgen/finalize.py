@@ -114,13 +114,14 @@ def finalize(settings: Any, study: optuna.Study, dataset: Any, profile: Any, spa
             model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
         else:  # trained on another machine: retrain its config deterministically here
             model = _retrain(settings, best, dataset, spec)
+    model = model.cpu()  # exported for any machine; profiled and tested on the search's device below
     best_dir = run_dir / "best"
     best_dir.mkdir(exist_ok=True)
     save_spec(spec, best_dir / "spec.json")
     save_spec(spec, best_dir / "spec.yaml")
     torch.save(model.state_dict(), best_dir / "weights.pt")
     onnx_diff = export_onnx(model, spec, best_dir / "model.onnx")
-    cost, meas_ms = _cost_table(model, spec, profile, settings.latency_batch)
+    cost, meas_ms = _cost_table(model, spec, profile, settings.latency_batch, settings.device)
     _atomic_csv(cost, best_dir / "cost.csv")
 
     # The one and only look at the test split, for the selected model.
@@ -151,7 +152,7 @@ def finalize(settings: Any, study: optuna.Study, dataset: Any, profile: Any, spa
     return metrics
 
 
-def _cost_table(model: Any, spec: Any, profile: Any, batch: int) -> tuple[pd.DataFrame, float]:
+def _cost_table(model: Any, spec: Any, profile: Any, batch: int, device: str = "cpu") -> tuple[pd.DataFrame, float]:
     """Per-layer estimate of the best model next to its measured per-layer time."""
     import torch
 
@@ -160,7 +161,7 @@ def _cost_table(model: Any, spec: Any, profile: Any, batch: int) -> tuple[pd.Dat
     from costmodel.profile import profile_module
 
     report = estimate(spec_geoms(spec), profile, batch)
-    measured = profile_module(model, torch.randn(batch, *spec.input_shape), device="cpu", threads=1, repeats=15)
+    measured = profile_module(model, torch.randn(batch, *spec.input_shape), device=device, threads=1, repeats=15)
     model.train(False)
     report = report.with_measurements(measured)
     return report.table, float(measured.e2e_ms)
@@ -181,7 +182,7 @@ def _refit(settings: Any, trial: optuna.trial.FrozenTrial, dataset: Any, spec: A
     seed_everything(seed)
     model = build_model(spec, seed=seed)
     config = TrainConfig(epochs=epochs, patience=settings.patience, seed=seed, threads=settings.threads,
-                         **train_kwargs(trial.params))
+                         device=settings.device, **train_kwargs(trial.params))
     t0 = time.perf_counter()
     result = train_fixed(model, dataset.with_val_in_train(), config, epochs)
     if result.status != "ok":
@@ -201,6 +202,7 @@ def _retrain(settings: Any, trial: optuna.trial.FrozenTrial, dataset: Any, spec:
     seed_everything(seed)
     model = build_model(spec, seed=seed)
     config = TrainConfig(epochs=max(1, trial.user_attrs.get("epochs", settings.max_epochs)),
-                         patience=settings.patience, seed=seed, **train_kwargs(trial.params))
+                         patience=settings.patience, seed=seed, threads=settings.threads,
+                         device=settings.device, **train_kwargs(trial.params))
     train(model, dataset, config)
     return model

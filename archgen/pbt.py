@@ -55,7 +55,7 @@ def _new_member(objective: Any, study: optuna.Study, space: dict[str, Param], se
         seed_everything(member_seed)
         model = build_model(spec, seed=member_seed)
         config = TrainConfig(epochs=s.max_epochs, patience=s.max_epochs, seed=member_seed,
-                             threads=s.threads, **train_kwargs(params))
+                             threads=s.threads, device=s.device, **train_kwargs(params))
         return Member(trial, spec, Trainer(model, objective.dataset, config))
     return None
 

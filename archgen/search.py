@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import multiprocessing
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,6 +54,8 @@ MAX_TRIAL_SHARE_OF_BUDGET = 1 / 3
 # Forward MACs x training images per second of wall time, one thread, before the study has
 # measured its own (seen here: 3.2e9 for a 1.9M-MAC net, 12e9 for a 58M-MAC one).
 PRIOR_TRAIN_MACS_PER_S = 3e9
+# The same on a GPU (small nets are launch-bound there; the study replaces it after one trial).
+PRIOR_TRAIN_MACS_PER_S_CUDA = 1e11
 CONFIG_KEYS_THAT_DEFINE_A_RUN = ("strategy", "data", "objective", "storage", "study", "seed")
 
 
@@ -84,6 +87,9 @@ class SearchSettings:
     # and oversubscribed OpenMP threads were 9x slower per epoch on a loaded 2-core machine
     # (1.5 s vs 13 s on digits). Use --workers to fill the cores instead.
     threads: int | None = 1
+    # Where trials train and where latency is calibrated, estimated and measured: "cpu" or
+    # "cuda[:N]" (the device profile is this device's; the exported ONNX model is CPU-portable).
+    device: str = "cpu"
     bayes_sampler: str = "tpe"
     grid_points: int = 3
     grid_params: tuple[str, ...] = ("lr", "base_filters", "stages")
@@ -134,6 +140,8 @@ class SearchSettings:
             raise SearchConfigError(f"min_epochs={self.min_epochs} exceeds max_epochs={self.max_epochs}")
         if not 0 < self.pbt_quantile <= 0.5:
             raise SearchConfigError(f"pbt_quantile={self.pbt_quantile!r} must be in (0, 0.5]")
+        if not (self.device == "cpu" or re.fullmatch(r"cuda(:\d+)?", self.device)):
+            raise SearchConfigError(f"device={self.device!r} must be 'cpu' or 'cuda[:N]'")
         if self.bayes_sampler not in ("tpe", "gp"):
             raise SearchConfigError(f"bayes_sampler={self.bayes_sampler!r} must be 'tpe' or 'gp'")
         if self.strategy == "pbt" and self.workers > 1:
@@ -234,7 +242,7 @@ class Objective:
             trial.set_user_attr("rejected", "over budget: " + "; ".join(over))
             return None
         if s.time_budget_s:
-            epoch_s = macs * len(self.dataset.train.y) / self.train_macs_per_s(trial.study)
+            epoch_s = macs * len(self.dataset.train.y) / self.train_macs_per_s(trial.study, s.device)
             trial.set_user_attr("est_epoch_s", epoch_s)
             if epoch_s * s.max_epochs > s.time_budget_s * MAX_TRIAL_SHARE_OF_BUDGET:
                 trial.set_user_attr(
@@ -246,16 +254,17 @@ class Objective:
         return spec
 
     @staticmethod
-    def train_macs_per_s(study: optuna.Study) -> float:
+    def train_macs_per_s(study: optuna.Study, device: str = "cpu") -> float:
         """Training speed in forward MACs per second per training image, learned from this
         study's finished trials (median), with a conservative prior before the first one."""
+        prior = PRIOR_TRAIN_MACS_PER_S_CUDA if device.startswith("cuda") else PRIOR_TRAIN_MACS_PER_S
         rates = [
             t.user_attrs["train_macs_per_s"]
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
             if t.user_attrs.get("train_macs_per_s")
         ]
         if not rates:
-            return PRIOR_TRAIN_MACS_PER_S
+            return prior
         rates.sort()
         return rates[len(rates) // 2]
 
@@ -275,7 +284,7 @@ class Objective:
         seed_everything(seed)
         model = build_model(spec, seed=seed)
         config = TrainConfig(epochs=s.max_epochs, patience=s.patience, seed=seed, threads=s.threads,
-                             **train_kwargs(params))
+                             device=s.device, **train_kwargs(params))
         pruning = s.strategy in PRUNING
         stop_reason: list[str] = []
 
@@ -345,11 +354,11 @@ def load_data(settings: SearchSettings) -> Any:
 
 
 def load_profile(settings: SearchSettings) -> Any:
-    """The cached CPU profile at 1 thread and the latency batch; the built-in default when
-    none is cached (recorded in config.yaml as uncalibrated)."""
+    """The cached profile of the search's device (1 thread on a CPU) at the latency batch; the
+    built-in default when none is cached (recorded in config.yaml as uncalibrated)."""
     from costmodel.device_profile import default_profile, load_cached
 
-    profile = load_cached(device="cpu", threads=1, batch_size=settings.latency_batch)
+    profile = load_cached(device=settings.device, threads=1, batch_size=settings.latency_batch)
     return profile if profile is not None else default_profile()
 
 
@@ -443,15 +452,21 @@ def ensure_profile(settings: SearchSettings) -> None:
     from costmodel.calibrate import calibrate
     from costmodel.device_profile import load_cached
 
-    if not settings.calibrate or load_cached("cpu", 1, settings.latency_batch) is not None:
+    if not settings.calibrate or load_cached(settings.device, 1, settings.latency_batch) is not None:
         return
-    log.warning("no device profile for cpu/1 thread/batch %d: calibrating (quick, about a minute)",
-                settings.latency_batch)
-    calibrate(device="cpu", threads=1, batch_size=settings.latency_batch, quick=True, save_to_cache=True)
+    log.warning("no device profile for %s/1 thread/batch %d: calibrating (quick, about a minute)",
+                settings.device, settings.latency_batch)
+    calibrate(device=settings.device, threads=1, batch_size=settings.latency_batch, quick=True,
+              save_to_cache=True)
 
 
 def prepare(settings: SearchSettings) -> tuple[Any, dict[str, Param]]:
     """Validate everything a user can get wrong before anything is written."""
+    if settings.device != "cpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {settings.device}: CUDA is not available on this machine; use --device cpu")
     dataset = load_data(settings)
     ensure_profile(settings)
     space = space_from_config(dataset.input_shape, settings.space)

@@ -25,6 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None, metavar="N")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker")
+    p.add_argument("--device", default=None, help="cpu (default) | cuda[:N]: where trials train and "
+                   "where latency is calibrated and measured")
     p.add_argument("--config", default=None, metavar="FILE", help="YAML with any of these settings, "
                    "plus space:, grid:, manual: sections")
     p.add_argument("--out", default=None, metavar="DIR", help="run directory (default runs/search)")
@@ -50,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     cli = {
         k: getattr(args, k)
         for k in ("data", "strategy", "trials", "time_budget_s", "max_latency_ms", "objective",
-                  "storage", "study", "workers", "seed", "threads", "out", "finalize", "calibrate", "refit")
+                  "storage", "study", "workers", "seed", "threads", "out", "finalize", "calibrate", "refit",
+                  "device")
     }
     cli["latency_batch"] = args.latency_batch
     cli["max_epochs"] = args.max_epochs

@@ -8,6 +8,7 @@ import json
 import optuna
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from archgen.data import SealedTest
@@ -170,6 +171,7 @@ def test_refit_retrains_the_selected_config_on_train_plus_val(tmp_path):
         (["--storage", "postgresql://bob:hunter2@127.0.0.1:1/nope"], None, "cannot open storage postgresql://bob:***@127.0.0.1:1/nope"),
         (["--data", "idx:/nonexistent/dir"], None, "/nonexistent/dir"),
         (["--trials", "0"], None, "trials=0 must be an integer >= 1"),
+        (["--device", "tpu"], None, "device='tpu' must be 'cpu' or 'cuda[:N]'"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(run_cli, tmp_path, argv, config, needle):
@@ -184,6 +186,28 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(run_cli, tmp_path, argv
     assert len(err.strip().splitlines()) == 1 and needle in err, err
     assert "hunter2" not in err
     assert not out.exists()
+
+
+def test_cuda_search_without_cuda_is_one_line_exit_2(run_cli, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, _, err = run_cli("search", "--device", "cuda", "--out", str(tmp_path / "run"), "-q")
+    assert code == 2 and err.strip().endswith("CUDA is not available on this machine; use --device cpu"), err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_search_trains_profiles_and_tests_on_cuda(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARCHGEN_CACHE", str(tmp_path / "cache"))
+    summary = run_search(SearchSettings(data="digits", strategy="bohb", trials=4, max_epochs=3, device="cuda",
+                                        out=str(tmp_path / "g"), space=TINY_SPACE))
+    assert summary["test_acc"] > 0.5 and summary["meas_ms"] > 0 and summary["refit"] is not None
+    profiles = list((tmp_path / "cache").rglob("profile-t1-b1.json"))
+    assert len(profiles) == 1 and profiles[0].parent.name.startswith("cuda-")  # calibrated on the GPU
+    for name in COMPLETE_RUN:
+        assert (tmp_path / "g" / name).exists(), name
 
 
 def test_resume_with_different_settings_is_refused(run_cli, tmp_path):
