@@ -757,6 +757,14 @@ def _summary_rows(run: RunData, selected: int | None) -> list[tuple[str, str]]:
                 f"(test loss {_fmt_num(tm.get('test_loss'), '.4f')}; val_acc {_fmt_num(tm.get('val_acc'), '.4f')})",
             )
         )
+        refit = tm.get("refit")
+        rows.append(
+            (
+                "Exported weights",
+                f"refit on train + validation ({refit.get('n_train', 'n/a')} images, {refit.get('epochs', 'n/a')} epochs)"
+                if isinstance(refit, dict) else "the selected trial's own (no refit)",
+            )
+        )
         batch = _latency_batch(run)
         rows.append(
             (

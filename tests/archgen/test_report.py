@@ -132,6 +132,7 @@ def make_run(root: Path, *, strategy: str = "hyperband", n_trials: int = 24, see
                 "meas_ms": 1.31,
                 "spec_name": BEST_SPEC,
                 "test_opened": 1,
+                "refit": {"epochs": 9, "n_train": 1527},
             }
         )
     )
@@ -264,6 +265,7 @@ def test_report_has_summary_numbers_tables_and_four_plots(tmp_path):
     assert "0.9712 (trial #7, c5x16-p2-c5x32-p2-d64)" in text
     assert "0.9634 on 360 test images" in text
     assert "estimated 1.250 ms, measured 1.310 ms (batch size 1)" in text
+    assert "refit on train + validation (1527 images, 9 epochs)" in text
     # Four embedded PNGs, each identical to the PNG saved next to the report.
     images = _images(text)
     assert len(images) == 4
