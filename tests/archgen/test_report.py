@@ -14,12 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from archgen.errors import UserError
+from archgen.plots import progress_curves
 from archgen.report import (
     PLOT_FILES,
     best_so_far,
     load_run,
     pareto_front,
-    progress_curves,
     write_report,
 )
 
