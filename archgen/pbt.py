@@ -65,7 +65,8 @@ def run_pbt(settings: Any, study: optuna.Study, dataset: Any, profile: Any, spac
     import torch
 
     from archgen.build import build_model
-    from archgen.search import Objective, progress_status
+    from archgen.objective import Objective
+    from archgen.search import progress_status
     from archgen.train import Trainer
 
     objective = Objective(settings, dataset, profile, space, deadline, study._storage)

@@ -1,5 +1,6 @@
-"""The search loop: settings, the per-trial objective (price -> screen -> rebalance -> train
-with pruning), workers sharing one Optuna study, and the run directory.
+"""The search loop: settings, workers sharing one Optuna study (each trial is an
+``archgen.objective.Objective``: price -> screen -> rebalance -> train with pruning), and the run
+directory.
 
 ``run_search(settings)`` validates everything a user can get wrong *before* it creates the run
 directory, then runs workers (in-process for one, separate processes for several; any number
@@ -25,9 +26,9 @@ import yaml
 from optuna.trial import TrialState
 
 from archgen.errors import SearchConfigError, SpecError, UserError
-from archgen.space import Param, space_from_config, spec_from_params, suggest, train_kwargs
+from archgen.objective import Objective, TrialOutcome
+from archgen.space import Param, space_from_config, spec_from_params
 from archgen.storage import (
-    Heartbeat,
     RunLock,
     open_storage,
     recover_local_stale,
@@ -48,14 +49,6 @@ from archgen.strategies import (
 log = logging.getLogger(__name__)
 
 DEFAULT_TIME_BUDGET_S = 240.0
-# A candidate whose full training (max_epochs) would take more than this share of the search's
-# time budget is not started: one such trial ate 233 s of a 300 s MNIST search for 7 epochs.
-MAX_TRIAL_SHARE_OF_BUDGET = 1 / 3
-# Forward MACs x training images per second of wall time, one thread, before the study has
-# measured its own (seen here: 3.2e9 for a 1.9M-MAC net, 12e9 for a 58M-MAC one).
-PRIOR_TRAIN_MACS_PER_S = 3e9
-# The same on a GPU (small nets are launch-bound there; the study replaces it after one trial).
-PRIOR_TRAIN_MACS_PER_S_CUDA = 1e11
 CONFIG_KEYS_THAT_DEFINE_A_RUN = ("strategy", "data", "objective", "storage", "study", "seed")
 
 
@@ -183,153 +176,6 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             raise SearchConfigError(f"{path}: unknown key {key!r}")
         out[name] = tuple(value) if name == "grid_params" else value
     return out
-
-
-# -- the per-trial objective --------------------------------------------------------------------
-
-
-@dataclass
-class TrialOutcome:
-    state: TrialState
-    values: list[float] | None = None
-
-
-class Objective:
-    """Price, screen, rebalance, build, train one trial; records everything as user attrs."""
-
-    def __init__(self, settings: SearchSettings, dataset: Any, profile: Any, space: dict[str, Param],
-                 deadline: float | None, storage: Any) -> None:
-        self.settings = settings
-        self.dataset = dataset
-        self.profile = profile
-        self.space = space
-        self.deadline = deadline
-        self.storage = storage
-        self.checkpoints = settings.run_dir / "checkpoints"
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
-
-    def candidate(self, trial: optuna.Trial, params: dict[str, Any]) -> Any | None:
-        """The (rebalanced) spec to train, or None when screened out (reason recorded)."""
-        from archgen.balance import rebalance
-        from archgen.costing import spec_geoms, spec_macs
-        from costmodel.estimate import estimate_total_ms
-
-        s = self.settings
-        try:
-            spec = spec_from_params(params, self.dataset.input_shape, self.dataset.num_classes)
-        except SpecError as exc:
-            trial.set_user_attr("rejected", f"invalid: {exc}")
-            return None
-        bal = rebalance(spec, self.profile, s.latency_batch, max_steps=64 if params.get("rebalance") else 0)
-        if params.get("rebalance"):
-            spec = bal.spec
-        est_ms = estimate_total_ms(spec_geoms(spec), self.profile, s.latency_batch)
-        macs, n_params = spec_macs(spec), spec.num_params()
-        for key, value in {
-            "spec_key": spec.key(), "spec_name": spec.short_name(), "spec": spec.to_dict(),
-            "est_ms": est_ms, "macs": macs, "params": n_params,
-            "balance_cv_before": bal.cv_before, "balance_cv_after": bal.cv_after if params.get("rebalance") else bal.cv_before,
-        }.items():
-            trial.set_user_attr(key, value)
-        over = []
-        if s.max_latency_ms is not None and est_ms > s.max_latency_ms:
-            over.append(f"est_ms {est_ms:.3g} > {s.max_latency_ms:g}")
-        if s.max_macs is not None and macs > s.max_macs:
-            over.append(f"macs {macs:,} > {s.max_macs:,}")
-        if s.max_params is not None and n_params > s.max_params:
-            over.append(f"params {n_params:,} > {s.max_params:,}")
-        if over:
-            trial.set_user_attr("rejected", "over budget: " + "; ".join(over))
-            return None
-        if s.time_budget_s:
-            epoch_s = macs * len(self.dataset.train.y) / self.train_macs_per_s(trial.study, s.device)
-            trial.set_user_attr("est_epoch_s", epoch_s)
-            if epoch_s * s.max_epochs > s.time_budget_s * MAX_TRIAL_SHARE_OF_BUDGET:
-                trial.set_user_attr(
-                    "rejected",
-                    f"too slow for the time budget: ~{epoch_s:.1f} s/epoch x {s.max_epochs} epochs > "
-                    f"{MAX_TRIAL_SHARE_OF_BUDGET:.0%} of {s.time_budget_s:g} s",
-                )
-                return None
-        return spec
-
-    @staticmethod
-    def train_macs_per_s(study: optuna.Study, device: str = "cpu") -> float:
-        """Training speed in forward MACs per second per training image, learned from this
-        study's finished trials (median), with a conservative prior before the first one."""
-        prior = PRIOR_TRAIN_MACS_PER_S_CUDA if device.startswith("cuda") else PRIOR_TRAIN_MACS_PER_S
-        rates = [
-            t.user_attrs["train_macs_per_s"]
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-            if t.user_attrs.get("train_macs_per_s")
-        ]
-        if not rates:
-            return prior
-        rates.sort()
-        return rates[len(rates) // 2]
-
-    def __call__(self, trial: optuna.Trial) -> TrialOutcome:
-        import torch
-
-        from archgen.build import build_model
-        from archgen.train import TrainConfig, seed_everything, train
-
-        s = self.settings
-        trial.set_user_attr("strategy", s.strategy)
-        params = suggest(trial, self.space)
-        spec = self.candidate(trial, params)
-        if spec is None:
-            return TrialOutcome(TrialState.PRUNED)
-        seed = s.seed * 100_003 + trial.number
-        seed_everything(seed)
-        model = build_model(spec, seed=seed)
-        config = TrainConfig(epochs=s.max_epochs, patience=s.patience, seed=seed, threads=s.threads,
-                             device=s.device, **train_kwargs(params))
-        pruning = s.strategy in PRUNING
-        stop_reason: list[str] = []
-
-        def on_epoch(m: Any) -> bool:
-            trial.set_user_attr(f"val_acc_epoch_{m.epoch}", m.val_acc)
-            if pruning:
-                trial.report(m.val_acc, m.epoch)
-                if trial.should_prune():
-                    stop_reason.append(f"pruned at epoch {m.epoch}")
-                    return True
-            if self.deadline is not None and time.time() > self.deadline:
-                stop_reason.append(f"time budget reached at epoch {m.epoch}")
-                return True
-            return False
-
-        t0 = time.perf_counter()
-        with Heartbeat(self.storage, trial):
-            result = train(model, self.dataset, config, on_epoch=on_epoch, deadline=self.deadline)
-        duration_s = time.perf_counter() - t0
-        trial.set_user_attr("duration_s", duration_s)
-        trial.set_user_attr("epochs", result.epochs_run)
-        if result.epochs_run and duration_s > 0:
-            trial.set_user_attr("train_macs_per_s",
-                                trial.user_attrs["macs"] * len(self.dataset.train.y) * result.epochs_run / duration_s)
-        trial.set_user_attr("best_epoch", result.best_epoch)
-        if result.status == "diverged":
-            trial.set_user_attr("failure", result.reason or "diverged")
-            return TrialOutcome(TrialState.FAIL)
-        if result.status == "stopped" and not stop_reason:  # the deadline passed mid-epoch
-            stop_reason.append(result.reason or "time budget reached")
-        if not result.history:
-            trial.set_user_attr("failure", f"no epoch finished ({stop_reason[0]})" if stop_reason else "no epoch finished")
-            return TrialOutcome(TrialState.FAIL)
-        torch.save(model.state_dict(), self.checkpoints / f"trial_{trial.number}.pt")
-        trial.set_user_attr("val_acc", result.best_val_acc)
-        trial.set_user_attr("val_loss", result.best_val_loss)
-        if stop_reason and stop_reason[0].startswith("pruned"):
-            trial.set_user_attr("pruned", stop_reason[0])
-            return TrialOutcome(TrialState.PRUNED)
-        if stop_reason:
-            trial.set_user_attr("stopped", stop_reason[0])
-        values = [result.best_val_acc]
-        if s.objective == "pareto":
-            values.append(trial.user_attrs["est_ms"])
-        return TrialOutcome(TrialState.COMPLETE, values)
 
 
 # -- workers ------------------------------------------------------------------------------------
