@@ -418,17 +418,7 @@ def train(
             break
     if best_state is not None:
         model.load_state_dict(best_state)
-    return TrainResult(
-        status=status,
-        reason=reason,
-        best_epoch=best.epoch if best else 0,
-        best_val_acc=best.val_acc if best else 0.0,
-        best_val_loss=best.val_loss if best else math.inf,
-        epochs_run=len(trainer.history),
-        history=list(trainer.history),
-        duration_s=time.perf_counter() - t0,
-        early_stopped=early,
-    )
+    return _result(trainer, status, reason, best, t0, early)
 
 
 def train_fixed(model: nn.Module, data: Dataset, config: TrainConfig, epochs: int) -> TrainResult:
@@ -439,16 +429,22 @@ def train_fixed(model: nn.Module, data: Dataset, config: TrainConfig, epochs: in
     trainer = Trainer(model, data, config)
     trainer.run_epochs(epochs)
     last = trainer.history[-1] if trainer.history else None
+    return _result(trainer, "diverged" if trainer.diverged else "ok", trainer.reason, last, t0, False)
+
+
+def _result(trainer: Trainer, status: str, reason: str | None, kept: EpochMetrics | None, t0: float,
+            early: bool) -> TrainResult:
+    """The result of a training run whose model now holds the weights of epoch ``kept``."""
     return TrainResult(
-        status="diverged" if trainer.diverged else "ok",
-        reason=trainer.reason,
-        best_epoch=last.epoch if last else 0,
-        best_val_acc=last.val_acc if last else 0.0,
-        best_val_loss=last.val_loss if last else math.inf,
+        status=status,
+        reason=reason,
+        best_epoch=kept.epoch if kept else 0,
+        best_val_acc=kept.val_acc if kept else 0.0,
+        best_val_loss=kept.val_loss if kept else math.inf,
         epochs_run=len(trainer.history),
         history=list(trainer.history),
         duration_s=time.perf_counter() - t0,
-        early_stopped=False,
+        early_stopped=early,
     )
 
 

@@ -14,7 +14,7 @@ set -u
 : "${OUT:?set OUT to the folder for the results}"
 mkdir -p "$OUT"
 START=$(date +%s)
-summary() { echo "$1" | tee -a "$OUT/SUMMARY.txt"; }
+source "$(dirname "$0")/gpu_lib.sh"
 
 if ! python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 3)'; then
     summary "FATAL: python3 cannot import torch with a CUDA device (torch missing or no GPU)"
@@ -43,14 +43,6 @@ EOF
 } >"$OUT/env.txt" 2>&1
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || true
 
-run_step() {  # name, timeout seconds, command...
-    local name=$1 limit=$2
-    shift 2
-    local t0=$(date +%s)
-    timeout "$limit" "$@" >"$OUT/$name.txt" 2>&1
-    local rc=$?
-    summary "$name: exit $rc in $(( $(date +%s) - t0 )) s"
-}
 
 run_step pytest_cuda 120 python3 -m pytest -q -p no:cacheprovider -m cuda -rs \
     tests/costmodel/test_profile.py tests/costmodel/test_calibrate.py

@@ -18,7 +18,8 @@ DATA=${DATA:-.data/mnist10k}
 BUDGET=${BUDGET:-150}
 mkdir -p "$OUT"
 START=$(date +%s)
-summary() { echo "$1" | tee -a "$OUT/SUMMARY.txt"; }
+source "$(dirname "$0")/gpu_lib.sh"
+LOGDIR=/tmp  # only the files named above go to $OUT
 
 if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -38,20 +39,11 @@ fi
     python3 -c 'import torch, optuna; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0), "optuna", optuna.__version__)'
 } >"$OUT/env.txt" 2>&1
 
-run_step() {  # name, timeout seconds, command...
-    local name=$1 limit=$2
-    shift 2
-    local t0=$(date +%s)
-    timeout "$limit" "$@" >"/tmp/$name.log" 2>&1
-    local rc=$?
-    summary "$name: exit $rc in $(( $(date +%s) - t0 )) s"
-    return $rc
-}
 
 run_step pytest_cuda 180 python3 -m pytest -q -p no:cacheprovider -m cuda -rs -o addopts="" \
     tests/costmodel/test_profile.py tests/costmodel/test_calibrate.py tests/archgen/test_train.py \
     tests/archgen/test_search.py
-cp /tmp/pytest_cuda.log "$OUT/pytest_cuda.txt"
+cp /tmp/pytest_cuda.txt "$OUT/pytest_cuda.txt"
 export ARCHGEN_CACHE=/tmp/archgen-cache  # the searches calibrate afresh (tests keep theirs apart)
 
 # The two searches at once: GPU run on core 1, CPU run on core 2 (each calibrates its device first).
@@ -65,7 +57,7 @@ for dev in cuda cpu; do
     tag=$([ "$dev" = cuda ] && echo gpu || echo cpu)
     cp "/tmp/run_$dev/test_metrics.json" "$OUT/${tag}_test_metrics.json" 2>/dev/null
     cp "/tmp/run_$dev/trials.csv" "$OUT/${tag}_trials.csv" 2>/dev/null
-    tail -3 "/tmp/search_$dev.log" | sed "s/^/$dev: /" >>"$OUT/SUMMARY.txt"
+    tail -3 "/tmp/search_$dev.txt" | sed "s/^/$dev: /" >>"$OUT/SUMMARY.txt"
     python3 - "$dev" "/tmp/run_$dev" >>"$OUT/SUMMARY.txt" 2>&1 <<'EOF'
 import json, sys
 import pandas as pd
