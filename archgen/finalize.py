@@ -184,7 +184,12 @@ def _refit(settings: Any, trial: optuna.trial.FrozenTrial, dataset: Any, spec: A
     config = TrainConfig(epochs=epochs, patience=settings.patience, seed=seed, threads=settings.threads,
                          device=settings.device, **train_kwargs(trial.params))
     t0 = time.perf_counter()
-    result = train_fixed(model, dataset.with_val_in_train(), config, epochs)
+    try:
+        result = train_fixed(model, dataset.with_val_in_train(), config, epochs)
+    except (RuntimeError, MemoryError) as exc:  # e.g. out of device memory with the larger split
+        log.warning("refit of trial %d failed (%s): exporting the trial's own weights", trial.number,
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return None
     if result.status != "ok":
         log.warning("refit of trial %d diverged (%s): exporting the trial's own weights", trial.number, result.reason)
         return None

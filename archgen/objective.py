@@ -146,9 +146,10 @@ class Objective:
         duration_s = time.perf_counter() - t0
         trial.set_user_attr("duration_s", duration_s)
         trial.set_user_attr("epochs", result.epochs_run)
-        if result.epochs_run and duration_s > 0:
+        epochs_s = sum(m.duration_s for m in result.history)  # finished epochs only, not one cut short
+        if result.history and epochs_s > 0:
             trial.set_user_attr("train_macs_per_s",
-                                trial.user_attrs["macs"] * len(self.dataset.train.y) * result.epochs_run / duration_s)
+                                trial.user_attrs["macs"] * len(self.dataset.train.y) * len(result.history) / epochs_s)
         trial.set_user_attr("best_epoch", result.best_epoch)
         if result.status == "diverged":
             trial.set_user_attr("failure", result.reason or "diverged")

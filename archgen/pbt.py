@@ -121,8 +121,9 @@ def run_pbt(settings: Any, study: optuna.Study, dataset: Any, profile: Any, spac
             "final_lr": m.trainer.lr, "final_weight_decay": m.trainer.weight_decay,
         }.items():
             t.set_user_attr(key, value)
-        if m.trainer.diverged:
-            t.set_user_attr("failure", m.trainer.reason or "diverged")
+        if m.trainer.diverged or m.trainer.epoch == 0:
+            # diverged, or the time budget ran out before this member finished an epoch
+            t.set_user_attr("failure", m.trainer.reason or "no epoch finished")
             study.tell(t, state=TrialState.FAIL)
             continue
         loss, acc = m.trainer.evaluate(dataset.val)

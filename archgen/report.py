@@ -11,8 +11,8 @@ Contract:
 * :func:`pareto_front` and :func:`best_so_far` are the two pieces of arithmetic behind the plots;
   the search loop reuses :func:`pareto_front` to pick its Pareto set.
 * The plots themselves live in :mod:`archgen.plots`, which imports this module's tables;
-  this module imports it only when a report is written (and re-exports its public names on
-  first access), so importing either module never imports the other in a cycle.
+  this module imports it only when a report is written, so the two never import each other in
+  a cycle.
 
 This module does not import torch: a report is rendered from files, on any machine.
 """

@@ -11,10 +11,12 @@ of other machines may join through ``--storage``), and finally hands over to
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import multiprocessing
 import os
 import re
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -181,11 +183,22 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 # -- workers ------------------------------------------------------------------------------------
 
 
-def open_study(settings: SearchSettings, space: dict[str, Param], storage: Any) -> optuna.Study:
+def sampler_seed(settings: SearchSettings, worker_id: int = 0) -> int:
+    """``--seed`` itself for a lone local process (reproducible). Concurrent workers need
+    distinct streams, or every worker's random and start-up draws are the same configurations:
+    local workers add their id; with shared ``--storage`` (other machines may join with the same
+    ``--seed``) the host and process id go in too."""
+    if settings.storage is not None:
+        key = f"{settings.seed}|{socket.gethostname()}|{os.getpid()}|{worker_id}"
+        return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little")
+    return settings.seed + 7919 * worker_id
+
+
+def open_study(settings: SearchSettings, space: dict[str, Param], storage: Any, worker_id: int = 0) -> optuna.Study:
     directions = ["maximize", "minimize"] if settings.objective == "pareto" else ["maximize"]
     return optuna.create_study(
         storage=storage,
-        sampler=make_sampler(settings.strategy, settings.seed, space, settings),
+        sampler=make_sampler(settings.strategy, sampler_seed(settings, worker_id), space, settings),
         pruner=make_pruner(settings.strategy, settings),
         study_name=settings.study,
         directions=directions,
@@ -219,7 +232,7 @@ def run_worker(settings: SearchSettings, worker_id: int = 0,
     storage = open_storage(settings.storage, settings.run_dir)
     dataset = load_data(settings)
     space = space_from_config(dataset.input_shape, settings.space)
-    study = open_study(settings, space, storage)
+    study = open_study(settings, space, storage, worker_id)
     deadline = _deadline(settings)
     objective = Objective(settings, dataset, load_profile(settings), space, deadline, storage)
     ran = 0
@@ -313,6 +326,9 @@ def prepare(settings: SearchSettings) -> tuple[Any, dict[str, Param]]:
 
         if not torch.cuda.is_available():
             raise UserError(f"--device {settings.device}: CUDA is not available on this machine; use --device cpu")
+        index = int(settings.device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise UserError(f"--device {settings.device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     dataset = load_data(settings)
     ensure_profile(settings)
     space = space_from_config(dataset.input_shape, settings.space)
@@ -461,7 +477,8 @@ def _write_config(settings: SearchSettings, resumed: bool) -> None:
     from costmodel.device_profile import load_cached
 
     d = settings.to_yaml_dict()
-    d["latency_profile"] = "calibrated" if load_cached("cpu", 1, settings.latency_batch) else "built-in default (uncalibrated)"
+    d["latency_profile"] = ("calibrated" if load_cached(settings.device, 1, settings.latency_batch)
+                            else "built-in default (uncalibrated)")
     path = settings.run_dir / "config.yaml"
     tmp = path.with_suffix(".yaml.tmp")
     tmp.write_text(yaml.safe_dump(d, sort_keys=False))

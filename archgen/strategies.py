@@ -45,7 +45,8 @@ class TrainedTrialsSampler(optuna.samplers.BaseSampler):
     def view(study: optuna.Study) -> optuna.Study:
         # Under Hyperband Optuna passes a per-bracket view that keeps the real study in
         # ``_study`` (its ``_get_trials``, which TPE reads, already spans all brackets in
-        # Optuna 5). A shallow copy with a filtering ``_get_trials`` shares storage and cache.
+        # Optuna 5; the view itself cannot be copied). The copy shares the storage; its
+        # filtering ``_get_trials`` reads through the real study's trial cache.
         base = getattr(study, "_study", study)
         seen = copy.copy(base)
         get = base._get_trials
@@ -84,8 +85,9 @@ def make_sampler(strategy: str, seed: int, space: dict[str, Param], settings: An
     if strategy == "bayes" and settings.bayes_sampler == "gp":
         return TrainedTrialsSampler(optuna.samplers.GPSampler(seed=seed))
     multi = settings.objective == "pareto"
-    # constant_liar: concurrent workers see each other's running trials as bad guesses and
-    # spread out instead of sampling the same point
+    # constant_liar: once past the start-up trials, concurrent workers treat each other's running
+    # trials as bad guesses instead of proposing the same point (their start-up draws differ
+    # because each worker's sampler has its own seed, see archgen.search.sampler_seed)
     shared = settings.workers > 1 or settings.storage is not None
     return TrainedTrialsSampler(optuna.samplers.TPESampler(
         seed=seed, multivariate=not multi, n_startup_trials=8, constant_liar=shared))

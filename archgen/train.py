@@ -134,7 +134,8 @@ class EpochMetrics:
 @dataclass
 class TrainResult:
     """Outcome of :func:`train`. ``status`` is ``"ok"`` (finished or early-stopped),
-    ``"diverged"`` (``reason`` says where) or ``"stopped"`` (the callback asked to stop).
+    ``"diverged"`` (``reason`` says where) or ``"stopped"`` (the callback asked to stop, or the
+    deadline passed; ``reason`` says which).
     ``best_*`` describe the epoch whose weights the model holds afterwards; with no finished
     epoch, ``best_epoch`` is 0, ``best_val_acc`` 0.0 and ``best_val_loss`` infinity."""
 
@@ -186,11 +187,11 @@ class Trainer:
         self.diverged = False
         self.reason: str | None = None
         self.stopped = False
-        # Wall-clock deadline (``time.time()``), checked before every batch: past it the epoch is
-        # abandoned (``timed_out``; the epoch does not count) so a search's time budget holds
-        # to a batch, not to an epoch.
+        # Wall-clock deadline (``time.time()``), checked before every batch: past it the running
+        # epoch is abandoned, so a search's time budget holds to a batch, not to an epoch. The
+        # abandoned epoch is not in ``history`` and ``epoch`` does not advance, but its updates
+        # so far stay in the weights (train() then restores its best finished epoch).
         self.deadline: float | None = None
-        self.timed_out = False
         self.lr = config.lr
         self.weight_decay = config.weight_decay
         self.l1 = config.l1
@@ -264,8 +265,9 @@ class Trainer:
     ) -> list[EpochMetrics]:
         """Train up to ``n`` more epochs; return the metrics of the epochs that finished.
 
-        Stops early (without raising) when the loss diverges (``self.diverged``, ``self.reason``)
-        or when ``on_epoch`` returns ``True`` (``self.stopped``).
+        Stops early (without raising) when the loss diverges (``self.diverged``, ``self.reason``),
+        when ``on_epoch`` returns ``True`` (``self.stopped``), or when ``self.deadline`` passes
+        during an epoch (``self.reason``; that epoch is not returned).
         """
         self.stopped = False
         done: list[EpochMetrics] = []
@@ -310,7 +312,6 @@ class Trainer:
             model.train()
             for b, start in enumerate(batches, start=1):
                 if self.deadline is not None and time.time() > self.deadline:
-                    self.timed_out = True
                     self.reason = f"time budget reached in epoch {epoch} before batch {b}"
                     return None
                 idx = order[start : start + cfg.batch_size]

@@ -30,6 +30,7 @@ import optuna
 
 from archgen.build import build_model
 from archgen.data import load_dataset
+from archgen.errors import SpecError
 from archgen.losses import LOSS_FNS
 from archgen.space import default_space, spec_from_params, suggest, train_kwargs
 from archgen.train import TrainConfig, _evaluate, seed_everything, train, train_fixed
@@ -58,7 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         test = data.test.open(f"bench_refit: selected vs refit, split seed {split}")
         merged = data.with_val_in_train()
         for i, params in enumerate(configs(default_space(data.input_shape), args.configs)):
-            spec = spec_from_params(params, data.input_shape, data.num_classes)
+            try:
+                spec = spec_from_params(params, data.input_shape, data.num_classes)
+            except SpecError as exc:  # a sampled head that fits no rule: the search rejects it too
+                print(f"split {split} config {i}: {exc}, skipped", file=sys.stderr)
+                continue
             config = TrainConfig(epochs=20, patience=6, seed=split, threads=1, **train_kwargs(params))
             loss_fn = LOSS_FNS[config.loss]
             seed_everything(split)
@@ -78,11 +83,15 @@ def main(argv: list[str] | None = None) -> int:
                          "n_test": len(test), "s": time.perf_counter() - t0})
             print(f"split {split} config {i} {spec.short_name()}: best epoch {res.best_epoch}, "
                   f"test {acc_sel:.4f} -> refit {acc_refit:.4f} ({rows[-1]['s']:.0f} s)", flush=True)
-    diffs = [r["test_refit"] - r["test_selected"] for r in rows if r["test_refit"] == r["test_refit"]]
+    pairs = [r for r in rows if r["test_refit"] == r["test_refit"]]  # a diverged refit has no pair
+    if not pairs:
+        print("no pair to compare", file=sys.stderr)
+        return 1
+    diffs = [r["test_refit"] - r["test_selected"] for r in pairs]
     summary = {
-        "source": args.source, "pairs": len(diffs),
-        "mean_test_selected": statistics.mean(r["test_selected"] for r in rows),
-        "mean_test_refit": statistics.mean(r["test_refit"] for r in rows if r["test_refit"] == r["test_refit"]),
+        "source": args.source, "pairs": len(diffs), "diverged_refits": len(rows) - len(pairs),
+        "mean_test_selected": statistics.mean(r["test_selected"] for r in pairs),
+        "mean_test_refit": statistics.mean(r["test_refit"] for r in pairs),
         "mean_diff": statistics.mean(diffs), "median_diff": statistics.median(diffs),
         "wins": sum(d > 0 for d in diffs), "ties": sum(d == 0 for d in diffs), "losses": sum(d < 0 for d in diffs),
     }

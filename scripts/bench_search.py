@@ -169,6 +169,13 @@ def run_parallel(args: argparse.Namespace, jobs: list[tuple[str, int]]) -> list[
     import queue
     from concurrent.futures import ThreadPoolExecutor
 
+    # One calibration up front: searches that start together would each calibrate the same cache
+    # entry while measuring each other's load.
+    from costmodel.device_profile import load_cached
+
+    if load_cached("cpu", 1, 1) is None:
+        subprocess.run(["taskset", "-c", args.cpu.split(",")[0], sys.executable, "-m", "archgen", "calibrate",
+                        "--quick", "--batch-size", "1"], check=True, capture_output=True)
     cpus: queue.Queue[str] = queue.Queue()
     for cpu in args.cpu.split(","):
         cpus.put(cpu)
@@ -331,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plot", default=None, metavar="PNG")
     ap.add_argument("--cpu", default="0", help="taskset CPU list for every run")
     ap.add_argument("--parallel", action="store_true",
-                    help="run as many searches at once as --cpu names CPUs, each pinned to one of them "
+                    help="run as many searches at once as --cpu names CPUs (a comma list, e.g. 0,1), each "
+                         "pinned to one of them "
                          "(runs are ordered seed by seed, so the strategies of a seed run side by side)")
     ap.add_argument("--max-macs", type=int, default=None,
                     help="screen out candidates above this many MACs (keeps one epoch to seconds on one core)")

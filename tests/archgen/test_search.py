@@ -157,6 +157,18 @@ def test_refit_retrains_the_selected_config_on_train_plus_val(tmp_path):
     assert all(torch.equal(ckpt[k], exported_off[k]) for k in ckpt)
     assert any(not torch.equal(ckpt[k], exported_on[k]) for k in ckpt)
     assert json.loads((tmp_path / "on" / "test_metrics.json").read_text())["refit"]["n_train"] == n
+    # the refit is the selected configuration trained from the trial's own initial weights
+    from archgen.build import build_model
+    from archgen.space import train_kwargs
+    from archgen.spec import ArchSpec
+    from archgen.train import TrainConfig, seed_everything, train_fixed
+
+    seed = 0 * 100_003 + best.number
+    seed_everything(seed)
+    model = build_model(ArchSpec.from_dict(best.user_attrs["spec"]), seed=seed)
+    config = TrainConfig(epochs=on["refit"]["epochs"], patience=3, seed=seed, threads=1, **train_kwargs(best.params))
+    train_fixed(model, data.with_val_in_train(), config, on["refit"]["epochs"])
+    assert all(torch.equal(v, exported_on[k]) for k, v in model.state_dict().items())
 
 
 @pytest.mark.parametrize(
@@ -298,6 +310,49 @@ class _Recorder(optuna.samplers.RandomSampler):
     def sample_independent(self, study, trial, name, distribution):
         self.seen = [t.number for t in study._get_trials(deepcopy=False, states=None, use_cache=False)]
         return super().sample_independent(study, trial, name, distribution)
+
+
+def test_tpe_past_its_start_up_trials_under_hyperband_with_screened_out_trials():
+    """The filtered view holds up where TPE really models (after n_startup_trials), with pruned,
+    rejected and concurrently running trials, and constant_liar writing to storage."""
+    from archgen.strategies import TrainedTrialsSampler
+
+    sampler = TrainedTrialsSampler(optuna.samplers.TPESampler(seed=0, n_startup_trials=4, multivariate=True,
+                                                              constant_liar=True))
+    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=optuna.pruners.HyperbandPruner(1, 9, 3))
+    running = study.ask()  # a trial another worker is still training
+    running.suggest_float("x", 0, 1)
+
+    def objective(trial):
+        x = trial.suggest_float("x", 0, 1)
+        width = trial.suggest_int("width", 8, 128, log=True)
+        if width > 96:  # screened out before training
+            trial.set_user_attr("rejected", "over budget")
+            raise optuna.TrialPruned()
+        for epoch in range(1, 10):
+            trial.report(1 - (x - 0.3) ** 2 - epoch ** -1, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return 1 - (x - 0.3) ** 2
+
+    study.optimize(objective, n_trials=40)
+    trained = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(trained) >= 5
+    late = [t.params["x"] for t in study.trials[-15:] if "x" in t.params]
+    assert sum(abs(x - 0.3) < 0.2 for x in late) >= len(late) // 2  # TPE homes in on the optimum
+
+
+def test_sampler_seeds_differ_between_concurrent_workers(monkeypatch, tmp_path):
+    from archgen.search import sampler_seed
+
+    lone = SearchSettings(data="digits", seed=5, out=str(tmp_path))
+    assert sampler_seed(lone) == 5  # a lone process stays reproducible
+    assert len({sampler_seed(lone, w) for w in range(4)}) == 4
+    shared = SearchSettings(data="digits", seed=5, out=str(tmp_path), storage="postgresql://u@h/db")
+    monkeypatch.setattr("os.getpid", lambda: 100)
+    a = sampler_seed(shared)
+    monkeypatch.setattr("os.getpid", lambda: 101)
+    assert sampler_seed(shared) != a  # another process (or machine) joining with the same --seed
 
 
 def test_model_based_samplers_ignore_screened_out_trials():

@@ -273,10 +273,15 @@ def test_deadline_stops_training_within_an_epoch_and_restores_the_best_epoch(dig
     monkeypatch.setattr(train_mod, "time", types.SimpleNamespace(time=clock, perf_counter=real_time.perf_counter))
     per_epoch = math.ceil(len(digits.train) / FAST.batch_size)
     assert per_epoch == 20  # 1,257 training images in batches of 64
-    r = train(mlp(), digits, dataclasses.replace(FAST, epochs=10), deadline=5.0)
+    model = mlp()
+    r = train(model, digits, dataclasses.replace(FAST, epochs=10), deadline=5.0)
     assert r.status == "stopped" and r.epochs_run == 2
     assert r.reason == "time budget reached in epoch 3 before batch 11"
     assert r.best_epoch in (1, 2) and len(calls) == 51
+    # the half-trained epoch 3 is gone: the model holds exactly the weights after its best epoch
+    reference = mlp()
+    Trainer(reference, digits, FAST).run_epochs(r.best_epoch)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
     # no deadline: the clock is never read per batch
     calls.clear()
     r = train(mlp(), digits, dataclasses.replace(FAST, epochs=1))
