@@ -93,10 +93,12 @@ class SearchSettings:
     pbt_interval: int = 2
     pbt_quantile: float = 0.25
     finalize: bool = True
-    # After selection on validation, retrain the selected configuration on train + validation
-    # for the selected trial's best epoch count (more data for the exported model; test stays
-    # sealed until the one final evaluation). Not for pbt, whose members change hyperparameters.
-    refit: bool = True
+    # Opt-in: after selection on validation, retrain the selected configuration on train +
+    # validation for the selected trial's best epoch count (test stays sealed until the one final
+    # evaluation; not for pbt, whose members change hyperparameters). Off by default: measured
+    # neutral on networks that converged (scripts/bench_refit.py), it costs up to one more trial
+    # beyond --time-budget, and without it validation data never fits weights (DESIGN.md §2).
+    refit: bool = False
     calibrate: bool = True  # fit a quick CPU profile first when none is cached for this machine
     warm_start: bool = True  # sampling strategies start from the practitioner's default config
     space: dict = field(default_factory=dict)

@@ -34,9 +34,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="join a shared study without selecting/testing/exporting in this process")
     p.add_argument("--no-calibrate", action="store_false", dest="calibrate", default=None,
                    help="use the built-in latency profile when this machine has none cached")
-    p.add_argument("--no-refit", action="store_false", dest="refit", default=None,
-                   help="export the selected trial's own weights instead of retraining its "
-                        "configuration on train + validation for its best epoch count")
+    p.add_argument("--refit", action="store_true", default=None,
+                   help="retrain the selected configuration on train + validation for its trial's "
+                        "best epoch count before the test evaluation and export (off by default)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=run)
 

@@ -125,7 +125,7 @@ def test_test_split_is_opened_once_for_the_selected_model_only(tmp_path, monkeyp
 
     monkeypatch.setattr(SealedTest, "open", spy)
     settings = SearchSettings(data="digits", strategy="random", trials=3, max_epochs=1, threads=1,
-                              out=str(tmp_path / "t"), space=TINY_SPACE)
+                              out=str(tmp_path / "t"), space=TINY_SPACE, refit=True)
     summary = run_search(settings)
     assert len(opened) == 1
     assert opened[0] == f"final evaluation of trial {summary['trial_number']}"
@@ -138,8 +138,8 @@ def test_refit_retrains_the_selected_config_on_train_plus_val(tmp_path):
     from archgen.data import load_dataset
 
     base = dict(data="digits", strategy="random", trials=2, max_epochs=3, patience=3, threads=1, space=TINY_SPACE)
-    on = run_search(SearchSettings(out=str(tmp_path / "on"), **base))
-    off = run_search(SearchSettings(out=str(tmp_path / "off"), refit=False, **base))
+    on = run_search(SearchSettings(out=str(tmp_path / "on"), refit=True, **base))
+    off = run_search(SearchSettings(out=str(tmp_path / "off"), **base))  # the default
     assert on["trial_number"] == off["trial_number"] and on["val_acc"] == off["val_acc"]
     trials = pd.read_csv(tmp_path / "on" / "trials.csv").set_index("number")
     data = load_dataset("digits", seed=0)
@@ -214,7 +214,7 @@ def test_cuda_search_without_cuda_is_one_line_exit_2(run_cli, tmp_path, monkeypa
 def test_search_trains_profiles_and_tests_on_cuda(tmp_path, monkeypatch):
     monkeypatch.setenv("ARCHGEN_CACHE", str(tmp_path / "cache"))
     summary = run_search(SearchSettings(data="digits", strategy="bohb", trials=4, max_epochs=3, device="cuda",
-                                        out=str(tmp_path / "g"), space=TINY_SPACE))
+                                        out=str(tmp_path / "g"), space=TINY_SPACE, refit=True))
     assert summary["test_acc"] > 0.5 and summary["meas_ms"] > 0 and summary["refit"] is not None
     profiles = list((tmp_path / "cache").rglob("profile-t1-b1.json"))
     assert len(profiles) == 1 and profiles[0].parent.name.startswith("cuda-")  # calibrated on the GPU
