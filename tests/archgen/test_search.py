@@ -390,3 +390,24 @@ def test_model_based_samplers_ignore_screened_out_trials():
     # ours: every trained trial of every Hyperband bracket (plus the running one), none screened out
     assert sorted(n for n in wrapped.seen if n < 30) == trained
     assert 30 in wrapped.seen
+
+
+def test_pbt_members_that_never_finished_an_epoch_fail(tmp_path):
+    """A budget that runs out before a member's first epoch must not leave it COMPLETE with
+    untrained weights: it is a failed trial with its reason."""
+    import time
+
+    from archgen.pbt import run_pbt
+    from archgen.search import load_data, load_profile, open_study, space_from_config
+
+    settings = SearchSettings(data="digits", strategy="pbt", trials=3, max_epochs=2, threads=1,
+                              out=str(tmp_path / "p"), space=TINY_SPACE)
+    settings.run_dir.mkdir(parents=True)
+    dataset = load_data(settings)
+    space = space_from_config(dataset.input_shape, settings.space)
+    study = open_study(settings, space, optuna.storages.InMemoryStorage())
+    members = run_pbt(settings, study, dataset, load_profile(settings), space, deadline=time.time() - 1)
+    assert len(members) == 3 and all(m.trainer.epoch == 0 for m in members)
+    trained = [t for t in study.trials if "rejected" not in t.user_attrs]
+    assert {t.state for t in trained} == {optuna.trial.TrialState.FAIL}
+    assert all(t.user_attrs["failure"] == "no epoch finished" for t in trained)
