@@ -104,10 +104,10 @@ def finalize(settings: Any, study: optuna.Study, dataset: Any, profile: Any, spa
     if best is None:
         raise RuntimeError("no trial completed: nothing to select (raise --trials or --time-budget)")
     spec = ArchSpec.from_dict(best.user_attrs["spec"])
-    model, refit = _refit(settings, best, dataset, spec), None
-    if model is not None:
-        refit = {"epochs": best.user_attrs["best_epoch"], "n_train": len(dataset.train) + len(dataset.val)}
-    else:
+    model = _refit(settings, best, dataset, spec)
+    refit = None if model is None else {"epochs": best.user_attrs["best_epoch"],
+                                        "n_train": len(dataset.train) + len(dataset.val)}
+    if model is None:
         model = build_model(spec, seed=0)
         ckpt = run_dir / "checkpoints" / f"trial_{best.number}.pt"
         if ckpt.exists():
@@ -171,18 +171,13 @@ def _refit(settings: Any, trial: optuna.trial.FrozenTrial, dataset: Any, spec: A
     """The selected configuration retrained on train + validation for the trial's best epoch
     count, from the trial's own initial weights; None when refit is off, not applicable or
     diverged (the trial's weights are exported then)."""
-    from archgen.build import build_model
-    from archgen.space import train_kwargs
-    from archgen.train import TrainConfig, seed_everything, train_fixed
+    from archgen.objective import trial_start
+    from archgen.train import train_fixed
 
     epochs = int(trial.user_attrs.get("best_epoch") or 0)
     if not settings.refit or settings.strategy == "pbt" or epochs < 1:
         return None
-    seed = settings.seed * 100_003 + trial.number
-    seed_everything(seed)
-    model = build_model(spec, seed=seed)
-    config = TrainConfig(epochs=epochs, patience=settings.patience, seed=seed, threads=settings.threads,
-                         device=settings.device, **train_kwargs(trial.params))
+    model, config = trial_start(settings, trial.number, spec, trial.params, epochs)
     t0 = time.perf_counter()
     try:
         result = train_fixed(model, dataset.with_val_in_train(), config, epochs)
@@ -199,15 +194,10 @@ def _refit(settings: Any, trial: optuna.trial.FrozenTrial, dataset: Any, spec: A
 
 
 def _retrain(settings: Any, trial: optuna.trial.FrozenTrial, dataset: Any, spec: Any) -> Any:
-    from archgen.build import build_model
-    from archgen.space import train_kwargs
-    from archgen.train import TrainConfig, seed_everything, train
+    from archgen.objective import trial_start
+    from archgen.train import train
 
-    seed = settings.seed * 100_003 + trial.number
-    seed_everything(seed)
-    model = build_model(spec, seed=seed)
-    config = TrainConfig(epochs=max(1, trial.user_attrs.get("epochs", settings.max_epochs)),
-                         patience=settings.patience, seed=seed, threads=settings.threads,
-                         device=settings.device, **train_kwargs(trial.params))
+    model, config = trial_start(settings, trial.number, spec, trial.params,
+                                max(1, trial.user_attrs.get("epochs", settings.max_epochs)))
     train(model, dataset, config)
     return model

@@ -28,6 +28,22 @@ PRIOR_TRAIN_MACS_PER_S = 3e9
 PRIOR_TRAIN_MACS_PER_S_CUDA = 1e11
 
 
+def trial_start(settings: Any, number: int, spec: Any, params: dict[str, Any], epochs: int,
+                patience: int | None = None) -> tuple[Any, Any]:
+    """A trial's freshly initialized model and its training config, seeded by the search seed and
+    the trial number: the same initial weights wherever it is built (the trial itself, a refit,
+    a retrain on another machine, a PBT member)."""
+    from archgen.build import build_model
+    from archgen.train import TrainConfig, seed_everything
+
+    seed = settings.seed * 100_003 + number
+    seed_everything(seed)
+    model = build_model(spec, seed=seed)
+    config = TrainConfig(epochs=epochs, patience=settings.patience if patience is None else patience, seed=seed,
+                         threads=settings.threads, device=settings.device, **train_kwargs(params))
+    return model, config
+
+
 @dataclass
 class TrialOutcome:
     state: TrialState
@@ -111,8 +127,7 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> TrialOutcome:
         import torch
 
-        from archgen.build import build_model
-        from archgen.train import TrainConfig, seed_everything, train
+        from archgen.train import train
 
         s = self.settings
         trial.set_user_attr("strategy", s.strategy)
@@ -120,11 +135,7 @@ class Objective:
         spec = self.candidate(trial, params)
         if spec is None:
             return TrialOutcome(TrialState.PRUNED)
-        seed = s.seed * 100_003 + trial.number
-        seed_everything(seed)
-        model = build_model(spec, seed=seed)
-        config = TrainConfig(epochs=s.max_epochs, patience=s.patience, seed=seed, threads=s.threads,
-                             device=s.device, **train_kwargs(params))
+        model, config = trial_start(s, trial.number, spec, params, s.max_epochs)
         pruning = s.strategy in PRUNING
         stop_reason: list[str] = []
 
@@ -135,9 +146,6 @@ class Objective:
                 if trial.should_prune():
                     stop_reason.append(f"pruned at epoch {m.epoch}")
                     return True
-            if self.deadline is not None and time.time() > self.deadline:
-                stop_reason.append(f"time budget reached at epoch {m.epoch}")
-                return True
             return False
 
         t0 = time.perf_counter()
@@ -154,7 +162,7 @@ class Objective:
         if result.status == "diverged":
             trial.set_user_attr("failure", result.reason or "diverged")
             return TrialOutcome(TrialState.FAIL)
-        if result.status == "stopped" and not stop_reason:  # the deadline passed mid-epoch
+        if result.status == "stopped" and not stop_reason:  # the time budget ran out
             stop_reason.append(result.reason or "time budget reached")
         if not result.history:
             trial.set_user_attr("failure", f"no epoch finished ({stop_reason[0]})" if stop_reason else "no epoch finished")

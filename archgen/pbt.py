@@ -22,7 +22,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from archgen.space import Param, suggest, train_kwargs
+from archgen.space import Param, suggest
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +38,9 @@ class Member:
     lineage: list[dict] = field(default_factory=list)
 
 
-def _new_member(objective: Any, study: optuna.Study, space: dict[str, Param], seed: int) -> Member | None:
-    from archgen.build import build_model
-    from archgen.train import TrainConfig, Trainer, seed_everything
+def _new_member(objective: Any, study: optuna.Study, space: dict[str, Param]) -> Member | None:
+    from archgen.objective import trial_start
+    from archgen.train import Trainer
 
     s = objective.settings
     for _ in range(20):
@@ -51,11 +51,7 @@ def _new_member(objective: Any, study: optuna.Study, space: dict[str, Param], se
         if spec is None:
             study.tell(trial, state=TrialState.PRUNED)
             continue
-        member_seed = seed * 100_003 + trial.number
-        seed_everything(member_seed)
-        model = build_model(spec, seed=member_seed)
-        config = TrainConfig(epochs=s.max_epochs, patience=s.max_epochs, seed=member_seed,
-                             threads=s.threads, device=s.device, **train_kwargs(params))
+        model, config = trial_start(s, trial.number, spec, params, s.max_epochs, patience=s.max_epochs)
         return Member(trial, spec, Trainer(model, objective.dataset, config))
     return None
 
@@ -72,7 +68,7 @@ def run_pbt(settings: Any, study: optuna.Study, dataset: Any, profile: Any, spac
     objective = Objective(settings, dataset, profile, space, deadline, study._storage)
     rng = random.Random(settings.seed)
     size = settings.trials or settings.population
-    members = [m for m in (_new_member(objective, study, space, settings.seed) for _ in range(size)) if m]
+    members = [m for m in (_new_member(objective, study, space) for _ in range(size)) if m]
     if len(members) < 2:
         raise RuntimeError("pbt: fewer than 2 members passed the budget screen")
     epoch = 0
