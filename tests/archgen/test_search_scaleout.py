@@ -87,10 +87,13 @@ def test_sigkill_mid_trial_then_resume_keeps_every_completed_trial_once(tmp_path
             study = _journal_study(run_dir)
             complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if len(complete) >= 2 and running:
+            # Mid-trial = the running trial has finished an epoch: all of its parameters are
+            # suggested (a kill between two suggestions leaves a partial parameter set).
+            training = [t for t in running if any(k.startswith("val_acc_epoch_") for k in t.user_attrs)]
+            if len(complete) >= 2 and training:
                 before = [(t.number, t.values[0], t.user_attrs["spec_key"]) for t in complete]
                 break
-        assert before, f"never saw 2 completed trials and a running one (search exit code {proc.poll()})"
+        assert before, f"never saw 2 completed trials and one in training (search exit code {proc.poll()})"
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
