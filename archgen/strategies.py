@@ -6,8 +6,8 @@
 | grid      | a coarse grid, then a finer grid around its best point (both enqueued) | none |
 | random    | RandomSampler                   | none                           |
 | bayes     | TPESampler (or GPSampler)       | none                           |
-| hyperband | RandomSampler                   | HyperbandPruner (epochs)       |
-| bohb      | TPESampler on every bracket     | HyperbandPruner (epochs)       |
+| hyperband | RandomSampler                   | SeededHyperbandPruner (epochs) |
+| bohb      | TPESampler on every bracket     | SeededHyperbandPruner (epochs) |
 | pbt       | RandomSampler for the initial population; ``archgen.pbt`` does the rest |
 
 Model-based samplers see *trained* trials only (``TrainedTrialsSampler``): a candidate screened
@@ -16,6 +16,13 @@ to TPE as the worst kind of pruned trial, so the model's "bad" density fills wit
 and TPE drifts to small ones (the suspected reason a 150 s bohb run on MNIST settled on a
 0.83-accuracy net).
 Under Hyperband, TPE still models every bracket's trials, as BOHB (Falkner et al., 2018) does.
+
+Hyperband runs asynchronously (Optuna's ASHA-style successive halving): a trial reaching a rung is
+promoted when it ranks in the top 1/eta of the trials *of its bracket* at that rung so far, so the
+first trial of each bracket at each rung is always promoted, however bad.
+``SeededHyperbandPruner`` compares such a trial, which its bracket cannot judge yet, with the
+median of every other trial's accuracy at the same epoch: a network at chance level after the
+epochs its bracket grants is stopped there instead of training to ``max_epochs``.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import statistics
 from typing import Any
 
 import optuna
@@ -93,9 +101,50 @@ def make_sampler(strategy: str, seed: int, space: dict[str, Param], settings: An
         seed=seed, multivariate=not multi, n_startup_trials=8, constant_liar=shared))
 
 
+class SeededHyperbandPruner(optuna.pruners.HyperbandPruner):
+    """Optuna's Hyperband, plus a judgement for trials their bracket promotes by default.
+
+    At a rung of its bracket (epoch ``min_resource * eta**(bracket + k)``) where fewer than
+    ``eta - 1`` other trials of the bracket have a value, successive halving has nothing to
+    rank the trial against and promotes it (the first one always; the next ones when they are
+    the best so far). Such a trial is pruned when its value is below the median of every other
+    trial's value at the same epoch, from all brackets. Once the bracket has its own
+    competitors, Hyperband decides alone. Pruning stays at the bracket's rung epochs, so the
+    Hyperband schedule (and the TPE-per-bracket behaviour keyed on ``HyperbandPruner``) holds.
+    """
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        if super().prune(study, trial):
+            return True
+        step = trial.last_step
+        if step is None or not self._pruners or len(study.directions) != 1:
+            return False
+        eta = self._reduction_factor
+        bracket = self._get_bracket_id(study, trial)
+        rung, first = 0, self._min_resource * eta**bracket
+        while first * eta**rung < step:
+            rung += 1
+        if first * eta**rung != step:
+            return False  # not a rung epoch of this trial's bracket
+        key = f"completed_rung_{rung}"
+        peers = [t for t in self._create_bracket_study(study, bracket).get_trials(deepcopy=False)
+                 if t.number != trial.number and key in t.system_attrs]
+        if len(peers) >= eta - 1:
+            return False  # successive halving had competitors: its decision stands
+        others = [t.intermediate_values[step] for t in study.get_trials(deepcopy=False)
+                  if t.number != trial.number and step in t.intermediate_values
+                  and not math.isnan(t.intermediate_values[step])]
+        if not others:
+            return False
+        value, median = trial.intermediate_values[step], statistics.median(others)
+        if study.direction == optuna.study.StudyDirection.MAXIMIZE:
+            return value < median
+        return value > median
+
+
 def make_pruner(strategy: str, settings: Any) -> optuna.pruners.BasePruner:
     if strategy in PRUNING:
-        return optuna.pruners.HyperbandPruner(
+        return SeededHyperbandPruner(
             min_resource=settings.min_epochs,
             max_resource=settings.max_epochs,
             reduction_factor=settings.reduction_factor,

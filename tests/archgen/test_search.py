@@ -411,3 +411,39 @@ def test_pbt_members_that_never_finished_an_epoch_fail(tmp_path):
     trained = [t for t in study.trials if "rejected" not in t.user_attrs]
     assert {t.state for t in trained} == {optuna.trial.TrialState.FAIL}
     assert all(t.user_attrs["failure"] == "no epoch finished" for t in trained)
+
+
+
+def _epochs_trained(pruner) -> tuple[list[int], list[int]]:
+    """Alternating good (about 0.9 at every epoch) and hopeless (0.1) learners, one at a time,
+    up to 20 epochs (the search's default): the epochs each kind trained."""
+    study = optuna.create_study(study_name="seeded-hb", direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(seed=0), pruner=pruner)
+    trained: dict[str, list[int]] = {"good": [], "bad": []}
+    for n in range(24):
+        kind = "bad" if n % 2 else "good"
+        trial = study.ask()
+        epoch = 0
+        for epoch in range(1, 21):
+            trial.report(0.1 if kind == "bad" else 0.9 + 0.001 * n, epoch)
+            if trial.should_prune():
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                break
+        else:
+            study.tell(trial, 0.9)
+        trained[kind].append(epoch)
+    return trained["good"], trained["bad"]
+
+
+def test_seeded_hyperband_stops_a_brackets_first_hopeless_trial_at_its_rung():
+    from archgen.strategies import SeededHyperbandPruner
+
+    # Hyperband, min 1, max 20, eta 3: brackets with rungs at epochs {1, 3, 9}, {3, 9} and {9}.
+    _, bad_plain = _epochs_trained(optuna.pruners.HyperbandPruner(1, 20, 3))
+    good, bad = _epochs_trained(SeededHyperbandPruner(1, 20, 3))
+    # Optuna's Hyperband promotes the first trial of a bracket at a rung, however bad: some
+    # chance-level learners train all 20 epochs. Seeded: each stops at a rung of its bracket.
+    assert 20 in bad_plain
+    assert set(bad) <= {1, 3, 9} and sum(bad) < sum(bad_plain)
+    # the good learners (each better than all before it) are never pruned
+    assert good == [20] * len(good)
