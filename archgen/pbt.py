@@ -8,6 +8,10 @@ state and hyperparameters) and *explores* (multiplies lr and weight decay by 0.8
 Every member stays one trial in the study: its intermediate values are its per-epoch
 validation accuracy, its final value the validation accuracy of its final weights, and its
 lineage (who it copied, when, with which hyperparameters) is in its user attributes.
+
+A population stops at ``max_epochs``. Under ``--time-budget`` alone the remaining time is not
+left idle: a fresh population starts (a restart, ``pbt_generation`` 1, 2, ...) while two rounds
+at the last population's pace still fit; with ``--trials N`` there is one population of N.
 """
 
 from __future__ import annotations
@@ -58,18 +62,49 @@ def _new_member(objective: Any, study: optuna.Study, space: dict[str, Param]) ->
 
 def run_pbt(settings: Any, study: optuna.Study, dataset: Any, profile: Any, space: dict[str, Param],
             deadline: float | None, progress: Callable[[dict], None] | None = None) -> list[Member]:
-    import torch
-
-    from archgen.build import build_model
+    """Train populations until the budget: ``--trials N`` is one population of N members; under a
+    time budget alone, a population that reaches ``max_epochs`` with time left is followed by a
+    fresh one (a restart; user attr ``pbt_generation``) while at least two rounds of the last
+    population's pace fit in the remaining time. Returns every member of every population."""
     from archgen.objective import Objective
-    from archgen.search import progress_status
-    from archgen.train import Trainer
 
     objective = Objective(settings, dataset, profile, space, deadline, study._storage)
     rng = random.Random(settings.seed)
+    everyone: list[Member] = []
+    generation = 0
+    while True:
+        t0 = time.time()
+        members = _population(settings, study, objective, space, rng, deadline, progress, generation)
+        everyone += members
+        if len(members) < 2:
+            return everyone  # a later population could not be formed within the budget
+        round_s = (time.time() - t0) / max(1, -(-settings.max_epochs // settings.pbt_interval))
+        if settings.trials is not None or deadline is None or deadline - time.time() < 2 * round_s:
+            return everyone
+        generation += 1
+
+
+def _population(settings: Any, study: optuna.Study, objective: Any, space: dict[str, Param], rng: random.Random,
+                deadline: float | None, progress: Callable[[dict], None] | None, generation: int) -> list[Member]:
+    """One PBT run: a fresh population trained in rounds to ``max_epochs`` (or the deadline),
+    every member told to the study."""
+    import torch
+
+    from archgen.build import build_model
+    from archgen.search import progress_status
+    from archgen.train import Trainer
+
+    dataset, profile = objective.dataset, objective.profile
     size = settings.trials or settings.population
     members = [m for m in (_new_member(objective, study, space) for _ in range(size)) if m]
+    for m in members:
+        m.trial.set_user_attr("pbt_generation", generation)
     if len(members) < 2:
+        for m in members:
+            m.trial.set_user_attr("failure", "population of fewer than 2 members")
+            study.tell(m.trial, state=TrialState.FAIL)
+        if generation:
+            return members
         raise RuntimeError("pbt: fewer than 2 members passed the budget screen")
     epoch = 0
     while epoch < settings.max_epochs and (deadline is None or time.time() < deadline):

@@ -447,3 +447,20 @@ def test_seeded_hyperband_stops_a_brackets_first_hopeless_trial_at_its_rung():
     assert set(bad) <= {1, 3, 9} and sum(bad) < sum(bad_plain)
     # the good learners (each better than all before it) are never pruned
     assert good == [20] * len(good)
+
+
+def test_pbt_fills_its_time_budget_with_fresh_populations(tmp_path):
+    """A population that reaches max_epochs long before --time-budget is followed by another
+    (it used to stop and leave the rest of the budget idle); every member stays one trial."""
+    settings = SearchSettings(data="digits", strategy="pbt", population=2, max_epochs=1, pbt_interval=1,
+                              time_budget_s=25, threads=1, out=str(tmp_path / "p"), space=TINY_SPACE,
+                              finalize=False)
+    summary = run_search(settings)
+    study = optuna.load_study(study_name=settings.study, storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "p" / "study.journal"))))
+    members = [t for t in study.trials if "pbt_generation" in t.user_attrs]
+    generations = {t.user_attrs["pbt_generation"] for t in members}
+    assert len(generations) >= 2 and max(generations) == len(generations) - 1
+    done = [t for t in members if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) >= 4 and all(t.user_attrs["epochs"] == 1 for t in done)
+    assert summary["elapsed_s"] >= 12  # kept going past the first population (a second or two)
