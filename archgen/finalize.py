@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 ATTR_COLUMNS = (
     "val_acc", "val_loss", "est_ms", "macs", "params", "epochs", "duration_s", "spec_key", "spec_name",
     "rejected", "failure", "pruned", "stopped", "balance_cv_before", "balance_cv_after", "strategy",
+    "pbt_generation",
 )
 
 

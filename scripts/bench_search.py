@@ -270,6 +270,24 @@ def summarize(results: list[RunResult], budget_s: float) -> tuple[str, dict]:
     return text, per_strategy
 
 
+def targets_table(results: list[RunResult], targets: list[float]) -> str:
+    """Per strategy and fixed validation accuracy: the median over seeds of the time to reach it
+    (a seed that never does counts as infinitely slow) and how many seeds reached it. Unlike the
+    time to random's final accuracy, the target does not depend on when random got lucky."""
+    strategies = list(dict.fromkeys(r.strategy for r in results))
+    head = "| strategy | " + " | ".join(f"t to val >= {t:g} (s), reached" for t in targets) + " |"
+    lines = [head, "|---|" + "---:|" * len(targets)]
+    for s in strategies:
+        rs = [r for r in results if r.strategy == s]
+        cells = []
+        for target in targets:
+            times = [time_to_reach(r.curve, target) for r in rs]
+            reached = sum(1 for t in times if not math.isinf(t))
+            cells.append(f"{_fmt(statistics.median(times), '.0f') if times else '-'}, {reached}/{len(times)}")
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(results: list[RunResult], budget_s: float, path: str) -> None:
     import matplotlib
 
@@ -345,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="screen out candidates above this many MACs (keeps one epoch to seconds on one core)")
     ap.add_argument("--max-epochs", type=int, default=None)
     ap.add_argument("--analyze-only", action="store_true")
+    ap.add_argument("--targets", default="0.98,0.985,0.99",
+                    help="fixed validation accuracies for the time-to-target table (comma list; empty: none)")
     ap.add_argument("--no-warm-start", action="store_true", help="start every strategy without the default config")
     args = ap.parse_args(argv)
     args.config_path = write_config(args)
@@ -360,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         results = [run_one(args, s, seed) for s, seed in jobs]
     text, per_strategy = summarize(results, args.budget_s)
+    targets = [float(t) for t in args.targets.split(",") if t]
+    if targets:
+        text += "\nTime to fixed validation accuracies (median over seeds):\n\n" + targets_table(results, targets)
     cmd = "python " + " ".join(["scripts/bench_search.py"] + (argv if argv is not None else sys.argv[1:]))
     pinning = (f"`taskset` to one of CPUs {args.cpu}, {len(args.cpu.split(','))} runs side by side"
                if args.parallel else f"`taskset -c {args.cpu}`")

@@ -458,7 +458,12 @@ def test_pbt_fills_its_time_budget_with_fresh_populations(tmp_path):
     summary = run_search(settings)
     study = optuna.load_study(study_name=settings.study, storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(tmp_path / "p" / "study.journal"))))
+    from archgen.finalize import trials_table
+
+    table = trials_table(study)
     members = [t for t in study.trials if "pbt_generation" in t.user_attrs]
+    assert sorted(table["pbt_generation"].dropna().astype(int)) == sorted(
+        t.user_attrs["pbt_generation"] for t in members)
     generations = {t.user_attrs["pbt_generation"] for t in members}
     assert len(generations) >= 2 and max(generations) == len(generations) - 1
     done = [t for t in members if t.state == optuna.trial.TrialState.COMPLETE]
