@@ -76,6 +76,10 @@ class SearchSettings:
     min_epochs: int = 1
     patience: int = 6
     reduction_factor: int = 3
+    # Hyperband/BOHB: also prune a bracket's first trial at a rung below the median of all trials
+    # at that epoch (archgen.strategies.SeededHyperbandPruner). Opt-in: measured no better on
+    # MNIST-10k and worse on the README's digits search (docs/benchmarks.md).
+    seeded_pruning: bool = False
     val_frac: float = 0.15
     test_frac: float = 0.15
     # One intra-op thread per worker: small CNNs on small batches barely scale past one core,

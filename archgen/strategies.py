@@ -6,8 +6,8 @@
 | grid      | a coarse grid, then a finer grid around its best point (both enqueued) | none |
 | random    | RandomSampler                   | none                           |
 | bayes     | TPESampler (or GPSampler)       | none                           |
-| hyperband | RandomSampler                   | SeededHyperbandPruner (epochs) |
-| bohb      | TPESampler on every bracket     | SeededHyperbandPruner (epochs) |
+| hyperband | RandomSampler                   | HyperbandPruner (epochs)       |
+| bohb      | TPESampler on every bracket     | HyperbandPruner (epochs)       |
 | pbt       | RandomSampler for the initial population; ``archgen.pbt`` does the rest |
 
 Model-based samplers see *trained* trials only (``TrainedTrialsSampler``): a candidate screened
@@ -20,7 +20,7 @@ Under Hyperband, TPE still models every bracket's trials, as BOHB (Falkner et al
 Hyperband runs asynchronously (Optuna's ASHA-style successive halving): a trial reaching a rung is
 promoted when it ranks in the top 1/eta of the trials *of its bracket* at that rung so far, so the
 first trial of each bracket at each rung is always promoted, however bad.
-``SeededHyperbandPruner`` compares such a trial, which its bracket cannot judge yet, with the
+``SeededHyperbandPruner`` (opt-in, ``seeded_pruning: true``) compares such a trial, which its bracket cannot judge yet, with the
 median of every other trial's accuracy at the same epoch: a network at chance level after the
 epochs its bracket grants is stopped there instead of training to ``max_epochs``.
 """
@@ -144,7 +144,8 @@ class SeededHyperbandPruner(optuna.pruners.HyperbandPruner):
 
 def make_pruner(strategy: str, settings: Any) -> optuna.pruners.BasePruner:
     if strategy in PRUNING:
-        return SeededHyperbandPruner(
+        cls = SeededHyperbandPruner if settings.seeded_pruning else optuna.pruners.HyperbandPruner
+        return cls(
             min_resource=settings.min_epochs,
             max_resource=settings.max_epochs,
             reduction_factor=settings.reduction_factor,

@@ -469,3 +469,12 @@ def test_pbt_fills_its_time_budget_with_fresh_populations(tmp_path):
     done = [t for t in members if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) >= 4 and all(t.user_attrs["epochs"] == 1 for t in done)
     assert summary["elapsed_s"] >= 12  # kept going past the first population (a second or two)
+
+
+def test_seeded_pruning_is_opt_in(tmp_path):
+    from archgen.strategies import SeededHyperbandPruner, make_pruner
+
+    plain = make_pruner("bohb", SearchSettings(data="digits", out=str(tmp_path)))
+    assert type(plain) is optuna.pruners.HyperbandPruner
+    seeded = make_pruner("bohb", SearchSettings(data="digits", out=str(tmp_path), seeded_pruning=True))
+    assert isinstance(seeded, SeededHyperbandPruner)
