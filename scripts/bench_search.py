@@ -331,6 +331,8 @@ def write_config(args: argparse.Namespace) -> Path | None:
     cfg = {k: v for k, v in (("max_macs", args.max_macs), ("max_epochs", args.max_epochs)) if v is not None}
     if args.no_warm_start:  # compare the samplers alone, not the shared practitioner default
         cfg["warm_start"] = False
+    if args.seeded_pruning:
+        cfg["seeded_pruning"] = True
     if not cfg:
         return None
     path = Path(args.out_root) / "search_config.yaml"
@@ -366,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--targets", default="0.98,0.985,0.99",
                     help="fixed validation accuracies for the time-to-target table (comma list; empty: none)")
     ap.add_argument("--no-warm-start", action="store_true", help="start every strategy without the default config")
+    ap.add_argument("--seeded-pruning", action="store_true",
+                    help="Hyperband/BOHB with archgen's seeded rule (seeded_pruning: true)")
     args = ap.parse_args(argv)
     args.config_path = write_config(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
