@@ -17,6 +17,7 @@ at the last population's pace still fit; with ``--trials N`` there is one popula
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -74,26 +75,29 @@ def run_pbt(settings: Any, study: optuna.Study, dataset: Any, profile: Any, spac
     generation = 0
     while True:
         t0 = time.time()
-        members = _population(settings, study, objective, space, rng, deadline, progress, generation)
+        members = _population(objective, study, space, rng, progress, generation)
         everyone += members
         if len(members) < 2:
+            if generation == 0:
+                raise RuntimeError("pbt: fewer than 2 members passed the budget screen")
             return everyone  # a later population could not be formed within the budget
-        round_s = (time.time() - t0) / max(1, -(-settings.max_epochs // settings.pbt_interval))
+        round_s = (time.time() - t0) / math.ceil(settings.max_epochs / settings.pbt_interval)
         if settings.trials is not None or deadline is None or deadline - time.time() < 2 * round_s:
             return everyone
         generation += 1
 
 
-def _population(settings: Any, study: optuna.Study, objective: Any, space: dict[str, Param], rng: random.Random,
-                deadline: float | None, progress: Callable[[dict], None] | None, generation: int) -> list[Member]:
-    """One PBT run: a fresh population trained in rounds to ``max_epochs`` (or the deadline),
-    every member told to the study."""
+def _population(objective: Any, study: optuna.Study, space: dict[str, Param], rng: random.Random,
+                progress: Callable[[dict], None] | None, generation: int) -> list[Member]:
+    """One PBT run: a fresh population trained in rounds to ``max_epochs`` (or the objective's
+    deadline), every member told to the study; fewer than 2 members are told FAIL untrained."""
     import torch
 
     from archgen.build import build_model
     from archgen.search import progress_status
     from archgen.train import Trainer
 
+    settings, deadline = objective.settings, objective.deadline
     dataset, profile = objective.dataset, objective.profile
     size = settings.trials or settings.population
     members = [m for m in (_new_member(objective, study, space) for _ in range(size)) if m]
@@ -103,9 +107,7 @@ def _population(settings: Any, study: optuna.Study, objective: Any, space: dict[
         for m in members:
             m.trial.set_user_attr("failure", "population of fewer than 2 members")
             study.tell(m.trial, state=TrialState.FAIL)
-        if generation:
-            return members
-        raise RuntimeError("pbt: fewer than 2 members passed the budget screen")
+        return members
     epoch = 0
     while epoch < settings.max_epochs and (deadline is None or time.time() < deadline):
         step = min(settings.pbt_interval, settings.max_epochs - epoch)

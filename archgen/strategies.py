@@ -127,13 +127,12 @@ class SeededHyperbandPruner(optuna.pruners.HyperbandPruner):
         if first * eta**rung != step:
             return False  # not a rung epoch of this trial's bracket
         key = f"completed_rung_{rung}"
-        peers = [t for t in self._create_bracket_study(study, bracket).get_trials(deepcopy=False)
-                 if t.number != trial.number and key in t.system_attrs]
+        trials = [t for t in study.get_trials(deepcopy=False) if t.number != trial.number]
+        peers = [t for t in trials if key in t.system_attrs and self._get_bracket_id(study, t) == bracket]
         if len(peers) >= eta - 1:
             return False  # successive halving had competitors: its decision stands
-        others = [t.intermediate_values[step] for t in study.get_trials(deepcopy=False)
-                  if t.number != trial.number and step in t.intermediate_values
-                  and not math.isnan(t.intermediate_values[step])]
+        others = [t.intermediate_values[step] for t in trials
+                  if step in t.intermediate_values and not math.isnan(t.intermediate_values[step])]
         if not others:
             return False
         value, median = trial.intermediate_values[step], statistics.median(others)

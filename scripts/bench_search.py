@@ -283,7 +283,7 @@ def targets_table(results: list[RunResult], targets: list[float]) -> str:
         for target in targets:
             times = [time_to_reach(r.curve, target) for r in rs]
             reached = sum(1 for t in times if not math.isinf(t))
-            cells.append(f"{_fmt(statistics.median(times), '.0f') if times else '-'}, {reached}/{len(times)}")
+            cells.append(f"{_fmt(statistics.median(times), '.0f')}, {reached}/{len(times)}")
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -413,7 +413,6 @@ def test_pbt_members_that_never_finished_an_epoch_fail(tmp_path):
     assert all(t.user_attrs["failure"] == "no epoch finished" for t in trained)
 
 
-
 def _epochs_trained(pruner) -> tuple[list[int], list[int]]:
     """Alternating good (about 0.9 at every epoch) and hopeless (0.1) learners, one at a time,
     up to 20 epochs (the search's default): the epochs each kind trained."""
