@@ -80,6 +80,10 @@ class SearchSettings:
     # at that epoch (archgen.strategies.SeededHyperbandPruner). Opt-in: measured no better on
     # MNIST-10k and worse on the README's digits search (docs/benchmarks.md).
     seeded_pruning: bool = False
+    # bayes/bohb: the start-up trials (before the model has 8 trained trials) draw from the
+    # practitioner's prior around the default configuration instead of uniformly
+    # (archgen.strategies.PriorStartupSampler); false: uniform, as random search draws.
+    prior_startup: bool = True
     val_frac: float = 0.15
     test_frac: float = 0.15
     # One intra-op thread per worker: small CNNs on small batches barely scale past one core,

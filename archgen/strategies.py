@@ -5,9 +5,9 @@
 | manual    | configs from YAML, enqueued     | none                           |
 | grid      | a coarse grid, then a finer grid around its best point (both enqueued) | none |
 | random    | RandomSampler                   | none                           |
-| bayes     | TPESampler (or GPSampler)       | none                           |
+| bayes     | TPESampler (or GPSampler), start-up from the prior | none                |
 | hyperband | RandomSampler                   | HyperbandPruner (epochs)       |
-| bohb      | TPESampler on every bracket     | HyperbandPruner (epochs)       |
+| bohb      | TPESampler on every bracket, start-up from the prior | HyperbandPruner (epochs) |
 | pbt       | RandomSampler for the initial population; ``archgen.pbt`` does the rest |
 
 Model-based samplers see *trained* trials only (``TrainedTrialsSampler``): a candidate screened
@@ -16,6 +16,14 @@ to TPE as the worst kind of pruned trial, so the model's "bad" density fills wit
 and TPE drifts to small ones (the suspected reason a 150 s bohb run on MNIST settled on a
 0.83-accuracy net).
 Under Hyperband, TPE still models every bracket's trials, as BOHB (Falkner et al., 2018) does.
+
+Start-up (``PriorStartupSampler``, ``prior_startup: true``, the default): before the model has
+``STARTUP_TRIALS`` trained trials to fit, bayes and bohb draw from the practitioner's prior
+instead of uniformly: each parameter independently keeps its default (``Param.default``, the
+warm-start configuration) or, for numbers, a value near it; PriorBand (Mallik et al., 2023) and
+piBO (Hvarfner et al., 2022) use expert priors the same way. Uniform start-up draws are the
+first draws of random search with the same seed, so without a prior the model-based strategies
+spend their first trials exactly as random search does.
 
 Hyperband runs asynchronously (Optuna's ASHA-style successive halving): a trial reaching a rung is
 promoted when it ranks in the top 1/eta of the trials *of its bracket* at that rung so far, so the
@@ -30,6 +38,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import random
 import statistics
 from typing import Any
 
@@ -40,6 +49,9 @@ from archgen.space import Param
 
 STRATEGIES = ("manual", "grid", "random", "bayes", "hyperband", "bohb", "pbt")
 PRUNING = ("hyperband", "bohb")
+STARTUP_TRIALS = 8  # trained trials before TPE/GP fit a model
+PRIOR_KEEP = 0.5  # chance that a start-up draw keeps a choice parameter's default
+PRIOR_SPREAD = 0.2  # std of a numeric start-up draw around its default, as a fraction of the (log) range
 
 
 class TrainedTrialsSampler(optuna.samplers.BaseSampler):
@@ -86,19 +98,94 @@ class TrainedTrialsSampler(optuna.samplers.BaseSampler):
         self.inner.reseed_rng()
 
 
+class PriorStartupSampler(optuna.samplers.BaseSampler):
+    """``inner`` (TPE or GP) once ``n_startup`` trials are trained; before that, every parameter
+    is drawn from the practitioner's prior around ``space``'s defaults.
+
+    A choice parameter keeps its default with probability ``PRIOR_KEEP`` and is otherwise uniform
+    over its choices; a number is normal around its default in (log-)space, std ``PRIOR_SPREAD``
+    of the range, redrawn until it lies inside the range. A parameter without a default, or not
+    in ``space``, is left to ``inner`` (uniform in start-up). Whether a trial is a start-up trial
+    is decided once, when it starts, so a trial never mixes prior and model draws.
+    """
+
+    def __init__(self, inner: optuna.samplers.BaseSampler, space: dict[str, Param], seed: int | None,
+                 n_startup: int = STARTUP_TRIALS) -> None:
+        self.inner, self.space, self.n_startup = inner, space, n_startup
+        self._rng = random.Random(seed)
+        self._startup: dict[int, bool] = {}
+
+    def _in_startup(self, study: optuna.Study, trial: Any) -> bool:
+        if trial.number not in self._startup:
+            states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+            done = study._get_trials(deepcopy=False, states=states, use_cache=True)
+            self._startup[trial.number] = len(done) < self.n_startup
+        return self._startup[trial.number]
+
+    def draw(self, p: Param) -> Any:
+        """One draw from the prior of ``p`` (which has a usable default)."""
+        default = p.default_value()
+        if p.kind == "choice":
+            return default if self._rng.random() < PRIOR_KEEP else self._rng.choice(p.choices)
+        if p.low == p.high:
+            return default
+        to, back = (math.log, math.exp) if p.log else (float, float)
+        lo, hi = to(p.low), to(p.high)
+        while True:
+            value = back(self._rng.gauss(to(default), PRIOR_SPREAD * (hi - lo)))
+            if p.kind == "int":
+                value = int(round(value))
+            if p.low <= value <= p.high:
+                return value
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: Any) -> dict[str, Any]:
+        if self._in_startup(study, trial):
+            return {}
+        return self.inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: Any, search_space: dict[str, Any]) -> dict[str, Any]:
+        if not search_space:
+            return {}
+        return self.inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: Any, param_name: str, param_distribution: Any) -> Any:
+        p = self.space.get(param_name)
+        usable = p is not None and (p.kind != "choice" or p.default in p.choices) and p.default is not None
+        if usable and self._in_startup(study, trial):
+            value = self.draw(p)
+            if param_distribution._contains(param_distribution.to_internal_repr(value)):
+                return value
+        return self.inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: Any) -> None:
+        self.inner.before_trial(study, trial)
+
+    def after_trial(self, study: optuna.Study, trial: Any, state: Any, values: Any) -> None:
+        self._startup.pop(trial.number, None)
+        self.inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._rng = random.Random()
+        self.inner.reseed_rng()
+
+
 def make_sampler(strategy: str, seed: int, space: dict[str, Param], settings: Any) -> optuna.samplers.BaseSampler:
     if strategy in ("random", "hyperband", "pbt", "manual", "grid"):
         # manual and grid enqueue every trial's parameters; the sampler is never consulted
         return optuna.samplers.RandomSampler(seed=seed)
     if strategy == "bayes" and settings.bayes_sampler == "gp":
-        return TrainedTrialsSampler(optuna.samplers.GPSampler(seed=seed))
-    multi = settings.objective == "pareto"
-    # constant_liar: once past the start-up trials, concurrent workers treat each other's running
-    # trials as bad guesses instead of proposing the same point (their start-up draws differ
-    # because each worker's sampler has its own seed, see archgen.search.sampler_seed)
-    shared = settings.workers > 1 or settings.storage is not None
-    return TrainedTrialsSampler(optuna.samplers.TPESampler(
-        seed=seed, multivariate=not multi, n_startup_trials=8, constant_liar=shared))
+        inner: optuna.samplers.BaseSampler = optuna.samplers.GPSampler(seed=seed, n_startup_trials=STARTUP_TRIALS)
+    else:
+        multi = settings.objective == "pareto"
+        # constant_liar: once past the start-up trials, concurrent workers treat each other's
+        # running trials as bad guesses instead of proposing the same point (their start-up draws
+        # differ because each worker's sampler has its own seed, see archgen.search.sampler_seed)
+        shared = settings.workers > 1 or settings.storage is not None
+        inner = optuna.samplers.TPESampler(
+            seed=seed, multivariate=not multi, n_startup_trials=STARTUP_TRIALS, constant_liar=shared)
+    if settings.prior_startup:
+        inner = PriorStartupSampler(inner, space, seed)
+    return TrainedTrialsSampler(inner)
 
 
 class SeededHyperbandPruner(optuna.pruners.HyperbandPruner):

@@ -333,6 +333,8 @@ def write_config(args: argparse.Namespace) -> Path | None:
         cfg["warm_start"] = False
     if args.seeded_pruning:
         cfg["seeded_pruning"] = True
+    if args.uniform_startup:
+        cfg["prior_startup"] = False
     if not cfg:
         return None
     path = Path(args.out_root) / "search_config.yaml"
@@ -370,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-warm-start", action="store_true", help="start every strategy without the default config")
     ap.add_argument("--seeded-pruning", action="store_true",
                     help="Hyperband/BOHB with archgen's seeded rule (seeded_pruning: true)")
+    ap.add_argument("--uniform-startup", action="store_true",
+                    help="bayes/bohb start-up trials drawn uniformly, as random search's (prior_startup: false)")
     args = ap.parse_args(argv)
     args.config_path = write_config(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
