@@ -104,7 +104,8 @@ class PriorStartupSampler(optuna.samplers.BaseSampler):
 
     A choice parameter keeps its default with probability ``PRIOR_KEEP`` and is otherwise uniform
     over its choices; a number is normal around its default in (log-)space, std ``PRIOR_SPREAD``
-    of the range, redrawn until it lies inside the range. A parameter without a default, or not
+    of the range, redrawn until it lies inside the range (centred on the range's nearest end when
+    a narrowed ``space:`` leaves the default outside). A parameter without a default, or not
     in ``space``, is left to ``inner`` (uniform in start-up). Whether a trial is a start-up trial
     is decided once, when it starts, so a trial never mixes prior and model draws.
     """
@@ -128,11 +129,12 @@ class PriorStartupSampler(optuna.samplers.BaseSampler):
         if p.kind == "choice":
             return default if self._rng.random() < PRIOR_KEEP else self._rng.choice(p.choices)
         if p.low == p.high:
-            return default
+            return p.low
         to, back = (math.log, math.exp) if p.log else (float, float)
         lo, hi = to(p.low), to(p.high)
+        centre = min(max(to(default), lo), hi)  # a narrowed range may leave the default outside
         while True:
-            value = back(self._rng.gauss(to(default), PRIOR_SPREAD * (hi - lo)))
+            value = back(self._rng.gauss(centre, PRIOR_SPREAD * (hi - lo)))
             if p.kind == "int":
                 value = int(round(value))
             if p.low <= value <= p.high:
@@ -152,9 +154,7 @@ class PriorStartupSampler(optuna.samplers.BaseSampler):
         p = self.space.get(param_name)
         usable = p is not None and (p.kind != "choice" or p.default in p.choices) and p.default is not None
         if usable and self._in_startup(study, trial):
-            value = self.draw(p)
-            if param_distribution._contains(param_distribution.to_internal_repr(value)):
-                return value
+            return self.draw(p)  # the distribution is p's own (Param.suggest)
         return self.inner.sample_independent(study, trial, param_name, param_distribution)
 
     def before_trial(self, study: optuna.Study, trial: Any) -> None:
