@@ -146,13 +146,12 @@ class PriorStartupSampler(optuna.samplers.BaseSampler):
         return self.inner.infer_relative_search_space(study, trial)
 
     def sample_relative(self, study: optuna.Study, trial: Any, search_space: dict[str, Any]) -> dict[str, Any]:
-        if not search_space:
-            return {}
-        return self.inner.sample_relative(study, trial, search_space)
+        return self.inner.sample_relative(study, trial, search_space)  # {} in start-up: nothing inferred
 
     def sample_independent(self, study: optuna.Study, trial: Any, param_name: str, param_distribution: Any) -> Any:
         p = self.space.get(param_name)
-        usable = p is not None and (p.kind != "choice" or p.default in p.choices) and p.default is not None
+        # default_value() falls back to a first choice or mid-range; the prior needs a real default
+        usable = p is not None and p.default is not None and p.default_value() == p.default
         if usable and self._in_startup(study, trial):
             return self.draw(p)  # the distribution is p's own (Param.suggest)
         return self.inner.sample_independent(study, trial, param_name, param_distribution)
