@@ -6,6 +6,9 @@ profile of the built module lines up row by row with the estimate of the spec.
 
 from __future__ import annotations
 
+import os
+
+from archgen.errors import UserError
 from archgen.spec import (
     ArchSpec,
     BatchNormSpec,
@@ -106,3 +109,40 @@ def spec_macs(spec: ArchSpec) -> int:
             total += c * h * w * layer.units
         c, h, w = shape
     return total + c * h * w * spec.num_classes
+
+
+def training_memory_mb(spec: ArchSpec, geoms: list[LayerGeom], batch_size: int) -> float:
+    """Memory to train ``spec`` at ``batch_size``, roughly and from above: float32 weights, their
+    gradients and two Adam moments (16 bytes a parameter), and every layer's output kept for
+    the backward pass plus its gradient and one workspace copy (12 bytes a value), input included."""
+    acts = sum(g.acts for g in geoms) + spec.input_shape[0] * spec.input_shape[1] * spec.input_shape[2]
+    return (16 * spec.num_params() + 12 * batch_size * acts) / 2**20
+
+
+def total_memory_mb(device: str = "cpu") -> float:
+    """This machine's physical memory, or the GPU's with a ``cuda`` device, in MB."""
+    if device.startswith("cuda"):
+        import torch
+
+        index = int(device.partition(":")[2] or 0)
+        return torch.cuda.get_device_properties(index).total_memory / 2**20
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+
+
+def inference_memory_mb(spec: ArchSpec, geoms: list[LayerGeom], batch_size: int) -> float:
+    """Memory to run ``spec`` forward at ``batch_size`` (profiling, export checks), from above:
+    the weights and every layer's output."""
+    acts = sum(g.acts for g in geoms) + spec.input_shape[0] * spec.input_shape[1] * spec.input_shape[2]
+    return 4 * (spec.num_params() + batch_size * acts) / 2**20
+
+
+def check_fits_in_memory(spec: ArchSpec, batch_size: int, device: str = "cpu", training: bool = False) -> None:
+    """Raise UserError when running (or ``training``) ``spec`` at ``batch_size`` needs more than
+    half of the device's memory (before torch tries, and fails with an allocation error)."""
+    need = (training_memory_mb if training else inference_memory_mb)(spec, spec_geoms(spec), batch_size)
+    have = total_memory_mb(device) / 2
+    if need > have:
+        raise UserError(
+            f"{spec.short_name()[:60]} at batch {batch_size} needs ~{need:,.0f} MB, over the limit of half "
+            f"this {device}'s memory ({have:,.0f} MB); use a smaller batch or network"
+        )

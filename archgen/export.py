@@ -11,11 +11,14 @@ import torch
 from torch import nn
 
 from archgen.errors import UserError
+from archgen.fsio import atomic_path
+from archgen.inputs import clip
 from archgen.spec import ArchSpec, load_spec
 
 log = logging.getLogger(__name__)
 
 ONNX_ATOL = 1e-4
+ONNX_RTOL = 1e-3
 
 
 @dataclass(frozen=True)
@@ -48,32 +51,33 @@ def load_model(source: ExportSource) -> nn.Module:
         try:
             state = torch.load(source.weights, map_location="cpu", weights_only=True)
             model.load_state_dict(state)
-        except (RuntimeError, OSError, ValueError) as exc:
-            raise UserError(f"{source.weights}: cannot load weights ({str(exc).splitlines()[0]})") from None
+        except Exception as exc:  # noqa: BLE001 - any failure to read a user's file is a bad file
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"{source.weights}: cannot load weights ({clip(first, 120)})") from None
     return model.eval()
 
 
 def export_onnx(model: nn.Module, spec: ArchSpec, path: str | Path, verify: bool = True) -> float:
     """Write an ONNX file with a dynamic batch axis; return the largest |onnxruntime - torch|
-    logit difference on a random batch (raises RuntimeError above ONNX_ATOL)."""
+    logit difference on a random batch (raises RuntimeError above ONNX_ATOL + ONNX_RTOL * max |logit|)."""
     path = Path(path)
     model = model.eval()
     example = torch.randn(2, *spec.input_shape)
-    tmp = path.with_name(path.name + ".tmp")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (example,),
-            str(tmp),
-            dynamo=False,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=17,
-        )
-    diff = verify_onnx(model, spec, tmp) if verify else float("nan")
-    tmp.replace(path)
+    # Verified before the rename: a file at ``path`` is always a complete, checked export.
+    with atomic_path(path) as tmp:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (example,),
+                str(tmp),
+                dynamo=False,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                opset_version=17,
+            )
+        diff = verify_onnx(model, spec, tmp) if verify else float("nan")
     return diff
 
 
@@ -86,6 +90,9 @@ def verify_onnx(model: nn.Module, spec: ArchSpec, path: str | Path, batch: int =
         expected = model.eval()(x).numpy()
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     diff = float(abs(got - expected).max())
-    if not diff <= ONNX_ATOL:
-        raise RuntimeError(f"ONNX export differs from PyTorch by {diff:.3g} (> {ONNX_ATOL})")
+    # Float32 sums over large maps differ by rounding order between runtimes: the tolerance
+    # grows with the logits' magnitude.
+    tol = ONNX_ATOL + ONNX_RTOL * float(abs(expected).max())
+    if not diff <= tol:
+        raise RuntimeError(f"ONNX export differs from PyTorch by {diff:.3g} (> {tol:.3g})")
     return diff

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from archgen.fsio import atomic_torch_save, atomic_write_csv, atomic_write_json
 from archgen.space import Param
 
 log = logging.getLogger(__name__)
@@ -73,18 +75,6 @@ def select_best(study: optuna.Study, settings: Any) -> optuna.trial.FrozenTrial 
                                     -t.user_attrs.get("est_ms", 0.0)))
 
 
-def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(path)
-
-
-def _atomic_json(data: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)
-
-
 def finalize(settings: Any, study: optuna.Study, dataset: Any, profile: Any, space: dict[str, Param]) -> dict[str, Any]:
     import torch
 
@@ -95,12 +85,12 @@ def finalize(settings: Any, study: optuna.Study, dataset: Any, profile: Any, spa
 
     run_dir = settings.run_dir
     df = trials_table(study)
-    _atomic_csv(df, run_dir / "trials.csv")
-    _atomic_csv(intermediate_table(study), run_dir / "intermediate.csv")
+    atomic_write_csv(run_dir / "trials.csv", df)
+    atomic_write_csv(run_dir / "intermediate.csv", intermediate_table(study))
     if settings.objective == "pareto":
         from archgen.report import pareto_front
 
-        _atomic_csv(pareto_front(df), run_dir / "pareto.csv")
+        atomic_write_csv(run_dir / "pareto.csv", pareto_front(df))
     best = select_best(study, settings)
     if best is None:
         raise RuntimeError("no trial completed: nothing to select (raise --trials or --time-budget)")
@@ -120,18 +110,33 @@ def finalize(settings: Any, study: optuna.Study, dataset: Any, profile: Any, spa
     best_dir.mkdir(exist_ok=True)
     save_spec(spec, best_dir / "spec.json")
     save_spec(spec, best_dir / "spec.yaml")
-    torch.save(model.state_dict(), best_dir / "weights.pt")
+    atomic_torch_save(model.state_dict(), best_dir / "weights.pt")
     onnx_diff = export_onnx(model, spec, best_dir / "model.onnx")
     cost, meas_ms = _cost_table(model, spec, profile, settings.latency_batch, settings.device)
-    _atomic_csv(cost, best_dir / "cost.csv")
+    atomic_write_csv(best_dir / "cost.csv", cost)
 
-    # The one and only look at the test split, for the selected model.
+    previous = _recorded_test(run_dir)
+    if previous is not None and (previous.get("trial_number"), previous.get("spec_key"), previous.get("refit")) == (
+        best.number, spec.key(), refit
+    ):
+        # A finished run finalized again (a rerun of the same command): the selection has not
+        # changed, so the recorded result stands and the test split stays closed.
+        log.info("test split not opened again: trial %d was already evaluated (test_metrics.json)", best.number)
+        return {**previous, "reused": True}
+    if previous is not None:
+        log.warning("the selection changed since the last test evaluation (trial %s, now %d): opening the "
+                    "test split again; test_metrics.json records every opening", previous.get("trial_number"),
+                    best.number)
+    # The one look at the test split for this selection; recorded before it happens, so that
+    # an opening is never lost (a kill between the evaluation and test_metrics.json).
+    openings = _record_opening(run_dir, best.number, spec.key())
     test = evaluate_test(model, dataset, reason=f"final evaluation of trial {best.number}")
     metrics = {
         "test_acc": test["test_acc"],
         "test_loss": test["test_loss"],
         "n": test["n"],
-        "test_opened": test["test_opened"],
+        "test_opened": len(openings),
+        "test_openings": openings,
         "trial_number": best.number,
         "val_acc": best.user_attrs["val_acc"],
         "refit": refit,
@@ -143,7 +148,7 @@ def finalize(settings: Any, study: optuna.Study, dataset: Any, profile: Any, spa
         "onnx_max_abs_diff": onnx_diff,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    _atomic_json(metrics, run_dir / "test_metrics.json")
+    atomic_write_json(run_dir / "test_metrics.json", metrics, default=str)
     try:
         from archgen.report import write_report
 
@@ -151,6 +156,37 @@ def finalize(settings: Any, study: optuna.Study, dataset: Any, profile: Any, spa
     except Exception as exc:  # noqa: BLE001 - the run's results stand without the report
         log.warning("report not written: %s", exc)
     return metrics
+
+
+TEST_OPENINGS = "test_openings.jsonl"
+
+
+def _recorded_test(run_dir: Path) -> dict[str, Any] | None:
+    """The last finished test evaluation of this run, or None."""
+    try:
+        data = json.loads((run_dir / "test_metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and "test_acc" in data else None
+
+
+def _record_opening(run_dir: Path, trial_number: int, spec_key: str) -> list[dict[str, Any]]:
+    """Append one line per opening of the test split (fsync-ed before the split is opened);
+    return every opening this run has recorded."""
+    path = run_dir / TEST_OPENINGS
+    line = json.dumps({"trial_number": trial_number, "spec_key": spec_key,
+                       "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    with open(path, "a") as fh:
+        fh.write(line + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    openings = []
+    for raw in path.read_text().splitlines():
+        try:
+            openings.append(json.loads(raw))
+        except ValueError:  # a line torn by a kill still marks an opening
+            openings.append({"damaged_record": raw[:80]})
+    return openings
 
 
 def _cost_table(model: Any, spec: Any, profile: Any, batch: int, device: str = "cpu") -> tuple[pd.DataFrame, float]:

@@ -14,6 +14,7 @@ import optuna
 from optuna.trial import TrialState
 
 from archgen.errors import SpecError
+from archgen.fsio import atomic_torch_save
 from archgen.space import Param, spec_from_params, suggest, train_kwargs
 from archgen.storage import Heartbeat
 from archgen.strategies import PRUNING
@@ -67,7 +68,7 @@ class Objective:
     def candidate(self, trial: optuna.Trial, params: dict[str, Any]) -> Any | None:
         """The (rebalanced) spec to train, or None when screened out (reason recorded)."""
         from archgen.balance import rebalance
-        from archgen.costing import spec_geoms, spec_macs
+        from archgen.costing import spec_geoms, spec_macs, training_memory_mb
         from costmodel.estimate import estimate_total_ms
 
         s = self.settings
@@ -94,6 +95,9 @@ class Objective:
             over.append(f"macs {macs:,} > {s.max_macs:,}")
         if s.max_params is not None and n_params > s.max_params:
             over.append(f"params {n_params:,} > {s.max_params:,}")
+        train_mb = training_memory_mb(spec, spec_geoms(spec), int(params.get("batch_size", 64)))
+        if train_mb > s.memory_cap_mb():
+            over.append(f"training memory ~{train_mb:,.0f} MB > cap {s.memory_cap_mb():,.0f} MB")
         if over:
             trial.set_user_attr("rejected", "over budget: " + "; ".join(over))
             return None
@@ -125,7 +129,6 @@ class Objective:
         return rates[len(rates) // 2]
 
     def __call__(self, trial: optuna.Trial) -> TrialOutcome:
-        import torch
 
         from archgen.train import train
 
@@ -167,7 +170,7 @@ class Objective:
         if not result.history:
             trial.set_user_attr("failure", f"no epoch finished ({stop_reason[0]})" if stop_reason else "no epoch finished")
             return TrialOutcome(TrialState.FAIL)
-        torch.save(model.state_dict(), self.checkpoints / f"trial_{trial.number}.pt")
+        atomic_torch_save(model.state_dict(), self.checkpoints / f"trial_{trial.number}.pt")
         trial.set_user_attr("val_acc", result.best_val_acc)
         trial.set_user_attr("val_loss", result.best_val_loss)
         if stop_reason and stop_reason[0].startswith("pruned"):

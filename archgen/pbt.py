@@ -27,6 +27,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from archgen.fsio import atomic_torch_save
 from archgen.space import Param, suggest
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,6 @@ def _population(objective: Any, study: optuna.Study, space: dict[str, Param], rn
                 progress: Callable[[dict], None] | None, generation: int) -> list[Member]:
     """One PBT run: a fresh population trained in rounds to ``max_epochs`` (or the objective's
     deadline), every member told to the study; fewer than 2 members are told FAIL untrained."""
-    import torch
 
     from archgen.build import build_model
     from archgen.search import progress_status
@@ -162,6 +162,6 @@ def _population(objective: Any, study: optuna.Study, space: dict[str, Param], rn
         loss, acc = m.trainer.evaluate(dataset.val)
         t.set_user_attr("val_acc", acc)
         t.set_user_attr("val_loss", loss)
-        torch.save(m.trainer.model.state_dict(), objective.checkpoints / f"trial_{t.number}.pt")
+        atomic_torch_save(m.trainer.model.state_dict(), objective.checkpoints / f"trial_{t.number}.pt")
         study.tell(t, [acc])
     return members

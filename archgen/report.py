@@ -24,8 +24,6 @@ import datetime as dt
 import html
 import json
 import logging
-import os
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +34,8 @@ import pandas as pd
 import yaml
 
 from archgen.errors import UserError
+from archgen.fsio import atomic_write_bytes
+from archgen.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +219,8 @@ def load_run(run_dir: str | Path) -> RunData:
         try:
             loaded = yaml.safe_load(config_path.read_text())
             config = loaded if isinstance(loaded, dict) else {}
+            if config.get("storage") is not None:  # older runs wrote some URLs unredacted
+                config["storage"] = redact(config["storage"])
         except (OSError, yaml.YAMLError) as exc:
             notes["config"] = f"config.yaml could not be read ({_first_line(exc)})."
     else:
@@ -574,21 +576,6 @@ def _render_html(
     return "\n".join(parts) + "\n"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory and a rename, so a
-    reader never sees a half-written file."""
-    # A unique name per writer (two `archgen report` on one run must not collide); opened with
-    # "xb" rather than mkstemp so the file gets the usual umask permissions, not 0600.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _plot_section(
     run_dir: Path, key: str, draw: Callable[[], tuple[bytes | None, str]], alt: str
 ) -> str:
@@ -599,7 +586,7 @@ def _plot_section(
     if png is None:
         path.unlink(missing_ok=True)
     else:
-        _atomic_write(path, png)
+        atomic_write_bytes(path, png)
     return _figure_html(png, caption, alt)
 
 
@@ -686,7 +673,7 @@ def write_report(run_dir: Path, extra_runs: list[Path] | None = None) -> Path:
 
     text = _render_html(run, sections, _summary_rows(run, selected))
     out = run_dir / REPORT_NAME
-    _atomic_write(out, text.encode("utf-8"))
+    atomic_write_bytes(out, text.encode("utf-8"))
     log.info("wrote %s", out)
     return out
 

@@ -15,8 +15,11 @@ from typing import Any
 
 from archgen.errors import SearchConfigError, SpecError
 from archgen.generate import Genes, max_pools, spec_from_genes
+from archgen.inputs import clip, excerpt
 from archgen.rules import RuleSet
-from archgen.spec import DEFAULT_INIT, INIT_SCHEMES, ArchSpec
+from archgen.spec import DEFAULT_INIT, INIT_SCHEMES, MAX_WIDTH, ArchSpec
+
+MAX_CHOICES = 64
 
 
 @dataclass(frozen=True)
@@ -36,12 +39,19 @@ class Param:
             if not self.choices:
                 raise SearchConfigError(f"space.{self.name}: needs at least one choice")
         elif self.kind in ("float", "int"):
-            if self.low is None or self.high is None or not self.low <= self.high:
-                raise SearchConfigError(f"space.{self.name}: needs low <= high, got {self.low!r}..{self.high!r}")
+            if not (_is_number(self.low) and _is_number(self.high)) or not self.low <= self.high:
+                raise SearchConfigError(
+                    f"space.{self.name}: needs finite numbers low <= high, got {excerpt(self.low)}..{excerpt(self.high)}"
+                )
+            hard = HARD_RANGES.get(self.name)
+            if hard is not None and not hard[0] <= self.low <= self.high <= hard[1]:
+                raise SearchConfigError(
+                    f"space.{self.name}: range {self.low:g}..{self.high:g} is outside the usable {hard[0]:g}..{hard[1]:g}"
+                )
             if self.log and self.low <= 0:
                 raise SearchConfigError(f"space.{self.name}: a log range needs low > 0, got {self.low!r}")
         else:
-            raise SearchConfigError(f"space.{self.name}: unknown kind {self.kind!r}")
+            raise SearchConfigError(f"space.{self.name}: unknown kind {excerpt(self.kind)}")
 
     def suggest(self, trial: Any) -> Any:
         if self.kind == "float":
@@ -53,13 +63,15 @@ class Param:
     def check(self, value: Any, where: str) -> Any:
         """Validate one value (from a grid or manual config) against this parameter."""
         if self.kind == "choice":
-            if value not in self.choices:
-                raise SearchConfigError(f"{where}: {self.name}={value!r} is not one of {list(self.choices)}")
+            if not _is_member(value, self.choices):
+                raise SearchConfigError(
+                    f"{where}: {self.name}={excerpt(value)} is not one of {excerpt(list(self.choices), 80)}"
+                )
             return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SearchConfigError(f"{where}: {self.name}={value!r} must be a number")
+        if not _is_number(value):
+            raise SearchConfigError(f"{where}: {self.name}={excerpt(value)} must be a finite number")
         if not self.low <= value <= self.high:
-            raise SearchConfigError(f"{where}: {self.name}={value!r} is outside [{self.low:g}, {self.high:g}]")
+            raise SearchConfigError(f"{where}: {self.name}={excerpt(value)} is outside [{self.low:g}, {self.high:g}]")
         return int(value) if self.kind == "int" else float(value)
 
     def default_value(self) -> Any:
@@ -84,6 +96,50 @@ class Param:
         if self.kind == "int":
             return sorted({int(round(v)) for v in vals})
         return [float(f"{v:.3g}") for v in vals]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_member(value: Any, choices: tuple[Any, ...]) -> bool:
+    """``value in choices`` with types kept apart (YAML's ``1`` is not ``True``, ``0`` not ``0.0``
+    for a bool switch)."""
+    return any(type(value) is type(c) and value == c for c in choices) or (
+        _is_number(value) and any(_is_number(c) and not isinstance(c, bool) and value == c for c in choices)
+    )
+
+
+# What a user may put in a ``space:`` section: ranges stay inside these (int and float params),
+# choice lists hold values of this domain: a tuple of allowed values, or (type, low, high).
+HARD_RANGES: dict[str, tuple[float, float]] = {
+    "stages": (1, 8), "convs_per_stage": (1, 8), "dense_layers": (0, 8), "augment_shift": (0, 16),
+    "lr": (1e-8, 10.0), "weight_decay": (0.0, 1.0), "l1": (0.0, 1.0),
+}
+CHOICE_DOMAINS: dict[str, tuple[Any, ...]] = {
+    "base_filters": (int, 1, MAX_WIDTH), "max_filters": (int, 1, MAX_WIDTH),
+    "dense_units": (int, 1, MAX_WIDTH), "batch_size": (int, 1, 65_536), "dropout": (float, 0.0, 0.95),
+    "growth": (2, 4), "stacking": (False, True), "batchnorm": (False, True), "gap": (False, True),
+    "rebalance": (False, True), "init": INIT_SCHEMES, "optimizer": ("adam", "adamw", "sgd"),
+    "loss": ("ce", "mse"),
+}
+
+
+def _check_choice(name: str, value: Any) -> Any:
+    domain = CHOICE_DOMAINS.get(name)
+    if domain is None:
+        return value
+    if isinstance(domain[0], type):
+        kind, low, high = domain
+        if not _is_number(value) or (kind is int and value != int(value)) or not low <= value <= high:
+            raise SearchConfigError(
+                f"space.{name}: {excerpt(value)} must be {'an integer' if kind is int else 'a number'} "
+                f"in [{low:g}, {high:g}]"
+            )
+        return kind(value)
+    if not _is_member(value, domain):
+        raise SearchConfigError(f"space.{name}: {excerpt(value)} is not one of {list(domain)}")
+    return value
 
 
 def default_space(input_shape: tuple[int, int, int]) -> dict[str, Param]:
@@ -135,24 +191,32 @@ def space_from_config(input_shape: tuple[int, int, int], overrides: dict | None)
     """Default space with the YAML ``space:`` section applied. Each entry is a list (choices),
     a scalar (fixed value) or ``{low, high, log}`` (a range)."""
     space = default_space(input_shape)
+    if not isinstance(overrides or {}, dict):
+        raise SearchConfigError(f"space: must be a mapping of parameter: values, got {excerpt(overrides)}")
     for name, value in (overrides or {}).items():
         if name not in space:
-            raise SearchConfigError(f"space: unknown parameter {name!r}; known: {', '.join(space)}")
+            raise SearchConfigError(f"space: unknown parameter {excerpt(name)}; known: {', '.join(space)}")
         base = space[name]
         if isinstance(value, dict):
             unknown = set(value) - {"low", "high", "log"}
             if unknown:
-                raise SearchConfigError(f"space.{name}: unknown key(s) {', '.join(sorted(unknown))}")
-            kind = "int" if base.kind == "int" else "float"
-            space[name] = Param(name, kind, value.get("low"), value.get("high"), bool(value.get("log", base.log)),
+                raise SearchConfigError(f"space.{name}: unknown key(s) {clip(', '.join(sorted(map(str, unknown))))}")
+            if base.kind == "choice":
+                raise SearchConfigError(f"space.{name}: is a choice; give a list of values, not a range")
+            if not isinstance(value.get("log", base.log), bool):
+                raise SearchConfigError(f"space.{name}.log: must be true or false")
+            space[name] = Param(name, base.kind, value.get("low"), value.get("high"), value.get("log", base.log),
                                 default=base.default)
         elif isinstance(value, list):
+            if not value or len(value) > MAX_CHOICES:
+                raise SearchConfigError(f"space.{name}: give 1 to {MAX_CHOICES} values, got {len(value)}")
             if base.kind != "choice":
                 value = [base.check(v, f"space.{name}") for v in value]
+            else:
+                value = [_check_choice(name, v) for v in value]
             space[name] = Param(name, "choice", choices=tuple(value), default=base.default)
         else:
-            if base.kind != "choice":
-                value = base.check(value, f"space.{name}")
+            value = base.check(value, f"space.{name}") if base.kind != "choice" else _check_choice(name, value)
             space[name] = Param(name, "choice", choices=(value,))
     return space
 

@@ -27,12 +27,26 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from archgen.errors import SpecError
+from archgen.inputs import clip, excerpt, load_document
+from costmodel.atomic import atomic_write_text
 
 SCHEMA_VERSION = 1
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu", "leaky_relu", "none")
 POOL_MODES = ("max", "avg")
 INIT_SCHEMES = ("textbook_uniform", "lecun_uniform", "glorot_uniform", "kaiming_uniform")
 DEFAULT_INIT = "kaiming_uniform"
+
+# Size limits: far above any network a CPU or one GPU trains, below what crashes an allocator
+# (a spec with 10**12 filters must fail here, not in torch). Named in every message they cause.
+MAX_LAYERS = 256
+MAX_INPUT_CHANNELS = 64
+MAX_INPUT_SIDE = 4096
+MAX_CLASSES = 100_000
+MAX_WIDTH = 65_536  # filters of a conv, units of a dense layer
+MAX_KERNEL = 64  # kernel size and stride
+MAX_MACS = 10**11  # multiply-adds per image (a ResNet-50 needs 4 * 10**9)
+MAX_ACTIVATIONS = 2**28  # output values per image over all layers (1 GiB in float32)
+MAX_PARAMS = 2**28  # trainable parameters (1 GiB in float32; 4 GiB while Adam trains them)
 
 
 @dataclass(frozen=True)
@@ -124,7 +138,7 @@ def init_bound(scheme: str, fan_in: int, fan_out: int) -> float:
         return math.sqrt(6.0 / (fan_in + fan_out))
     if scheme == "kaiming_uniform":
         return math.sqrt(6.0 / fan_in)
-    raise SpecError(f"init: unknown scheme {scheme!r}; expected one of {', '.join(INIT_SCHEMES)}")
+    raise SpecError(f"init: unknown scheme {excerpt(scheme)}; expected one of {', '.join(INIT_SCHEMES)}")
 
 
 @dataclass(frozen=True)
@@ -140,6 +154,12 @@ class ArchSpec:
     def validate(self) -> ArchSpec:
         """Raise SpecError naming the layer index and the bad value; return self when valid."""
         self.shapes()
+        params = self.num_params()
+        if params > MAX_PARAMS:
+            raise SpecError(
+                f"{params:.3g} parameters ({params * 4 / 2**30:.1f} GiB in float32) exceed the "
+                f"limit of {MAX_PARAMS:.3g}"
+            )
         return self
 
     def shapes(self) -> list[tuple[int, int, int]]:
@@ -155,24 +175,32 @@ class ArchSpec:
             or len(shape) != 3
             or not all(isinstance(v, int) and v >= 1 for v in shape)
         ):
-            raise SpecError(f"input_shape must be three positive integers C,H,W, got {shape!r}")
-        if not isinstance(self.num_classes, int) or self.num_classes < 2:
-            raise SpecError(f"num_classes must be an integer >= 2, got {self.num_classes!r}")
+            raise SpecError(f"input_shape must be three positive integers C,H,W, got {excerpt(shape)}")
+        if shape[0] > MAX_INPUT_CHANNELS or max(shape[1:]) > MAX_INPUT_SIDE:
+            raise SpecError(
+                f"input_shape {list(shape)} exceeds the limit of {MAX_INPUT_CHANNELS} channels and "
+                f"{MAX_INPUT_SIDE} pixels a side"
+            )
+        if type(self.num_classes) is not int or not 2 <= self.num_classes <= MAX_CLASSES:
+            raise SpecError(f"num_classes must be an integer in [2, {MAX_CLASSES:,}], got {excerpt(self.num_classes)}")
+        if len(self.layers) > MAX_LAYERS:
+            raise SpecError(f"{len(self.layers):,} layers exceed the limit of {MAX_LAYERS}")
         if self.init.scheme not in INIT_SCHEMES:
             raise SpecError(
-                f"init: unknown scheme {self.init.scheme!r}; expected one of {', '.join(INIT_SCHEMES)}"
+                f"init: unknown scheme {excerpt(self.init.scheme)}; expected one of {', '.join(INIT_SCHEMES)}"
             )
         c, h, w = shape
         flat = False  # True once a dense layer has consumed the spatial map
         out: list[tuple[int, int, int]] = []
+        macs = acts = 0  # per sample, for the size limits below
         for i, layer in enumerate(self.layers):
             where = f"layer {i} ({getattr(layer, 'op', type(layer).__name__)})"
             if isinstance(layer, ConvSpec):
                 if flat:
                     raise SpecError(f"{where}: a conv cannot follow a dense layer")
-                _positive_int(where, "filters", layer.filters)
-                _positive_int(where, "kernel", layer.kernel)
-                _positive_int(where, "stride", layer.stride)
+                _positive_int(where, "filters", layer.filters, MAX_WIDTH)
+                _positive_int(where, "kernel", layer.kernel, MAX_KERNEL)
+                _positive_int(where, "stride", layer.stride, MAX_KERNEL)
                 _activation(where, layer.activation)
                 if layer.padding == "same":
                     if layer.kernel % 2 == 0:
@@ -185,7 +213,7 @@ class ArchSpec:
                     and 0 <= layer.padding < layer.kernel
                 ):
                     raise SpecError(
-                        f"{where}: padding {layer.padding!r} must be 'same', 'valid' or an integer in [0, kernel)"
+                        f"{where}: padding {excerpt(layer.padding)} must be 'same', 'valid' or an integer in [0, kernel)"
                     )
                 p = layer.pad_amount()
                 h2 = (h + 2 * p - layer.kernel) // layer.stride + 1
@@ -194,14 +222,15 @@ class ArchSpec:
                     raise SpecError(
                         f"{where}: kernel {layer.kernel} does not fit the {h}x{w} input map"
                     )
+                macs += c * layer.kernel**2 * layer.filters * h2 * w2
                 c, h, w = layer.filters, h2, w2
             elif isinstance(layer, PoolSpec):
                 if flat:
                     raise SpecError(f"{where}: pooling cannot follow a dense layer")
                 if layer.mode not in POOL_MODES:
-                    raise SpecError(f"{where}: mode {layer.mode!r} must be one of {POOL_MODES}")
-                _positive_int(where, "kernel", layer.kernel)
-                _positive_int(where, "stride", layer.stride)
+                    raise SpecError(f"{where}: mode {excerpt(layer.mode)} must be one of {POOL_MODES}")
+                _positive_int(where, "kernel", layer.kernel, MAX_KERNEL)
+                _positive_int(where, "stride", layer.stride, MAX_KERNEL)
                 h2 = (h - layer.kernel) // layer.stride + 1
                 w2 = (w - layer.kernel) // layer.stride + 1
                 if h2 < 1 or w2 < 1:
@@ -214,18 +243,28 @@ class ArchSpec:
                     raise SpecError(f"{where}: global pooling cannot follow a dense layer")
                 h, w = 1, 1
             elif isinstance(layer, DenseSpec):
-                _positive_int(where, "units", layer.units)
+                _positive_int(where, "units", layer.units, MAX_WIDTH)
                 _activation(where, layer.activation)
+                macs += c * h * w * layer.units
                 c, h, w = layer.units, 1, 1
                 flat = True
             elif isinstance(layer, BatchNormSpec):
                 pass
             elif isinstance(layer, DropoutSpec):
                 if not isinstance(layer.rate, (int, float)) or not 0.0 <= layer.rate < 1.0:
-                    raise SpecError(f"{where}: rate {layer.rate!r} must be in [0, 1)")
+                    raise SpecError(f"{where}: rate {excerpt(layer.rate)} must be in [0, 1)")
             else:
                 raise SpecError(f"layer {i}: unknown layer type {type(layer).__name__}")
+            acts += c * h * w
             out.append((c, h, w))
+        macs += c * h * w * self.num_classes
+        if macs > MAX_MACS:
+            raise SpecError(f"{macs:.3g} multiply-adds per image exceed the limit of {MAX_MACS:.0e}")
+        if acts > MAX_ACTIVATIONS:
+            raise SpecError(
+                f"{acts:.3g} activations per image ({acts * 4 / 2**30:.1f} GiB in float32) exceed "
+                f"the limit of {MAX_ACTIVATIONS:.3g} ({MAX_ACTIVATIONS * 4 / 2**30:.0f} GiB)"
+            )
         return tuple(out)
 
     def feature_shape(self) -> tuple[int, int, int]:
@@ -265,23 +304,23 @@ class ArchSpec:
             raise SpecError(f"spec must be a mapping, got {type(data).__name__}")
         unknown = set(data) - {"schema_version", "input_shape", "num_classes", "layers", "init"}
         if unknown:
-            raise SpecError(f"unknown top-level key(s): {', '.join(sorted(map(str, unknown)))}")
+            raise SpecError(f"unknown top-level key(s): {clip(', '.join(sorted(map(str, unknown))))}")
         version = data.get("schema_version")
         if version != SCHEMA_VERSION:
             raise SpecError(
-                f"schema_version {version!r} is not supported; this archgen reads version {SCHEMA_VERSION}"
+                f"schema_version {excerpt(version)} is not supported; this archgen reads version {SCHEMA_VERSION}"
             )
         for key in ("input_shape", "num_classes", "layers"):
             if key not in data:
-                raise SpecError(f"missing required key {key!r}")
+                raise SpecError(f"missing required key {excerpt(key)}")
         shape = data["input_shape"]
         if not isinstance(shape, (list, tuple)) or len(shape) != 3:
-            raise SpecError(f"input_shape must be a list [C, H, W], got {shape!r}")
+            raise SpecError(f"input_shape must be a list [C, H, W], got {excerpt(shape)}")
         if not isinstance(data["layers"], list):
             raise SpecError(f"layers must be a list, got {type(data['layers']).__name__}")
         init = data.get("init") or {}
         if not isinstance(init, dict) or set(init) - {"scheme"}:
-            raise SpecError(f"init must be a mapping with key 'scheme', got {init!r}")
+            raise SpecError(f"init must be a mapping with key 'scheme', got {excerpt(init)}")
         spec = cls(
             input_shape=tuple(shape),  # type: ignore[arg-type]
             num_classes=data["num_classes"],
@@ -347,17 +386,17 @@ def _layer_json(layer: LayerSpec) -> str:
 
 def layer_from_dict(index: int, data: Any) -> LayerSpec:
     if not isinstance(data, dict):
-        raise SpecError(f"layer {index}: must be a mapping, got {data!r}")
+        raise SpecError(f"layer {index}: must be a mapping, got {excerpt(data)}")
     op = data.get("op")
-    if op not in _LAYER_TYPES:
+    if not isinstance(op, str) or op not in _LAYER_TYPES:
         raise SpecError(
-            f"layer {index}: unknown op {op!r}; expected one of {', '.join(sorted(_LAYER_TYPES))}"
+            f"layer {index}: unknown op {excerpt(op)}; expected one of {', '.join(sorted(_LAYER_TYPES))}"
         )
     allowed = _LAYER_FIELDS[op]
     unknown = set(data) - set(allowed) - {"op"}
     if unknown:
         raise SpecError(
-            f"layer {index} ({op}): unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
+            f"layer {index} ({op}): unknown key(s) {clip(', '.join(sorted(map(str, unknown))))}; "
             f"allowed: {', '.join(allowed) or 'none'}"
         )
     kwargs = {k: v for k, v in data.items() if k != "op"}
@@ -367,67 +406,29 @@ def layer_from_dict(index: int, data: Any) -> LayerSpec:
         raise SpecError(f"layer {index} ({op}): {exc}") from None
 
 
-def _positive_int(where: str, name: str, value: Any) -> None:
+def _positive_int(where: str, name: str, value: Any, limit: int) -> None:
     if type(value) is not int or value < 1:
-        raise SpecError(f"{where}: {name} must be a positive integer, got {value!r}")
+        raise SpecError(f"{where}: {name} must be a positive integer, got {excerpt(value)}")
+    if value > limit:
+        raise SpecError(f"{where}: {name} {value:,} exceeds the limit of {limit:,}")
 
 
 def _activation(where: str, value: Any) -> None:
     if value not in ACTIVATIONS:
-        raise SpecError(f"{where}: activation {value!r} must be one of {', '.join(ACTIVATIONS)}")
+        raise SpecError(f"{where}: activation {excerpt(value)} must be one of {', '.join(ACTIVATIONS)}")
 
 
 def load_spec(path: str | Path) -> ArchSpec:
     """Read a spec file (JSON or YAML, by suffix; unknown suffix: JSON, then YAML)."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SpecError(f"{path}: spec file not found") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{path}: cannot read spec file ({exc.__class__.__name__})") from None
-    suffix = path.suffix.lower()
-    if suffix in (".yaml", ".yml"):
-        data = _parse_yaml(path, text)
-    elif suffix == ".json":
-        data = _parse_json(path, text)
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
-            data = _parse_yaml(path, text)
+    data = load_document(path, "spec file", SpecError)
     try:
         return ArchSpec.from_dict(data)
     except SpecError as exc:
         raise SpecError(f"{path}: {exc}") from None
 
 
-def _parse_json(path: Path, text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SpecError(
-            f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
-        ) from None
-
-
-def _parse_yaml(path: Path, text: str) -> Any:
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "malformed YAML"
-        raise SpecError(f"{path}: invalid YAML{where}: {problem}") from None
-
-
 def save_spec(spec: ArchSpec, path: str | Path) -> Path:
     """Write JSON or YAML by suffix (``.yaml``/``.yml`` give YAML, anything else JSON)."""
     path = Path(path)
     text = spec.to_yaml() if path.suffix.lower() in (".yaml", ".yml") else spec.to_json() + "\n"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, text)

@@ -29,6 +29,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from costmodel.atomic import atomic_write_text
 from costmodel.errors import CostModelError
 
 SCHEMA_VERSION = 1
@@ -101,10 +102,7 @@ class DeviceProfile:
         """Write the profile as JSON (atomically: a temporary file, then a rename)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True))
-        tmp.replace(path)
-        return path
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1, sort_keys=True))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> DeviceProfile:

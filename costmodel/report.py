@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from costmodel.atomic import atomic_path
 from costmodel.errors import CostModelError
 from costmodel.estimate import CostReport
 
@@ -104,6 +105,7 @@ def plot_layers(report: CostReport, path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".").lower() or "png")
     plt.close(fig)
     return path

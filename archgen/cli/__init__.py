@@ -13,6 +13,7 @@ error.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -22,6 +23,8 @@ from archgen.errors import UserError
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
+MAX_MESSAGE_CHARS = 400
+_ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EMFILE, errno.ENAMETOOLONG})
 
 # Order here is the order in ``archgen --help``.
 _SUBCOMMAND_MODULES = (
@@ -73,6 +76,17 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # Libraries' warnings (torch, sklearn, PIL) become log records: shown with -v, one line each.
+    logging.captureWarnings(True)
+    if not args.verbose:
+        logging.getLogger("py.warnings").setLevel(logging.ERROR)
+    try:
+        return _run(args)
+    finally:
+        logging.captureWarnings(False)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except _user_error_types() as exc:
@@ -84,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return EXIT_OK
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
+        if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS:
+            # A full disk, a quota or a read-only file system: the machine's state, not a bug.
+            where = f" ({exc.filename})" if exc.filename else ""
+            sys.stderr.write(f"archgen {args.command}: error: {exc.strerror or exc}{where}\n")
+            return EXIT_BAD_INPUT
         if args.verbose:
             raise
         sys.stderr.write(
@@ -94,10 +113,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
+    from archgen.redact import redact_text
+
+    text = redact_text(str(exc) or type(exc).__name__)
     if isinstance(exc, FileNotFoundError) and exc.filename and exc.strerror is not None:
         text = f"{exc.strerror}: {exc.filename}"
-    return " ".join(text.split())
+    text = " ".join(text.split())
+    # The last guard against echoing a huge value: messages name the problem in a line.
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 1] + "…"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,18 +6,19 @@ import argparse
 import sys
 import time
 
-from archgen.errors import UserError
+from archgen.cli import argtypes as at
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("calibrate", help="measure this device and fit its cost-model profile")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--threads", type=int, default=1, metavar="T", help="torch threads (default 1)")
-    p.add_argument("--batch-size", type=int, default=32, metavar="B")
+    p.add_argument("--threads", type=at.threads_int, default=1, metavar="T", help="torch threads (default 1)")
+    p.add_argument("--batch-size", type=at.batch_int, default=32, metavar="B")
     p.add_argument("--quick", action="store_true", help="fewer networks and repeats (< 1 min)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the calibration networks")
+    p.add_argument("--seed", type=at.seed_int, default=0, help="seed of the calibration networks")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="write the profile here instead of the per-device cache")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=run)
 
 
@@ -25,10 +26,12 @@ def run(args: argparse.Namespace) -> int:
     from costmodel.calibrate import calibrate
     from costmodel.device_profile import cache_path
 
-    if args.threads < 1:
-        raise UserError(f"--threads {args.threads} must be >= 1")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size {args.batch_size} must be >= 1")
+    if args.out:
+        from pathlib import Path
+
+        from archgen.rundir import check_out_file
+
+        check_out_file(Path(args.out), force=args.force)
     start = time.perf_counter()
     extra = generator_networks(8 if args.quick else 80, seed=10_000 + args.seed)
     profile = calibrate(

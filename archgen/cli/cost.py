@@ -5,20 +5,22 @@ from __future__ import annotations
 import argparse
 import sys
 
+from archgen.cli import argtypes as at
 from archgen.errors import UserError
 
 FORMATS = ("table", "csv", "json", "markdown")
 
 
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cost", help="per-layer cost table of a spec (seed form and calibrated)")
     p.add_argument("spec", metavar="SPEC", help="spec file (JSON or YAML)")
-    p.add_argument("--batch-size", type=int, default=None, metavar="B",
+    p.add_argument("--batch-size", type=at.batch_int, default=None, metavar="B",
                    help="batch size (default: the profile's; the built-in profile's is 1)")
     p.add_argument("--device-profile", default=None, metavar="FILE",
                    help="device profile JSON (default: the cached CPU profile for the batch "
                         "size, else the built-in uncalibrated profile)")
-    p.add_argument("--threads", type=int, default=1, metavar="T",
+    p.add_argument("--threads", type=at.threads_int, default=1, metavar="T",
                    help="thread count of the cached profile to look up (default 1)")
     p.add_argument("--format", choices=FORMATS, default="table")
     p.set_defaults(func=run)

@@ -12,11 +12,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("source", metavar="RUN_DIR|SPEC")
     p.add_argument("--format", choices=("json", "yaml", "onnx"), required=True)
     p.add_argument("--out", default=None, metavar="PATH", help="output file (default: stdout for json/yaml)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from archgen.costing import check_fits_in_memory
     from archgen.export import resolve_source
+    from archgen.rundir import check_out_file
     from archgen.spec import save_spec
 
     source = resolve_source(args.source)
@@ -28,12 +31,15 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out)
         if out.suffix.lower() not in {".json", ".yaml", ".yml"}:
             out = out.with_suffix(".json" if args.format == "json" else ".yaml")
+        check_out_file(out, force=args.force)
         save_spec(source.spec, out)
         print(out)
         return 0
     from archgen.export import export_onnx, load_model
 
     out = Path(args.out or (Path(args.source).stem if not Path(args.source).is_dir() else "model") + ".onnx")
+    check_out_file(out, force=args.force)
+    check_fits_in_memory(source.spec, 5)
     model = load_model(source)
     diff = export_onnx(model, source.spec, out)
     weights = "trained weights" if source.weights else "freshly initialized weights (no weights.pt found)"

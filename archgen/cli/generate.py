@@ -6,7 +6,9 @@ import argparse
 import json
 import sys
 
+from archgen.cli import argtypes as at
 from archgen.errors import ConstraintError, UserError
+from archgen.spec import MAX_INPUT_CHANNELS, MAX_INPUT_SIDE
 
 RULE_FLAGS = {
     "R1": "balance",
@@ -18,23 +20,25 @@ RULE_FLAGS = {
 }
 
 
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="sample CNN specs that follow the design rules")
     p.add_argument("--input", required=True, metavar="C,H,W", help="input shape, e.g. 1,28,28")
-    p.add_argument("--classes", required=True, type=int, metavar="K")
-    p.add_argument("-n", type=int, default=10, metavar="N", help="number of specs (default 10)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--classes", required=True, type=at.int_in(2, 100_000), metavar="K")
+    p.add_argument("-n", type=at.int_in(1, 1_000_000), default=10, metavar="N", help="number of specs (default 10)")
+    p.add_argument("--seed", type=at.seed_int, default=0)
     p.add_argument("--growth", type=int, choices=(2, 4), default=2, help="R1 filter growth per pooling")
     p.add_argument("--stacking", action="store_true", help="R3: stack 3x3 convs instead of larger kernels")
     p.add_argument("--disable", default="", metavar="RULES", help="comma list of rules to switch off, e.g. R2,R5")
     p.add_argument("--init", default=None, help="R7 init scheme (default kaiming_uniform)")
-    p.add_argument("--max-macs", type=float, default=None, metavar="X")
-    p.add_argument("--max-params", type=float, default=None, metavar="X")
-    p.add_argument("--max-latency-ms", type=float, default=None, metavar="X",
+    p.add_argument("--max-macs", type=at.positive_float, default=None, metavar="X")
+    p.add_argument("--max-params", type=at.positive_float, default=None, metavar="X")
+    p.add_argument("--max-latency-ms", type=at.positive_float, default=None, metavar="X",
                    help="calibrated estimate budget (uses the cached device profile)")
-    p.add_argument("--batch-size", type=int, default=1, help="batch size for --max-latency-ms")
+    p.add_argument("--batch-size", type=at.batch_int, default=1, help="batch size for --max-latency-ms")
     p.add_argument("--format", choices=("table", "json", "jsonl"), default="table")
     p.add_argument("--out", default=None, metavar="PATH", help="write to PATH instead of stdout")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=run)
 
 
@@ -42,9 +46,12 @@ def parse_shape(text: str) -> tuple[int, int, int]:
     try:
         parts = tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise UserError(f"--input {text!r} must be three integers C,H,W, e.g. 1,28,28") from None
+        raise UserError(f"--input {text[:40]!r} must be three integers C,H,W, e.g. 1,28,28") from None
     if len(parts) != 3 or min(parts) < 1:
-        raise UserError(f"--input {text!r} must be three positive integers C,H,W, e.g. 1,28,28")
+        raise UserError(f"--input {text[:40]!r} must be three positive integers C,H,W, e.g. 1,28,28")
+    if parts[0] > MAX_INPUT_CHANNELS or max(parts[1:]) > MAX_INPUT_SIDE:
+        raise UserError(f"--input {text[:40]!r} exceeds the limit of {MAX_INPUT_CHANNELS} channels and "
+                        f"{MAX_INPUT_SIDE} pixels a side")
     return parts  # type: ignore[return-value]
 
 
@@ -70,6 +77,12 @@ def run(args: argparse.Namespace) -> int:
     from archgen.generate import Budget, sample_specs
 
     shape = parse_shape(args.input)
+    if args.out:
+        from pathlib import Path
+
+        from archgen.rundir import check_out_file
+
+        check_out_file(Path(args.out), force=args.force)
     if args.n < 1:
         raise UserError(f"-n must be >= 1, got {args.n}")
     for name in ("max_macs", "max_params", "max_latency_ms"):
@@ -102,12 +115,9 @@ def run(args: argparse.Namespace) -> int:
         rows.append(row)
     text = _render(rows, args.format)
     if args.out:
-        from pathlib import Path
+        from archgen.fsio import atomic_write_text
 
-        out = Path(args.out)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(out)
+        atomic_write_text(args.out, text)
     else:
         sys.stdout.write(text)
     return 0

@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
+from archgen.cli import argtypes as at
 from archgen.cli.cost import FORMATS, check_batch_size
-from archgen.errors import UserError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("profile", help="measure per-layer latency, predicted next to measured")
     p.add_argument("spec", metavar="SPEC", help="spec file (JSON or YAML)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--batch-size", type=int, default=32, metavar="B")
-    p.add_argument("--repeats", type=int, default=15, metavar="R",
+    p.add_argument("--batch-size", type=at.batch_int, default=32, metavar="B")
+    p.add_argument("--repeats", type=at.int_in(1, 100_000), default=15, metavar="R",
                    help="timed runs; the minimum is reported (default 15)")
-    p.add_argument("--threads", type=int, default=1, metavar="T", help="torch threads (default 1)")
+    p.add_argument("--threads", type=at.threads_int, default=1, metavar="T", help="torch threads (default 1)")
     p.add_argument("--device-profile", default=None, metavar="FILE",
                    help="device profile JSON (default: the cached one for device/threads/batch)")
     p.add_argument("--plot", default=None, metavar="PNG", help="write a per-layer bar chart")
+    p.add_argument("--force", action="store_true", help="replace an existing --plot file")
     p.add_argument("--format", choices=FORMATS, default="table")
     p.set_defaults(func=run)
 
@@ -29,19 +31,19 @@ def run(args: argparse.Namespace) -> int:
 
     from archgen.build import build_model
     from archgen.cli.cost import resolve_profile
-    from archgen.costing import spec_geoms
+    from archgen.costing import check_fits_in_memory, spec_geoms
+    from archgen.rundir import check_out_file
     from archgen.spec import load_spec
     from costmodel.estimate import estimate
     from costmodel.profile import profile_module, resolve_device
     from costmodel.report import plot_layers, render
 
     check_batch_size(args.batch_size)
-    if args.repeats < 1:
-        raise UserError(f"--repeats {args.repeats} must be >= 1")
-    if args.threads < 1:
-        raise UserError(f"--threads {args.threads} must be >= 1")
+    if args.plot:
+        check_out_file(Path(args.plot), force=args.force, flag="--plot")
     device = resolve_device(args.device)
     spec = load_spec(args.spec)
+    check_fits_in_memory(spec, args.batch_size, device)
     geoms = spec_geoms(spec)
     profile = resolve_profile(args.device_profile, args.batch_size, args.threads,
                               "cpu" if device == "cpu" else "cuda")

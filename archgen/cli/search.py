@@ -7,24 +7,26 @@ import argparse
 import sys
 import time
 
+from archgen.cli import argtypes as at
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="search architectures and hyperparameters, export the best")
     p.add_argument("--data", default=None, help="digits (default) | idx:DIR | npz:FILE | folder:DIR")
     p.add_argument("--strategy", default=None,
                    help="manual | grid | random | bayes | hyperband | bohb (default) | pbt")
-    p.add_argument("--trials", type=int, default=None, metavar="N")
-    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS", dest="time_budget_s")
-    p.add_argument("--max-latency-ms", type=float, default=None, metavar="X")
-    p.add_argument("--latency-batch", type=int, default=None, metavar="B",
+    p.add_argument("--trials", type=at.int_in(1, 1_000_000), default=None, metavar="N")
+    p.add_argument("--time-budget", type=at.float_in(1e-3, 3.2e7), default=None, metavar="SECONDS", dest="time_budget_s")
+    p.add_argument("--max-latency-ms", type=at.positive_float, default=None, metavar="X")
+    p.add_argument("--latency-batch", type=at.batch_int, default=None, metavar="B",
                    help="batch size the latency budget and estimates refer to (default 1)")
     p.add_argument("--objective", default=None, help="accuracy (default) | pareto")
-    p.add_argument("--max-epochs", type=int, default=None, metavar="E")
+    p.add_argument("--max-epochs", type=at.int_in(1, 10_000), default=None, metavar="E")
     p.add_argument("--storage", default=None, metavar="URL", help="e.g. postgresql://user@host:5432/db")
     p.add_argument("--study", default=None, metavar="NAME")
-    p.add_argument("--workers", type=int, default=None, metavar="N")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None, help="torch threads per worker")
+    p.add_argument("--workers", type=at.int_in(1, 512), default=None, metavar="N")
+    p.add_argument("--seed", type=at.seed_int, default=None)
+    p.add_argument("--threads", type=at.threads_int, default=None, help="torch threads per worker")
     p.add_argument("--device", default=None, help="cpu (default) | cuda[:N]: where trials train and "
                    "where latency is calibrated and measured")
     p.add_argument("--config", default=None, metavar="FILE", help="YAML with any of these settings, "
@@ -67,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
         meas = summary.get("meas_ms")
         print(
             f"best: {summary['spec_name']}  val_acc {summary['val_acc']:.4f}  "
-            f"test_acc {summary['test_acc']:.4f} (n={summary['n']}, opened once"
+            f"test_acc {summary['test_acc']:.4f} (n={summary['n']}, "
+            + _openings_text(summary)
             + (f"; refit on train+val, {summary['refit']['epochs']} epochs" if summary.get("refit") else "")
             + ")  "
             f"latency est {summary['est_ms']:.3f} ms / measured {meas:.3f} ms at batch {summary['latency_batch']}"
@@ -76,6 +79,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"trials recorded in the study; run directory {out}/")
     return 0
+
+
+def _openings_text(summary: dict) -> str:
+    if summary.get("reused"):
+        return "recorded earlier; the test split was not opened again"
+    n = summary.get("test_opened", 1)
+    return "opened once" if n == 1 else f"test split opened {n} times in this run's life, see test_metrics.json"
 
 
 class _ProgressLine:

@@ -9,10 +9,11 @@ Run directory (``--out DIR``; default ``runs/train-<UTC time>-<spec key>``)::
     test_metrics.json  test accuracy/loss of those weights; ``test_opened`` records the one opening
     status.json        written last: status, reason, best epoch; its presence marks the run complete
 
-Everything is written into a hidden sibling ``.DIR.tmp-*`` first and renamed to ``DIR`` at the
-end, so a failure (bad input, crash, Ctrl-C) never leaves a directory at ``DIR``. Bad input is
-detected before anything is written. A complete run directory is never overwritten without
-``--force``.
+Everything is written into a hidden sibling ``.DIR.tmp-*`` first (each file atomically) and
+renamed to ``DIR`` at the end, so a failure (bad input, crash, Ctrl-C, a full disk) never leaves a
+directory at ``DIR``. Bad input is detected before anything is written. ``DIR`` must be new, empty
+or an earlier ``archgen train`` run; ``--force`` replaces only such a run, never a folder of other
+files (``archgen.rundir``).
 
 Exit codes: 0 trained; 2 bad input; 1 internal error **or a diverged run**. A diverged run is a
 cleanly failed run: it prints ``archgen train: diverged: <where>`` on stderr and still writes
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import shutil
@@ -33,10 +35,20 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from archgen.cli import argtypes as at
 from archgen.errors import UserError
+from archgen.fsio import (
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+    atomic_write_yaml,
+    fsync_path,
+)
+from archgen.rundir import check_out_dir, mark
 
 EXIT_DIVERGED = 1
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "duration_s")
+
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -44,30 +56,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("spec", metavar="SPEC", help="spec file (JSON or YAML)")
     p.add_argument("--data", default="digits", metavar="DATA",
                    help="digits | idx:DIR | npz:FILE | folder:DIR (default digits)")
-    p.add_argument("--epochs", type=int, default=20, metavar="E", help="maximum epochs (default 20)")
-    p.add_argument("--lr", type=float, default=1e-3, metavar="X", help="learning rate (default 1e-3)")
-    p.add_argument("--batch-size", type=int, default=64, metavar="B", help="default 64")
+    p.add_argument("--epochs", type=at.int_in(1, 10_000), default=20, metavar="E", help="maximum epochs (default 20)")
+    p.add_argument("--lr", type=at.positive_float, default=1e-3, metavar="X", help="learning rate (default 1e-3)")
+    p.add_argument("--batch-size", type=at.batch_int, default=64, metavar="B", help="default 64")
     p.add_argument("--loss", choices=("ce", "mse"), default="ce",
                    help="ce: cross-entropy; mse: squared error of softmax vs one-hot (default ce)")
     p.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default="adam")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    p.add_argument("--weight-decay", type=float, default=0.0, metavar="X", help="L2 lambda on weights")
-    p.add_argument("--l1", type=float, default=0.0, metavar="X", help="L1 lambda on weights")
-    p.add_argument("--augment-shift", type=int, default=0, metavar="PX",
+    p.add_argument("--momentum", type=at.float_in(0.0, 1.0, high_open=True), default=0.9, help="SGD momentum (default 0.9)")
+    p.add_argument("--weight-decay", type=at.float_in(0.0, 1.0), default=0.0, metavar="X", help="L2 lambda on weights")
+    p.add_argument("--l1", type=at.float_in(0.0, 1.0), default=0.0, metavar="X", help="L1 lambda on weights")
+    p.add_argument("--augment-shift", type=at.int_in(0, 16), default=0, metavar="PX",
                    help="random translation of training images by up to PX pixels (default 0: off)")
-    p.add_argument("--patience", type=int, default=5, metavar="P",
+    p.add_argument("--patience", type=at.int_in(1, 10_000), default=5, metavar="P",
                    help="early stopping: epochs without validation improvement (default 5)")
-    p.add_argument("--min-delta", type=float, default=0.0, metavar="D",
+    p.add_argument("--min-delta", type=at.non_negative_float, default=0.0, metavar="D",
                    help="smallest change that counts as an improvement (default 0)")
     p.add_argument("--monitor", choices=("val_loss", "val_acc"), default="val_loss",
                    help="validation metric for early stopping and best epoch (default val_loss)")
-    p.add_argument("--seed", type=int, default=0, help="seed for initialization, shuffling, dropout")
-    p.add_argument("--split-seed", type=int, default=0,
+    p.add_argument("--seed", type=at.seed_int, default=0, help="seed for initialization, shuffling, dropout")
+    p.add_argument("--split-seed", type=at.seed_int, default=0,
                    help="seed of the train/val/test split (kept fixed across training seeds)")
-    p.add_argument("--val-frac", type=float, default=0.15, help="validation fraction (default 0.15)")
-    p.add_argument("--test-frac", type=float, default=0.15,
+    p.add_argument("--val-frac", type=at.fraction, default=0.15, help="validation fraction (default 0.15)")
+    p.add_argument("--test-frac", type=at.fraction, default=0.15,
                    help="test fraction when the data has no test split of its own (default 0.15)")
-    p.add_argument("--threads", type=int, default=None, metavar="T", help="torch CPU threads")
+    p.add_argument("--threads", type=at.threads_int, default=None, metavar="T", help="torch CPU threads")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     p.add_argument("--out", default=None, metavar="DIR", help="run directory")
     p.add_argument("--force", action="store_true", help="replace an existing run directory")
@@ -80,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from archgen.build import build_model
+    from archgen.costing import check_fits_in_memory
     from archgen.data import load_dataset
     from archgen.spec import load_spec
     from archgen.train import TrainConfig, evaluate_test, seed_everything, train
@@ -95,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     if args.split_seed < 0:
         raise UserError(f"--split-seed {args.split_seed} is invalid: use a non-negative integer")
     spec = load_spec(args.spec)
+    check_fits_in_memory(spec, args.batch_size, args.device, training=True)
     out = Path(args.out) if args.out else Path("runs") / (
         f"train-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{spec.key()}"
     )
@@ -111,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        (tmp / "spec.json").write_text(spec.to_json() + "\n")
+        mark(tmp, "train")
+        atomic_write_text(tmp / "spec.json", spec.to_json() + "\n")
         resolved = {
             "spec_file": str(args.spec),
             "spec_key": spec.key(),
@@ -123,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
             "torch_threads": torch.get_num_threads(),
             "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        _write_yaml(tmp / "config.yaml", resolved)
+        atomic_write_yaml(tmp / "config.yaml", resolved)
         result = train(model, data, config)
         _write_metrics(tmp / "metrics.csv", result.history)
         status = {
@@ -138,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         }
         test_metrics = None
         if result.status != "diverged":
-            torch.save(model.state_dict(), tmp / "weights.pt")
+            atomic_torch_save(model.state_dict(), tmp / "weights.pt")
             test_metrics = evaluate_test(
                 model, data, reason=f"final evaluation of the best epoch ({result.best_epoch}) "
                 f"of archgen train {spec.short_name()}", loss="ce",
@@ -147,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
             _write_json(tmp / "test_metrics.json", test_metrics)
         status["test_opened"] = data.test.opened
         _write_json(tmp / "status.json", status)  # last: marks the directory complete
-        _publish(tmp, out)
+        _publish(tmp, out, args.force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -171,43 +186,40 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_out_dir(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {str(out)!r} is a file; choose a directory path")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        what = "a complete run" if (out / "status.json").is_file() else "files"
+    """A new or empty directory, or (with ``--force``) a previous ``archgen train`` run."""
+    if check_out_dir(out, "train", force=force) == "existing" and not force:
         raise UserError(
-            f"--out {str(out)!r} already holds {what}; pass --force to replace it or choose "
-            "another --out"
+            f"--out {str(out)!r} holds an earlier archgen train run; pass --force to replace it "
+            "or choose another --out"
         )
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    """Move the finished run into place; an old directory (``--force``) is swapped out first."""
+def _publish(tmp: Path, out: Path, force: bool) -> None:
+    """Move the finished run into place. An existing ``out`` is checked again (it may have
+    changed during training): an empty directory is replaced, a previous train run only with
+    ``--force``, anything else never."""
     old = None
     if out.exists():
+        _check_out_dir(out, force)
         old = out.with_name(f".{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
         out.rename(old)
     tmp.rename(out)
+    fsync_path(out.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_metrics(path: Path, history: list) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(METRIC_COLUMNS)
-        for m in history:
-            writer.writerow([getattr(m, c) for c in METRIC_COLUMNS])
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(METRIC_COLUMNS)
+    for m in history:
+        writer.writerow([getattr(m, c) for c in METRIC_COLUMNS])
+    atomic_write_text(path, buf.getvalue())
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    path.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
-
-
-def _write_yaml(path: Path, obj: dict) -> None:
-    import yaml
-
-    path.write_text(yaml.safe_dump(obj, sort_keys=False))
+    atomic_write_json(path, obj, allow_nan=False)
 
 
 def _finite_or_none(value: float) -> float | None:

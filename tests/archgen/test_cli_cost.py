@@ -55,7 +55,7 @@ def test_cost_bad_inputs_exit_2(run_cli, spec_file: Path, tmp_path: Path) -> Non
     code, _, err = run_cli("cost", str(tmp_path / "missing.json"))
     assert code == 2 and len(err.strip().splitlines()) == 1
     code, _, err = run_cli("cost", str(spec_file), "--batch-size", "0")
-    assert code == 2 and "--batch-size 0" in err
+    assert code == 2 and "argument --batch-size: 0 must be an integer" in err
 
 
 def test_cost_refuses_foreign_profile(run_cli, spec_file: Path, tmp_path: Path) -> None:

@@ -45,7 +45,7 @@ def test_generate_table_and_out_file(run_cli, tmp_path):
         (["--input", "1,28,28", "--classes", "10", "--max-macs", "100"], "max_macs=100 is below the smallest candidate"),
         (["--input", "1,28,28", "--classes", "10", "--max-params", "10"], "max_params=10 is below"),
         (["--input", "1,28,28", "--classes", "10", "--disable", "R9"], "unknown rule(s) R9"),
-        (["--input", "1,28,28", "--classes", "1"], "classes must be >= 2"),
+        (["--input", "1,28,28", "--classes", "1"], "argument --classes: 1 must be an integer in [2, 100,000]"),
     ],
 )
 def test_generate_bad_input_exit_2(run_cli, argv, needle):

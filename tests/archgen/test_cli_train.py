@@ -51,7 +51,7 @@ def test_train_writes_a_complete_run_directory(run_cli, tmp_path):
                                    "--out", str(out), "--format", "json")
     assert code == 0, stderr
     assert sorted(p.name for p in out.iterdir()) == [
-        "config.yaml", "metrics.csv", "spec.json", "status.json", "test_metrics.json", "weights.pt",
+        ".archgen-run", "config.yaml", "metrics.csv", "spec.json", "status.json", "test_metrics.json", "weights.pt",
     ]
     summary = json.loads(stdout)
     status = json.loads((out / "status.json").read_text())
@@ -93,7 +93,7 @@ def test_same_seed_same_metrics_and_force_rules(run_cli, tmp_path):
         (b / "test_metrics.json").read_text())["test_acc"]
 
     code, _, err = run_cli("train", str(spec_path), *FAST, "--out", str(a))
-    assert code == 2 and "already holds a complete run" in err and "--force" in err
+    assert code == 2 and "holds an earlier archgen train run" in err and "--force" in err
     assert len(err.strip().splitlines()) == 1
     code, _, err = run_cli("train", str(spec_path), *FAST, "--seed", "4", "--out", str(a), "--force")
     assert code == 0, err
@@ -142,7 +142,7 @@ def bad_input_cases(tmp_path):
         "corrupt idx header": ((str(spec), "--data", f"idx:{corrupt}"), "corrupt IDX header"),
         "empty class folder": ((str(spec), "--data", f"folder:{folder}"), "class folder 'b' has no images"),
         "missing spec": ((str(tmp_path / "none.json"), "--data", "digits"), "spec file not found"),
-        "bad lr": ((str(spec), "--lr", "-1"), "lr=-1.0 is invalid"),
+        "bad lr": ((str(spec), "--lr", "-1"), "argument --lr: -1 must be in (0, inf)"),
         "bad source": ((str(spec), "--data", "mnist"), "unknown data source 'mnist'"),
     }
 
@@ -180,7 +180,7 @@ def test_existing_non_run_directory_is_refused(run_cli, tmp_path):
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     code, _, err = run_cli("train", str(write_spec(tmp_path)), *FAST, "--out", str(out))
-    assert code == 2 and "already holds files" in err
+    assert code == 2 and "holds files that are not an archgen run" in err
     assert (out / "notes.txt").read_text() == "mine"
 
 

@@ -180,9 +180,9 @@ def test_refit_retrains_the_selected_config_on_train_plus_val(tmp_path):
         (["--strategy", "manual"], {"manual": [{"wings": 2}]}, "manual[0]: unknown parameter(s) wings"),
         (["--strategy", "grid"], {"grid": {"base_filters": [7]}}, "grid.base_filters: base_filters=7 is not one of"),
         (["--max-latency-ms", "0.000001"], None, "no candidate can meet the budget"),
-        (["--storage", "postgresql://bob:hunter2@127.0.0.1:1/nope"], None, "cannot open storage postgresql://bob:***@127.0.0.1:1/nope"),
+        (["--storage", "postgresql://bob:hunter2@127.0.0.1:1/nope"], None, "cannot open storage 'postgresql://bob:***@127.0.0.1:1/nope'"),
         (["--data", "idx:/nonexistent/dir"], None, "/nonexistent/dir"),
-        (["--trials", "0"], None, "trials=0 must be an integer >= 1"),
+        (["--trials", "0"], None, "argument --trials: 0 must be an integer in [1, 1,000,000]"),
         (["--device", "tpu"], None, "device='tpu' must be 'cpu' or 'cuda[:N]'"),
     ],
 )

@@ -78,7 +78,7 @@ def _with_layer(index, **changes):
         (_with_layer(0, activation="swishy"), "activation 'swishy'"),
         ({**LENET, "schema_version": 2}, "schema_version 2 is not supported"),
         ({**LENET, "input_shape": [1, 28]}, "input_shape must be a list [C, H, W]"),
-        ({**LENET, "num_classes": 1}, "num_classes must be an integer >= 2"),
+        ({**LENET, "num_classes": 1}, "num_classes must be an integer in [2, 100,000]"),
         ({**LENET, "init": {"scheme": "zeros"}}, "unknown scheme 'zeros'"),
         ({**LENET, "extra": 1}, "unknown top-level key(s): extra"),
     ],
