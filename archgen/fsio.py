@@ -3,6 +3,7 @@ directory holds (JSON, YAML, CSV, PyTorch weights)."""
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -11,7 +12,13 @@ from typing import Any
 
 from costmodel.atomic import atomic_path, atomic_write_bytes, atomic_write_text, fsync_path
 
+# Errors of the machine's state, not of archgen or the input: a full disk, a quota, a read-only
+# file system, too many open files, a name too long. They stop a search (every trial would hit
+# them) and reach the user as one line with exit 2.
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EMFILE, errno.ENAMETOOLONG})
+
 __all__ = [
+    "ENVIRONMENT_ERRNOS",
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_text",

@@ -34,10 +34,10 @@ from optuna.trial import TrialState
 
 from archgen.costing import total_memory_mb
 from archgen.errors import SearchConfigError, SpecError, UserError
-from archgen.fsio import atomic_write_yaml
+from archgen.fsio import ENVIRONMENT_ERRNOS, atomic_write_yaml
 from archgen.inputs import clip, excerpt, load_document
 from archgen.objective import Objective, TrialOutcome
-from archgen.redact import redact
+from archgen.redact import redact, redact_text
 from archgen.rundir import check_out_dir, mark
 from archgen.space import MAX_CHOICES, Param, space_from_config, spec_from_params
 from archgen.storage import (
@@ -453,12 +453,17 @@ def _run_trial(objective: Objective, study: optuna.Study, storage: Any, trial: o
     except StorageLostError:
         raise  # the storage stayed away: this worker ends; the next run fails and retries the trial
     except Exception as exc:  # noqa: BLE001 - one broken trial must not end the search
+        if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS:
+            # A full disk fails every trial alike: stop; the rerun retries this trial.
+            with contextlib.suppress(Exception):
+                _lose_trial(study, storage, trial, f"stopped: {exc.strerror or exc}")
+            raise
         if is_connection_error(exc) or isinstance(exc, optuna.exceptions.UpdateFinishedTrialError):
             retry_storage(lambda: _lose_trial(study, storage, trial, "the storage connection was lost mid-trial"),
                           "failing an interrupted trial", where)
             return None
         log.exception("trial %d failed", trial.number)
-        message = f"error: {type(exc).__name__}: {exc}".splitlines()[0]
+        message = clip(redact_text(f"error: {type(exc).__name__}: {exc}".splitlines()[0]), 300)
         try:
             retry_storage(lambda: trial.set_user_attr("failure", message), "recording a failed trial", where)
         except optuna.exceptions.UpdateFinishedTrialError:

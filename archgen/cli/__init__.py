@@ -13,18 +13,17 @@ error.
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import logging
 import sys
 
 from archgen.errors import UserError
+from archgen.fsio import ENVIRONMENT_ERRNOS
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
 MAX_MESSAGE_CHARS = 400
-_ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EMFILE, errno.ENAMETOOLONG})
 
 # Order here is the order in ``archgen --help``.
 _SUBCOMMAND_MODULES = (
@@ -98,7 +97,7 @@ def _run(args: argparse.Namespace) -> int:
     except BrokenPipeError:
         return EXIT_OK
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
-        if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS:
+        if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS:
             # A full disk, a quota or a read-only file system: the machine's state, not a bug.
             where = f" ({exc.filename})" if exc.filename else ""
             sys.stderr.write(f"archgen {args.command}: error: {exc.strerror or exc}{where}\n")
