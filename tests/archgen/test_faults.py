@@ -161,8 +161,7 @@ def test_a_candidate_over_the_memory_cap_is_rejected_before_training(tmp_path):
 def test_training_memory_estimate_bounds_what_torch_allocates():
     """The screen's estimate is an upper bound of what training a batch really holds."""
     from archgen.build import build_model
-    from archgen.costing import spec_geoms
-    from archgen.objective import training_memory_mb
+    from archgen.costing import spec_geoms, training_memory_mb
     from archgen.spec import ArchSpec
 
     spec = ArchSpec.from_dict({"schema_version": 1, "input_shape": [1, 28, 28], "num_classes": 10,
