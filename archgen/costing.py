@@ -115,8 +115,13 @@ def training_memory_mb(spec: ArchSpec, geoms: list[LayerGeom], batch_size: int) 
     """Memory to train ``spec`` at ``batch_size``, roughly and from above: float32 weights, their
     gradients and two Adam moments (16 bytes a parameter), and every layer's output kept for
     the backward pass plus its gradient and one workspace copy (12 bytes a value), input included."""
-    acts = sum(g.acts for g in geoms) + spec.input_shape[0] * spec.input_shape[1] * spec.input_shape[2]
-    return (16 * spec.num_params() + 12 * batch_size * acts) / 2**20
+    return (16 * spec.num_params() + 12 * batch_size * _values_per_image(spec, geoms)) / 2**20
+
+
+def _values_per_image(spec: ArchSpec, geoms: list[LayerGeom]) -> int:
+    """The input and every layer's output, per image."""
+    c, h, w = spec.input_shape
+    return sum(g.acts for g in geoms) + c * h * w
 
 
 def total_memory_mb(device: str = "cpu") -> float:
@@ -132,8 +137,7 @@ def total_memory_mb(device: str = "cpu") -> float:
 def inference_memory_mb(spec: ArchSpec, geoms: list[LayerGeom], batch_size: int) -> float:
     """Memory to run ``spec`` forward at ``batch_size`` (profiling, export checks), from above:
     the weights and every layer's output."""
-    acts = sum(g.acts for g in geoms) + spec.input_shape[0] * spec.input_shape[1] * spec.input_shape[2]
-    return 4 * (spec.num_params() + batch_size * acts) / 2**20
+    return 4 * (spec.num_params() + batch_size * _values_per_image(spec, geoms)) / 2**20
 
 
 def check_fits_in_memory(spec: ArchSpec, batch_size: int, device: str = "cpu", training: bool = False) -> None:

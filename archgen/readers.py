@@ -267,13 +267,18 @@ def read_digits() -> tuple[str, _Arrays, _Arrays | None, list[str]]:
 
 
 def _require_dir(path: Path, source: str) -> None:
+    _require(path, source, "directory")
+
+
+def _require(path: Path, source: str, kind: str) -> None:
+    """``path`` exists and is a ``kind`` ("directory" or "file"), else DataError naming it."""
     try:
         if not path.exists():
-            raise DataError(f"{source}: directory does not exist; check the path")
-        if not path.is_dir():
-            raise DataError(f"{source}: is not a directory")
+            raise DataError(f"{source}: {kind} does not exist; check the path")
+        if not (path.is_dir() if kind == "directory" else path.is_file()):
+            raise DataError(f"{source}: is not a {'directory' if kind == 'directory' else 'regular file'}")
     except OSError as exc:
-        raise DataError(f"{source}: cannot access the directory ({_os_reason(exc)})") from None
+        raise DataError(f"{source}: cannot access the {kind} ({_os_reason(exc)})") from None
 
 
 def _list_dir(path: Path, where: str) -> list[Path]:
@@ -437,13 +442,7 @@ def read_npz(
     path: Path, input_shape: tuple[int, int, int] | None
 ) -> tuple[str, _Arrays, _Arrays | None, list[str]]:
     source = f"npz:{show_path(path)}"
-    try:
-        if not path.exists():
-            raise DataError(f"{source}: file does not exist; check the path")
-        if not path.is_file():
-            raise DataError(f"{source}: is not a regular file")
-    except OSError as exc:
-        raise DataError(f"{source}: cannot access the file ({_os_reason(exc)})") from None
+    _require(path, source, "file")
     arrays = _read_npz_arrays(path, source)
     missing = [k for k in ("x", "y") if k not in arrays]
     if missing:
