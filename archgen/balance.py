@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from archgen.costing import spec_geoms
 from archgen.spec import ArchSpec, ConvSpec
 from costmodel.device_profile import DeviceProfile
-from costmodel.estimate import balance_summary, estimate_layers_ms
+from costmodel.estimator import balance_summary, estimate_layers_ms
 
 STEP = 8
 

@@ -1,6 +1,6 @@
 """Build a ``torch.nn.Module`` from an ArchSpec, and initialize it by rule R7.
 
-Module paths match ``archgen.costing.layer_names`` (``s1.conv1``, ``s1.act1``, ``s1.pool``,
+Module paths match ``archgen.ops.layer_names`` (``s1.conv1``, ``s1.act1``, ``s1.pool``,
 ``gap``, ``flatten``, ``fc1``, ``fc1_act``, ``classifier``) so tables read like the architecture.
 """
 
@@ -11,27 +11,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from archgen.costing import layer_names
-from archgen.spec import (
-    ArchSpec,
-    BatchNormSpec,
-    ConvSpec,
-    DenseSpec,
-    DropoutSpec,
-    GapSpec,
-    PoolSpec,
-    init_bound,
-)
-
-
-def _activation(name: str) -> nn.Module | None:
-    return {
-        "relu": nn.ReLU,
-        "tanh": nn.Tanh,
-        "sigmoid": nn.Sigmoid,
-        "gelu": nn.GELU,
-        "leaky_relu": nn.LeakyReLU,
-    }.get(name, lambda: None)()
+from archgen.ops import layer_names
+from archgen.spec import ArchSpec, init_bound
 
 
 def build_model(spec: ArchSpec, seed: int | None = None) -> nn.Sequential:
@@ -39,40 +20,24 @@ def build_model(spec: ArchSpec, seed: int | None = None) -> nn.Sequential:
     spec.validate()
     top: OrderedDict[str, nn.Module] = OrderedDict()
     stages: OrderedDict[str, OrderedDict[str, nn.Module]] = OrderedDict()
-    c, h, w = spec.input_shape
-    flattened = False
-    for layer, name, (c2, h2, w2) in zip(spec.layers, layer_names(spec), spec.shapes()):
+    shape = spec.input_shape
+    flat = False
+    for layer, name, out in zip(spec.layers, layer_names(spec.layers), spec.shapes()):
         stage, _, local = name.rpartition(".")
         target = stages.setdefault(stage, OrderedDict()) if stage else top
-        if isinstance(layer, ConvSpec):
-            target[local] = nn.Conv2d(c, c2, layer.kernel, layer.stride, layer.pad_amount())
-            act = _activation(layer.activation)
-            if act is not None:
-                target[local.replace("conv", "act")] = act
-        elif isinstance(layer, PoolSpec):
-            cls = nn.MaxPool2d if layer.mode == "max" else nn.AvgPool2d
-            target[local] = cls(layer.kernel, layer.stride)
-        elif isinstance(layer, GapSpec):
-            target[local] = nn.AdaptiveAvgPool2d(1)
-        elif isinstance(layer, DenseSpec):
-            if not flattened:
-                top["flatten"] = nn.Flatten()
-                flattened = True
-            target[local] = nn.Linear(c * h * w, c2)
-            act = _activation(layer.activation)
-            if act is not None:
-                target[f"{local}_act"] = act
-        elif isinstance(layer, BatchNormSpec):
-            target[local] = nn.BatchNorm1d(c) if flattened else nn.BatchNorm2d(c)
-        elif isinstance(layer, DropoutSpec):
-            target[local] = nn.Dropout(layer.rate) if flattened else nn.Dropout2d(layer.rate)
+        if layer.flattens and not flat:
+            top["flatten"] = nn.Flatten()
+            flat = True
+        for key, module in layer.modules(local, shape, out, flat):
+            target[key] = module
         if stage and stage not in top:
             top[stage] = nn.Module()  # placeholder keeps stage order; replaced below
-        c, h, w = c2, h2, w2
+        shape = out
     for stage, children in stages.items():
         top[stage] = nn.Sequential(children)
-    if not flattened:
+    if not flat:
         top["flatten"] = nn.Flatten()
+    c, h, w = shape
     top["classifier"] = nn.Linear(c * h * w, spec.num_classes)
     model = nn.Sequential(top)
     init_weights(model, spec.init.scheme, seed=seed)

@@ -9,88 +9,26 @@ from __future__ import annotations
 import os
 
 from archgen.errors import UserError
-from archgen.spec import (
-    ArchSpec,
-    BatchNormSpec,
-    ConvSpec,
-    DenseSpec,
-    DropoutSpec,
-    GapSpec,
-    PoolSpec,
-)
+from archgen.ops import classifier_geom
+from archgen.ops import layer_names as _op_layer_names
+from archgen.spec import ArchSpec
 from costmodel.geometry import LayerGeom
 
 
 def layer_names(spec: ArchSpec) -> list[str]:
-    """Module path of every spec layer in the built network (``s1.conv1``, ``fc1``, ...).
-
-    Layers before the first dense layer live in stages ``s1, s2, ...``; a stage ends with its
-    pooling layer. Global pooling is ``gap``; the head has ``fc1, fc2, ...``, ``bn_fc1``,
-    ``drop1``...; the implied classifier is ``classifier``.
-    """
-    names: list[str] = []
-    stage, counts = 1, {"conv": 0, "bn": 0, "drop": 0}
-    n_fc = n_head_bn = n_head_drop = 0
-    in_head = False
-    for layer in spec.layers:
-        if isinstance(layer, (DenseSpec, GapSpec)):
-            in_head = True
-        if isinstance(layer, ConvSpec):
-            counts["conv"] += 1
-            names.append(f"s{stage}.conv{counts['conv']}")
-        elif isinstance(layer, PoolSpec):
-            names.append(f"s{stage}.pool")
-            stage, counts = stage + 1, {"conv": 0, "bn": 0, "drop": 0}
-        elif isinstance(layer, GapSpec):
-            names.append("gap")
-        elif isinstance(layer, DenseSpec):
-            n_fc += 1
-            names.append(f"fc{n_fc}")
-        elif isinstance(layer, BatchNormSpec):
-            if in_head:
-                n_head_bn += 1
-                names.append(f"bn_fc{n_head_bn}")
-            else:
-                counts["bn"] += 1
-                names.append(f"s{stage}.bn{counts['bn']}")
-        elif isinstance(layer, DropoutSpec):
-            if in_head:
-                n_head_drop += 1
-                names.append(f"drop{n_head_drop}")
-            else:
-                counts["drop"] += 1
-                names.append(f"s{stage}.drop{counts['drop']}")
-    return names
+    """Module path of every spec layer in the built network (``s1.conv1``, ``fc1``, ...); see
+    ``archgen.ops.Namer``. The implied classifier is ``classifier``."""
+    return _op_layer_names(spec.layers)
 
 
 def spec_geoms(spec: ArchSpec) -> list[LayerGeom]:
     """One LayerGeom per priced layer of the built network, classifier included."""
-    shapes = spec.shapes()
-    names = layer_names(spec)
+    shape = spec.input_shape
     geoms: list[LayerGeom] = []
-    c, h, w = spec.input_shape
-    for layer, name, (c2, h2, w2) in zip(spec.layers, names, shapes):
-        if isinstance(layer, ConvSpec):
-            act = None if layer.activation == "none" else layer.activation
-            geoms.append(
-                LayerGeom(name, "conv", c, c2, h, w, h2, w2, layer.kernel, layer.stride,
-                          layer.pad_amount(), activation=act)
-            )
-        elif isinstance(layer, PoolSpec):
-            geoms.append(
-                LayerGeom(name, "pool", c, c2, h, w, h2, w2, layer.kernel, layer.stride, mode=layer.mode)
-            )
-        elif isinstance(layer, GapSpec):
-            geoms.append(LayerGeom(name, "gap", c, c2, h, w, 1, 1, mode="avg"))
-        elif isinstance(layer, DenseSpec):
-            act = None if layer.activation == "none" else layer.activation
-            geoms.append(LayerGeom(name, "dense", c * h * w, c2, 1, 1, 1, 1, activation=act))
-        elif isinstance(layer, BatchNormSpec):
-            geoms.append(LayerGeom(name, "bn", c, c2, h, w, h2, w2))
-        elif isinstance(layer, DropoutSpec):
-            geoms.append(LayerGeom(name, "dropout", c, c2, h, w, h2, w2))
-        c, h, w = c2, h2, w2
-    geoms.append(LayerGeom("classifier", "dense", c * h * w, spec.num_classes, 1, 1, 1, 1))
+    for layer, name, out in zip(spec.layers, layer_names(spec), spec.shapes()):
+        geoms.append(layer.geom(name, shape, out))
+        shape = out
+    geoms.append(classifier_geom(shape, spec.num_classes))
     return geoms
 
 
@@ -100,14 +38,12 @@ def spec_macs(spec: ArchSpec) -> int:
     The generator's budget screen calls this for every candidate, so it works on the cached
     shapes without building LayerGeom objects; a test holds it equal to ``spec_geoms``'s sum.
     """
-    c, h, w = spec.input_shape
+    shape = spec.input_shape
     total = 0
-    for layer, shape in zip(spec.layers, spec.shapes()):
-        if type(layer) is ConvSpec:
-            total += shape[1] * shape[2] * layer.filters * c * layer.kernel * layer.kernel
-        elif type(layer) is DenseSpec:
-            total += c * h * w * layer.units
-        c, h, w = shape
+    for layer, out in zip(spec.layers, spec.shapes()):
+        total += layer.macs(shape, out)
+        shape = out
+    c, h, w = shape
     return total + c * h * w * spec.num_classes
 
 

@@ -24,29 +24,37 @@ Contracts:
   module checks the arguments, the labels against ``num_classes`` and ``class_names``, the total
   size, and that normalized values stay finite.
 
-The file formats are read by :mod:`archgen.readers`; this module splits and normalizes.
+The file formats are read by :mod:`archgen.read_idx`, :mod:`archgen.read_npz` and
+:mod:`archgen.read_folder` (their shared limits and checks: :mod:`archgen.readers`); the
+arguments are checked by :mod:`archgen.data_checks`; this module splits and normalizes.
 """
 
 from __future__ import annotations
 
 import logging
-import numbers
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from archgen.data_checks import (
+    check_fracs,
+    check_input_shape,
+    check_num_classes,
+    check_seed,
+    count_classes,
+)
 from archgen.errors import DataError
+from archgen.inputs import excerpt
+from archgen.read_folder import read_folder
+from archgen.read_idx import read_idx_dir
+from archgen.read_npz import read_npz
 from archgen.readers import (
-    MAX_CLASSES,
+    Arrays,
+    SourceData,
     check_dataset_size,
-    check_image_shape,
-    excerpt,
     read_digits,
-    read_folder,
-    read_idx_dir,
-    read_npz,
     show_path,
     valid_unicode,
 )
@@ -174,16 +182,54 @@ def load_dataset(
 
     Raises ``DataError`` for anything wrong with the data or the arguments.
     """
-    val_frac, test_frac = _check_fracs(val_frac, test_frac)
-    seed = _check_seed(seed)
+    val_frac, test_frac = check_fracs(val_frac, test_frac)
+    seed = check_seed(seed)
     if input_shape is not None:
-        input_shape = _check_shape_arg(input_shape)
+        input_shape = check_input_shape(input_shape)
     if num_classes is not None:
-        num_classes = _check_num_classes(num_classes)
+        num_classes = check_num_classes(num_classes)
+    name, pool, own_test, class_names = _read_source(source, input_shape)
+    where = show_path(source, 160)
+    data_shape = _check_shapes(where, pool, own_test, input_shape)
+    labels = [pool[1]] if own_test is None else [pool[1], own_test[1]]
+    k = count_classes(where, labels, num_classes, class_names)
+    if len(class_names) < k:
+        class_names = class_names + [str(i) for i in range(len(class_names), k)]
 
+    train, val, test = _split(where, pool, own_test, val_frac, test_frac, seed)
+    mean, std = _channel_stats(train[0])
+    stats = {
+        "source": valid_unicode(source, "backslashreplace"),
+        "seed": seed,
+        "val_frac": val_frac,
+        "test_frac": None if own_test is not None else test_frac,
+        "test_split": "shipped" if own_test is not None else "held_out",
+        "mean": [float(m) for m in mean],
+        "std": [float(s) for s in std],
+        "n_train": len(train[1]),
+        "n_val": len(val[1]),
+        "n_test": len(test[1]),
+    }
+    log.info(
+        "dataset %s: %d train / %d val / %d test, shape %s, %d classes",
+        name, len(train[1]), len(val[1]), len(test[1]), _fmt_shape(data_shape), k,
+    )
+    return Dataset(
+        name=name,
+        input_shape=data_shape,
+        num_classes=k,
+        train=_to_split(where, "training", train, mean, std),
+        val=_to_split(where, "validation", val, mean, std),
+        test=SealedTest(_to_split(where, "test", test, mean, std)),
+        class_names=class_names,
+        stats=stats,
+    )
+
+
+def _read_source(source: str, input_shape: tuple[int, int, int] | None) -> SourceData:
+    """The raw arrays of ``source`` (``digits``, ``idx:DIR``, ``npz:FILE``, ``folder:DIR``)."""
     if not isinstance(source, str):
         raise DataError(f"data source must be a string such as 'digits', got {excerpt(source)}")
-    where = show_path(source, 160)
     kind, colon, arg = source.partition(":")
     if kind in ("idx", "npz", "folder") and not arg.strip():
         raise DataError(
@@ -193,21 +239,27 @@ def load_dataset(
     if "\x00" in arg:
         raise DataError(f"data source {excerpt(source)}: the path contains a NUL byte")
     if kind == "digits" and not colon:
-        name, pool, own_test, class_names = read_digits()
-    elif kind == "idx":
-        name, pool, own_test, class_names = read_idx_dir(Path(arg))
-    elif kind == "npz":
-        name, pool, own_test, class_names = read_npz(Path(arg), input_shape)
-    elif kind == "folder":
-        name, pool, own_test, class_names = read_folder(Path(arg), input_shape)
-    else:
-        raise DataError(
-            f"unknown data source {excerpt(source)}; use one of: {', '.join(SOURCES)} "
-            "(e.g. idx:../shared/data/mnist10k)"
-        )
+        return read_digits()
+    if kind == "idx":
+        return read_idx_dir(Path(arg))
+    if kind == "npz":
+        return read_npz(Path(arg), input_shape)
+    if kind == "folder":
+        return read_folder(Path(arg), input_shape)
+    raise DataError(
+        f"unknown data source {excerpt(source)}; use one of: {', '.join(SOURCES)} "
+        "(e.g. idx:../shared/data/mnist10k)"
+    )
 
-    x_all, y_all = pool
-    data_shape = tuple(int(d) for d in x_all.shape[1:])
+
+def _check_shapes(
+    where: str, pool: Arrays, own_test: Arrays | None, input_shape: tuple[int, int, int] | None
+) -> tuple[int, int, int]:
+    """The images' shape (C, H, W): the spec's ``input_shape`` when given, the same for a shipped
+    test split, and all images together within the size limit."""
+    x_all = pool[0]
+    c, h, w = (int(d) for d in x_all.shape[1:])
+    data_shape = (c, h, w)
     if input_shape is not None and data_shape != input_shape:
         raise DataError(
             f"{where}: images are {_fmt_shape(data_shape)} (C x H x W) but the spec expects "
@@ -220,141 +272,7 @@ def load_dataset(
             f"images are {_fmt_shape(data_shape)}"
         )
     check_dataset_size(where, int(x_all.size + (own_test[0].size if own_test is not None else 0)))
-
-    labels = [y_all] if own_test is None else [y_all, own_test[1]]
-    k = _check_labels(where, labels, num_classes, class_names)
-    if len(class_names) < k:
-        class_names = class_names + [str(i) for i in range(len(class_names), k)]
-
-    if own_test is None:
-        idx_train, idx_val, idx_test = _stratified_three_way(where, y_all, val_frac, test_frac, seed)
-        x_test, y_test = x_all[idx_test], y_all[idx_test]
-    else:
-        idx_train, idx_val = _stratified_two_way(where, y_all, val_frac, seed)
-        x_test, y_test = own_test
-    x_train, y_train = x_all[idx_train], y_all[idx_train]
-    x_val, y_val = x_all[idx_val], y_all[idx_val]
-
-    mean, std = _channel_stats(x_train)
-    stats = {
-        "source": valid_unicode(source, "backslashreplace"),
-        "seed": seed,
-        "val_frac": val_frac,
-        "test_frac": None if own_test is not None else test_frac,
-        "test_split": "shipped" if own_test is not None else "held_out",
-        "mean": [float(m) for m in mean],
-        "std": [float(s) for s in std],
-        "n_train": len(y_train),
-        "n_val": len(y_val),
-        "n_test": len(y_test),
-    }
-    log.info(
-        "dataset %s: %d train / %d val / %d test, shape %s, %d classes",
-        name, len(y_train), len(y_val), len(y_test), _fmt_shape(data_shape), k,
-    )
-    return Dataset(
-        name=name,
-        input_shape=data_shape,  # type: ignore[arg-type]
-        num_classes=k,
-        train=_to_split(where, "training", x_train, y_train, mean, std),
-        val=_to_split(where, "validation", x_val, y_val, mean, std),
-        test=SealedTest(_to_split(where, "test", x_test, y_test, mean, std)),
-        class_names=class_names,
-        stats=stats,
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# argument checks
-
-def _check_fracs(val_frac: float, test_frac: float) -> tuple[float, float]:
-    out = []
-    for label, frac in (("val_frac", val_frac), ("test_frac", test_frac)):
-        try:
-            value = float(frac) if isinstance(frac, numbers.Real) and not isinstance(frac, bool) else None
-        except OverflowError:  # an int too large for a float
-            value = None
-        if value is None or not (0.0 < value < 1.0):
-            raise DataError(f"{label} must lie strictly between 0 and 1, got {excerpt(frac)}")
-        out.append(value)
-    if out[0] + out[1] >= 0.9:
-        raise DataError(
-            f"val_frac + test_frac = {out[0] + out[1]:g} leaves too little training data; "
-            "keep the sum below 0.9"
-        )
-    return out[0], out[1]
-
-
-def _check_seed(seed: int) -> int:
-    # seed and seed + 1 go to scikit-learn, which takes 0 .. 2**32 - 1.
-    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or not (
-        0 <= int(seed) <= 2**32 - 2
-    ):
-        raise DataError(f"the split seed must be an integer in 0..{2**32 - 2}, got {excerpt(seed)}")
-    return int(seed)
-
-
-def _check_shape_arg(shape: tuple[int, int, int]) -> tuple[int, int, int]:
-    try:
-        items = list(shape) if not isinstance(shape, (str, bytes)) and len(shape) == 3 else None
-    except TypeError:
-        items = None
-    if items is None or not all(
-        isinstance(d, numbers.Integral) and not isinstance(d, bool) for d in items
-    ):
-        raise DataError(f"input_shape must be three integers (C, H, W), got {excerpt(shape)}")
-    out = tuple(int(d) for d in items)
-    if min(out) < 1:
-        raise DataError(f"input_shape must be three positive integers (C, H, W), got {excerpt(shape)}")
-    check_image_shape(f"input_shape {excerpt(out)}", out)
-    return out  # type: ignore[return-value]
-
-
-def _check_num_classes(num_classes: int) -> int:
-    if not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool) or not (
-        1 <= int(num_classes) <= MAX_CLASSES
-    ):
-        raise DataError(
-            f"num_classes must be an integer in 1..{MAX_CLASSES:,} (archgen.readers.MAX_CLASSES), "
-            f"got {excerpt(num_classes)}"
-        )
-    return int(num_classes)
-
-
-def _check_labels(
-    where: str, labels: list[np.ndarray], num_classes: int | None, class_names: list[str]
-) -> int:
-    """The number of classes: ``num_classes`` if given, else ``max(label) + 1`` or the number of
-    class names, whichever is larger. Labels were checked by the readers (integral, 0 <= label <
-    MAX_CLASSES); here they are checked against ``num_classes`` and ``class_names``."""
-    lo = min(int(y.min()) for y in labels)
-    hi = max(int(y.max()) for y in labels)
-    if lo < 0:
-        raise DataError(f"{where}: label {lo} is negative; labels must be class indices 0..K-1")
-    if hi >= MAX_CLASSES:
-        raise DataError(
-            f"{where}: label {hi} is too large: at most {MAX_CLASSES:,} classes are supported "
-            "(archgen.readers.MAX_CLASSES)"
-        )
-    if class_names and hi >= len(class_names):
-        raise DataError(
-            f"{where}: label {hi} has no class name: class_names lists {len(class_names)} names "
-            f"(labels 0..{len(class_names) - 1})"
-        )
-    if num_classes is not None:
-        if hi >= num_classes:
-            raise DataError(
-                f"{where}: label {hi} is outside the class range 0..{num_classes - 1} of the spec "
-                f"(num_classes={num_classes}); set num_classes to at least {hi + 1} or fix the "
-                "labels"
-            )
-        if len(class_names) > num_classes:
-            raise DataError(
-                f"{where}: the data names {len(class_names)} classes but the spec has "
-                f"num_classes={num_classes}; they must agree"
-            )
-        return num_classes
-    return max(hi + 1, len(class_names))
+    return data_shape
 
 
 def _fmt_shape(shape: tuple[int, ...]) -> str:
@@ -363,6 +281,22 @@ def _fmt_shape(shape: tuple[int, ...]) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # splitting and normalization
+
+
+def _split(
+    where: str, pool: Arrays, own_test: Arrays | None, val_frac: float, test_frac: float, seed: int
+) -> tuple[Arrays, Arrays, Arrays]:
+    """(train, validation, test): a stratified three-way split of ``pool``, or a two-way split
+    of it when the source ships its own test split."""
+    x_all, y_all = pool
+    if own_test is None:
+        idx_train, idx_val, idx_test = _stratified_three_way(where, y_all, val_frac, test_frac, seed)
+        test = x_all[idx_test], y_all[idx_test]
+    else:
+        idx_train, idx_val = _stratified_two_way(where, y_all, val_frac, seed)
+        test = own_test
+    return (x_all[idx_train], y_all[idx_train]), (x_all[idx_val], y_all[idx_val]), test
+
 
 def _stratified_three_way(
     source: str, y: np.ndarray, val_frac: float, test_frac: float, seed: int
@@ -412,9 +346,10 @@ def _channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
-def _to_split(
-    where: str, part: str, x: np.ndarray, y: np.ndarray, mean: np.ndarray, std: np.ndarray
-) -> Split:
+def _to_split(where: str, part: str, pair: Arrays, mean: np.ndarray, std: np.ndarray) -> Split:
+    """``pair`` as tensors, the images normalized with ``mean`` and ``std``; values that overflow
+    float32 once normalized are an error."""
+    x, y = pair
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)

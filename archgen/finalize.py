@@ -12,22 +12,62 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import pandas as pd
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from archgen.fsio import atomic_torch_save, atomic_write_csv, atomic_write_json
+from archgen.rundata import pareto_front
 from archgen.space import Param
+from archgen.spec import ArchSpec, save_spec
+from archgen.trial_record import (
+    BALANCE_CV_AFTER,
+    BALANCE_CV_BEFORE,
+    BEST_EPOCH,
+    DURATION_S,
+    EPOCHS,
+    EST_MS,
+    FAILURE,
+    MACS,
+    MEAS_MS,
+    PARAMS,
+    PBT_GENERATION,
+    PRUNED,
+    REJECTED,
+    SPEC,
+    SPEC_KEY,
+    SPEC_NAME,
+    STOPPED,
+    STRATEGY,
+    TEST_ACC,
+    TEST_LOSS,
+    VAL_ACC,
+    VAL_LOSS,
+    epoch_of,
+)
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from archgen.data import Dataset
+    from archgen.settings import SearchSettings
+    from costmodel.device_profile import DeviceProfile
 
 log = logging.getLogger(__name__)
 
 ATTR_COLUMNS = (
-    "val_acc", "val_loss", "est_ms", "macs", "params", "epochs", "duration_s", "spec_key", "spec_name",
-    "rejected", "failure", "pruned", "stopped", "balance_cv_before", "balance_cv_after", "strategy",
-    "pbt_generation",
+    VAL_ACC, VAL_LOSS, EST_MS, MACS, PARAMS, EPOCHS, DURATION_S, SPEC_KEY, SPEC_NAME,
+    REJECTED, FAILURE, PRUNED, STOPPED, BALANCE_CV_BEFORE, BALANCE_CV_AFTER, STRATEGY,
+    PBT_GENERATION,
 )
+TEST_OPENINGS = "test_openings.jsonl"
+
+
+# --------------------------------------------------------------------------------------------
+# Tables and selection
+# --------------------------------------------------------------------------------------------
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
@@ -44,8 +84,8 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
         }
         for col in ATTR_COLUMNS:
             row[col] = t.user_attrs.get(col)
-        if row["epochs"] is None:
-            row["epochs"] = 0
+        if row[EPOCHS] is None:
+            row[EPOCHS] = 0
         for k, v in t.params.items():
             row[f"params_{k}"] = v
         rows.append(row)
@@ -53,70 +93,64 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
 
 
 def intermediate_table(study: optuna.Study) -> pd.DataFrame:
+    """The learning curves: one row per (trial, epoch) with that epoch's validation accuracy."""
     rows = []
     for t in study.get_trials(deepcopy=False):
         for key, value in t.user_attrs.items():
-            if key.startswith("val_acc_epoch_"):
-                rows.append({"number": t.number, "epoch": int(key.rsplit("_", 1)[1]), "val_acc": value})
-    df = pd.DataFrame(rows, columns=["number", "epoch", "val_acc"])
+            epoch = epoch_of(key)
+            if epoch is not None:
+                rows.append({"number": t.number, "epoch": epoch, VAL_ACC: value})
+    df = pd.DataFrame(rows, columns=["number", "epoch", VAL_ACC])
     return df.sort_values(["number", "epoch"]) if len(df) else df
 
 
-def select_best(study: optuna.Study, settings: Any) -> optuna.trial.FrozenTrial | None:
+def _write_tables(settings: SearchSettings, study: optuna.Study) -> pd.DataFrame:
+    """``trials.csv``, ``intermediate.csv`` and (objective ``pareto``) ``pareto.csv``; returns
+    the trials table."""
+    df = trials_table(study)
+    atomic_write_csv(settings.run_dir / "trials.csv", df)
+    atomic_write_csv(settings.run_dir / "intermediate.csv", intermediate_table(study))
+    if settings.objective == "pareto":
+        atomic_write_csv(settings.run_dir / "pareto.csv", pareto_front(df))
+    return df
+
+
+def select_best(study: optuna.Study, settings: SearchSettings) -> FrozenTrial | None:
     """Highest validation accuracy among completed trials within the latency budget; ties
     (common: one validation image is 0.4% on digits) go to the lower validation loss, the finer
     signal, then to the lower estimated latency. Test data plays no part."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "val_acc" in t.user_attrs]
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if VAL_ACC in t.user_attrs]
     if settings.max_latency_ms is not None:
-        done = [t for t in done if t.user_attrs.get("est_ms", 0) <= settings.max_latency_ms]
+        done = [t for t in done if t.user_attrs.get(EST_MS, 0) <= settings.max_latency_ms]
     if not done:
         return None
-    return max(done, key=lambda t: (t.user_attrs["val_acc"], -t.user_attrs.get("val_loss", 0.0),
-                                    -t.user_attrs.get("est_ms", 0.0)))
+    return max(done, key=lambda t: (t.user_attrs[VAL_ACC], -t.user_attrs.get(VAL_LOSS, 0.0),
+                                    -t.user_attrs.get(EST_MS, 0.0)))
 
 
-def finalize(settings: Any, study: optuna.Study, dataset: Any, profile: Any, space: dict[str, Param]) -> dict[str, Any]:
-    import torch
+# --------------------------------------------------------------------------------------------
+# The whole end of a search
+# --------------------------------------------------------------------------------------------
 
-    from archgen.build import build_model
-    from archgen.export import export_onnx
-    from archgen.spec import ArchSpec, save_spec
-    from archgen.train import evaluate_test
 
+def finalize(settings: SearchSettings, study: optuna.Study, dataset: Dataset, profile: DeviceProfile,
+             space: dict[str, Param]) -> dict[str, Any]:
+    """Write the tables, select the best trial on validation, export its model (refit, or its
+    own weights) with its cost table, open the test split once for it, write
+    ``test_metrics.json`` and the report. Returns what ``test_metrics.json`` holds (plus
+    ``report``; ``reused`` when an earlier evaluation of the same selection stands)."""
     run_dir = settings.run_dir
-    df = trials_table(study)
-    atomic_write_csv(run_dir / "trials.csv", df)
-    atomic_write_csv(run_dir / "intermediate.csv", intermediate_table(study))
-    if settings.objective == "pareto":
-        from archgen.report import pareto_front
-
-        atomic_write_csv(run_dir / "pareto.csv", pareto_front(df))
+    _write_tables(settings, study)
     best = select_best(study, settings)
     if best is None:
         raise RuntimeError("no trial completed: nothing to select (raise --trials or --time-budget)")
-    spec = ArchSpec.from_dict(best.user_attrs["spec"])
-    model = _refit(settings, best, dataset, spec)
-    refit = None if model is None else {"epochs": best.user_attrs["best_epoch"],
-                                        "n_train": len(dataset.train) + len(dataset.val)}
-    if model is None:
-        model = build_model(spec, seed=0)
-        ckpt = run_dir / "checkpoints" / f"trial_{best.number}.pt"
-        if ckpt.exists():
-            model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
-        else:  # trained on another machine: retrain its config deterministically here
-            model = _retrain(settings, best, dataset, spec)
-    model = model.cpu()  # exported for any machine; profiled and tested on the search's device below
-    best_dir = run_dir / "best"
-    best_dir.mkdir(exist_ok=True)
-    save_spec(spec, best_dir / "spec.json")
-    save_spec(spec, best_dir / "spec.yaml")
-    atomic_torch_save(model.state_dict(), best_dir / "weights.pt")
-    onnx_diff = export_onnx(model, spec, best_dir / "model.onnx")
-    cost, meas_ms = _cost_table(model, spec, profile, settings.latency_batch, settings.device)
-    atomic_write_csv(best_dir / "cost.csv", cost)
+    spec = ArchSpec.from_dict(best.user_attrs[SPEC])
+    model, refit = _final_model(settings, best, dataset, spec)
+    onnx_diff = _export(run_dir / "best", spec, model)
+    meas_ms = _write_cost_table(run_dir / "best", spec, model, profile, settings)
 
     previous = _recorded_test(run_dir)
-    if previous is not None and (previous.get("trial_number"), previous.get("spec_key"), previous.get("refit")) == (
+    if previous is not None and (previous.get("trial_number"), previous.get(SPEC_KEY), previous.get("refit")) == (
         best.number, spec.key(), refit
     ):
         # A finished run finalized again (a rerun of the same command): the selection has not
@@ -127,24 +161,21 @@ def finalize(settings: Any, study: optuna.Study, dataset: Any, profile: Any, spa
         log.warning("the selection changed since the last test evaluation (trial %s, now %d): opening the "
                     "test split again; test_metrics.json records every opening", previous.get("trial_number"),
                     best.number)
-    # The one look at the test split for this selection; recorded before it happens, so that
-    # an opening is never lost (a kill between the evaluation and test_metrics.json).
-    openings = _record_opening(run_dir, best.number, spec.key())
-    test = evaluate_test(model, dataset, reason=f"final evaluation of trial {best.number}")
+    test, openings = _open_test_split(run_dir, model, dataset, best.number, spec.key())
     metrics = {
-        "test_acc": test["test_acc"],
-        "test_loss": test["test_loss"],
+        TEST_ACC: test[TEST_ACC],
+        TEST_LOSS: test[TEST_LOSS],
         "n": test["n"],
         "test_opened": len(openings),
         "test_openings": openings,
         "trial_number": best.number,
-        "val_acc": best.user_attrs["val_acc"],
+        VAL_ACC: best.user_attrs[VAL_ACC],
         "refit": refit,
-        "est_ms": best.user_attrs.get("est_ms"),
-        "meas_ms": meas_ms,
+        EST_MS: best.user_attrs.get(EST_MS),
+        MEAS_MS: meas_ms,
         "latency_batch": settings.latency_batch,
-        "spec_name": spec.short_name(),
-        "spec_key": spec.key(),
+        SPEC_NAME: spec.short_name(),
+        SPEC_KEY: spec.key(),
         "onnx_max_abs_diff": onnx_diff,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -153,65 +184,68 @@ def finalize(settings: Any, study: optuna.Study, dataset: Any, profile: Any, spa
         from archgen.report import write_report
 
         metrics["report"] = str(write_report(run_dir))
-    except Exception as exc:  # noqa: BLE001 - the run's results stand without the report
+    except Exception as exc:  # any failure: the run's results stand without the report
         log.warning("report not written: %s", exc)
     return metrics
 
 
-TEST_OPENINGS = "test_openings.jsonl"
+# --------------------------------------------------------------------------------------------
+# The selected model: refit or the trial's own weights, exports, cost
+# --------------------------------------------------------------------------------------------
 
 
-def _recorded_test(run_dir: Path) -> dict[str, Any] | None:
-    """The last finished test evaluation of this run, or None."""
-    try:
-        data = json.loads((run_dir / "test_metrics.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and "test_acc" in data else None
-
-
-def _record_opening(run_dir: Path, trial_number: int, spec_key: str) -> list[dict[str, Any]]:
-    """Append one line per opening of the test split (fsync-ed before the split is opened);
-    return every opening this run has recorded."""
-    path = run_dir / TEST_OPENINGS
-    line = json.dumps({"trial_number": trial_number, "spec_key": spec_key,
-                       "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    with open(path, "a") as fh:
-        fh.write(line + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    openings = []
-    for raw in path.read_text().splitlines():
-        try:
-            openings.append(json.loads(raw))
-        except ValueError:  # a line torn by a kill still marks an opening
-            openings.append({"damaged_record": raw[:80]})
-    return openings
-
-
-def _cost_table(model: Any, spec: Any, profile: Any, batch: int, device: str = "cpu") -> tuple[pd.DataFrame, float]:
-    """Per-layer estimate of the best model next to its measured per-layer time."""
+def _final_model(settings: SearchSettings, best: FrozenTrial, dataset: Dataset,
+                 spec: ArchSpec) -> tuple[nn.Module, dict[str, int] | None]:
+    """The model to export and test, on the CPU, and its refit record (None: the trial's own
+    weights, from its checkpoint or retrained here)."""
     import torch
 
-    from archgen.costing import spec_geoms
-    from costmodel.estimate import estimate
-    from costmodel.profile import profile_module
+    from archgen.build import build_model
 
-    report = estimate(spec_geoms(spec), profile, batch)
-    measured = profile_module(model, torch.randn(batch, *spec.input_shape), device=device, threads=1, repeats=15)
-    model.train(False)
-    report = report.with_measurements(measured)
-    return report.table, float(measured.e2e_ms)
+    model = _refit(settings, best, dataset, spec)
+    if model is not None:
+        refit = {"epochs": best.user_attrs[BEST_EPOCH], "n_train": len(dataset.train) + len(dataset.val)}
+        return model.cpu(), refit
+    model = build_model(spec, seed=0)
+    ckpt = settings.run_dir / "checkpoints" / f"trial_{best.number}.pt"
+    if ckpt.exists():
+        model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+    else:  # trained on another machine: retrain its config deterministically here
+        model = _retrain(settings, best, dataset, spec)
+    return model.cpu(), None  # exported for any machine; profiled and tested on the search's device
 
 
-def _refit(settings: Any, trial: optuna.trial.FrozenTrial, dataset: Any, spec: Any) -> Any | None:
+def _export(best_dir: Path, spec: ArchSpec, model: nn.Module) -> float:
+    """``best/``: the spec (JSON and YAML), the weights and the ONNX model; returns the ONNX
+    check's largest logit difference."""
+    from archgen.export import export_onnx
+
+    best_dir.mkdir(exist_ok=True)
+    save_spec(spec, best_dir / "spec.json")
+    save_spec(spec, best_dir / "spec.yaml")
+    atomic_torch_save(model.state_dict(), best_dir / "weights.pt")
+    return export_onnx(model, spec, best_dir / "model.onnx")
+
+
+def _write_cost_table(best_dir: Path, spec: ArchSpec, model: nn.Module, profile: DeviceProfile | None,
+                      settings: SearchSettings) -> float | None:
+    """``best/cost.csv``: the per-layer estimate of the model next to its measured per-layer time
+    at the latency batch, on the search's device; returns the measured whole-model time."""
+    from archgen.pricing import estimate_and_measure
+
+    report = estimate_and_measure(spec, profile, settings.latency_batch, model=model, device=settings.device)
+    atomic_write_csv(best_dir / "cost.csv", report.table)
+    return report.e2e_meas_ms
+
+
+def _refit(settings: SearchSettings, trial: FrozenTrial, dataset: Dataset, spec: ArchSpec) -> nn.Module | None:
     """The selected configuration retrained on train + validation for the trial's best epoch
     count, from the trial's own initial weights; None when refit is off, not applicable or
     diverged (the trial's weights are exported then)."""
     from archgen.objective import trial_start
-    from archgen.train import train_fixed
+    from archgen.training import train_fixed
 
-    epochs = int(trial.user_attrs.get("best_epoch") or 0)
+    epochs = int(trial.user_attrs.get(BEST_EPOCH) or 0)
     if not settings.refit or settings.strategy == "pbt" or epochs < 1:
         return None
     model, config = trial_start(settings, trial.number, spec, trial.params, epochs)
@@ -230,11 +264,56 @@ def _refit(settings: Any, trial: optuna.trial.FrozenTrial, dataset: Any, spec: A
     return model
 
 
-def _retrain(settings: Any, trial: optuna.trial.FrozenTrial, dataset: Any, spec: Any) -> Any:
+def _retrain(settings: SearchSettings, trial: FrozenTrial, dataset: Dataset, spec: ArchSpec) -> nn.Module:
     from archgen.objective import trial_start
-    from archgen.train import train
+    from archgen.training import train
 
     model, config = trial_start(settings, trial.number, spec, trial.params,
-                                max(1, trial.user_attrs.get("epochs", settings.max_epochs)))
+                                max(1, trial.user_attrs.get(EPOCHS, settings.max_epochs)))
     train(model, dataset, config)
     return model
+
+
+# --------------------------------------------------------------------------------------------
+# The one test opening
+# --------------------------------------------------------------------------------------------
+
+
+def _open_test_split(run_dir: Path, model: nn.Module, dataset: Dataset, trial_number: int,
+                     spec_key: str) -> tuple[dict[str, float | int | str], list[dict[str, Any]]]:
+    """The one look at the test split for this selection: the evaluation and every opening
+    this run has recorded. The opening is recorded before it happens, so that it is never lost
+    (a kill between the evaluation and test_metrics.json)."""
+    from archgen.evaluation import evaluate_test
+
+    openings = _record_opening(run_dir, trial_number, spec_key)
+    test = evaluate_test(model, dataset, reason=f"final evaluation of trial {trial_number}")
+    return test, openings
+
+
+def _recorded_test(run_dir: Path) -> dict[str, Any] | None:
+    """The last finished test evaluation of this run, or None."""
+    try:
+        data = json.loads((run_dir / "test_metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and TEST_ACC in data else None
+
+
+def _record_opening(run_dir: Path, trial_number: int, spec_key: str) -> list[dict[str, Any]]:
+    """Append one line per opening of the test split (fsync-ed before the split is opened);
+    return every opening this run has recorded."""
+    path = run_dir / TEST_OPENINGS
+    line = json.dumps({"trial_number": trial_number, SPEC_KEY: spec_key,
+                       "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    with open(path, "a") as fh:
+        fh.write(line + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    openings = []
+    for raw in path.read_text().splitlines():
+        try:
+            openings.append(json.loads(raw))
+        except ValueError:  # a line torn by a kill still marks an opening
+            openings.append({"damaged_record": raw[:80]})
+    return openings

@@ -7,7 +7,7 @@ the batch mean.
   keep the loss bounded (between 0 and 2), the textbook "MSE cost on sigmoid/softmax outputs";
   MSE on raw logits fights the argmax decision and needs a different learning rate.
 
-Regularization penalties (L1, L2) are not part of these losses; see :mod:`archgen.train`.
+Regularization penalties (L1, L2) are not part of these losses; see :mod:`archgen.training`.
 """
 
 from __future__ import annotations

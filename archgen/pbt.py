@@ -22,13 +22,22 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import TrialState
 
+from archgen import trial_record as tr
 from archgen.fsio import atomic_torch_save
+from archgen.objective import Objective, trial_start
+from archgen.settings import SearchSettings
 from archgen.space import Param, suggest
+
+if TYPE_CHECKING:
+    from archgen.data import Dataset
+    from archgen.spec import ArchSpec
+    from archgen.trainer import Trainer
+    from costmodel.device_profile import DeviceProfile
 
 log = logging.getLogger(__name__)
 
@@ -38,20 +47,19 @@ PERTURB = (0.8, 1.25)
 @dataclass
 class Member:
     trial: optuna.Trial
-    spec: Any
-    trainer: Any
+    spec: ArchSpec
+    trainer: Trainer
     val_acc: float = 0.0
-    lineage: list[dict] = field(default_factory=list)
+    lineage: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _new_member(objective: Any, study: optuna.Study, space: dict[str, Param]) -> Member | None:
-    from archgen.objective import trial_start
-    from archgen.train import Trainer
+def _new_member(objective: Objective, study: optuna.Study, space: dict[str, Param]) -> Member | None:
+    from archgen.trainer import Trainer
 
     s = objective.settings
     for _ in range(20):
         trial = study.ask()
-        trial.set_user_attr("strategy", "pbt")
+        trial.set_user_attr(tr.STRATEGY, "pbt")
         params = suggest(trial, space)
         spec = objective.candidate(trial, params)
         if spec is None:
@@ -62,15 +70,15 @@ def _new_member(objective: Any, study: optuna.Study, space: dict[str, Param]) ->
     return None
 
 
-def run_pbt(settings: Any, study: optuna.Study, dataset: Any, profile: Any, space: dict[str, Param],
-            deadline: float | None, progress: Callable[[dict], None] | None = None) -> list[Member]:
+def run_pbt(settings: SearchSettings, study: optuna.Study, dataset: Dataset, profile: DeviceProfile,
+            space: dict[str, Param], deadline: float | None,
+            progress: Callable[[optuna.Study], None] | None = None) -> list[Member]:
     """Train populations until the budget: ``--trials N`` is one population of N members; under a
     time budget alone, a population that reaches ``max_epochs`` with time left is followed by a
     fresh one (a restart; user attr ``pbt_generation``) while at least two rounds of the last
-    population's pace fit in the remaining time. Returns every member of every population."""
-    from archgen.objective import Objective
-
-    objective = Objective(settings, dataset, profile, space, deadline, study._storage)
+    population's pace fit in the remaining time before ``deadline``. ``progress`` is called with
+    the study after each round. Returns every member of every population."""
+    objective = Objective(settings, dataset, profile, space, deadline)
     rng = random.Random(settings.seed)
     everyone: list[Member] = []
     generation = 0
@@ -88,80 +96,95 @@ def run_pbt(settings: Any, study: optuna.Study, dataset: Any, profile: Any, spac
         generation += 1
 
 
-def _population(objective: Any, study: optuna.Study, space: dict[str, Param], rng: random.Random,
-                progress: Callable[[dict], None] | None, generation: int) -> list[Member]:
+def _population(objective: Objective, study: optuna.Study, space: dict[str, Param], rng: random.Random,
+                progress: Callable[[optuna.Study], None] | None, generation: int) -> list[Member]:
     """One PBT run: a fresh population trained in rounds to ``max_epochs`` (or the objective's
     deadline), every member told to the study; fewer than 2 members are told FAIL untrained."""
-
-    from archgen.build import build_model
-    from archgen.search import progress_status
-    from archgen.train import Trainer
-
     settings, deadline = objective.settings, objective.deadline
-    dataset, profile = objective.dataset, objective.profile
     size = settings.trials or settings.population
     members = [m for m in (_new_member(objective, study, space) for _ in range(size)) if m]
     for m in members:
-        m.trial.set_user_attr("pbt_generation", generation)
+        m.trial.set_user_attr(tr.PBT_GENERATION, generation)
     if len(members) < 2:
         for m in members:
-            m.trial.set_user_attr("failure", "population of fewer than 2 members")
+            m.trial.set_user_attr(tr.FAILURE, "population of fewer than 2 members")
             study.tell(m.trial, state=TrialState.FAIL)
         return members
     epoch = 0
     while epoch < settings.max_epochs and (deadline is None or time.time() < deadline):
         step = min(settings.pbt_interval, settings.max_epochs - epoch)
-        for m in members:
-            if m.trainer.diverged:
-                continue
-            m.trainer.deadline = deadline  # a round stops at the budget, to the batch
-            for metrics in m.trainer.run_epochs(step):
-                m.val_acc = metrics.val_acc
-                m.trial.report(metrics.val_acc, metrics.epoch)
-                m.trial.set_user_attr(f"val_acc_epoch_{metrics.epoch}", metrics.val_acc)
+        _train_round(members, step, deadline)
         epoch += step
         if epoch >= settings.max_epochs:
             break
-        ranked = sorted(members, key=lambda m: (not m.trainer.diverged, m.val_acc))
-        n_q = max(1, int(round(len(members) * settings.pbt_quantile)))
-        bottom, top = ranked[:n_q], ranked[-n_q:]
-        for loser in bottom:
-            winner = rng.choice(top)
-            if winner is loser:
-                continue
-            state = winner.trainer.state_dict()
-            lr = state["hparams"]["lr"] * rng.choice(PERTURB)
-            wd = state["hparams"]["weight_decay"] * rng.choice(PERTURB)
-            model = build_model(winner.spec, seed=0)
-            trainer = Trainer(model, dataset, winner.trainer.config)
-            trainer.load_state_dict(state)
-            trainer.set_hparams(lr=lr, weight_decay=wd)
-            loser.lineage.append({"epoch": epoch, "copied": winner.trial.number, "lr": lr, "weight_decay": wd,
-                                  "val_acc_before": loser.val_acc})
-            loser.spec, loser.trainer, loser.val_acc = winner.spec, trainer, winner.val_acc
+        _exploit_and_explore(members, epoch, settings.pbt_quantile, rng, objective.dataset)
         if progress is not None:
-            progress(progress_status(study, settings))
-    from archgen.costing import spec_geoms, spec_macs
-    from costmodel.estimate import estimate_total_ms
-
+            progress(study)
     for m in members:
-        t = m.trial
-        for key, value in {
-            "est_ms": estimate_total_ms(spec_geoms(m.spec), profile, settings.latency_batch),
-            "macs": spec_macs(m.spec), "params": m.spec.num_params(),
-            "lineage": m.lineage, "spec": m.spec.to_dict(), "spec_key": m.spec.key(),
-            "spec_name": m.spec.short_name(), "epochs": m.trainer.epoch,
-            "final_lr": m.trainer.lr, "final_weight_decay": m.trainer.weight_decay,
-        }.items():
-            t.set_user_attr(key, value)
-        if m.trainer.diverged or m.trainer.epoch == 0:
-            # diverged, or the time budget ran out before this member finished an epoch
-            t.set_user_attr("failure", m.trainer.reason or "no epoch finished")
-            study.tell(t, state=TrialState.FAIL)
-            continue
-        loss, acc = m.trainer.evaluate(dataset.val)
-        t.set_user_attr("val_acc", acc)
-        t.set_user_attr("val_loss", loss)
-        atomic_torch_save(m.trainer.model.state_dict(), objective.checkpoints / f"trial_{t.number}.pt")
-        study.tell(t, [acc])
+        _tell_member(objective, study, m)
     return members
+
+
+def _train_round(members: list[Member], step: int, deadline: float | None) -> None:
+    """``step`` more epochs for every member that has not diverged, each epoch reported."""
+    for m in members:
+        if m.trainer.diverged:
+            continue
+        m.trainer.deadline = deadline  # a round stops at the budget, to the batch
+        for metrics in m.trainer.run_epochs(step):
+            m.val_acc = metrics.val_acc
+            m.trial.report(metrics.val_acc, metrics.epoch)
+            m.trial.set_user_attr(tr.epoch_attr(metrics.epoch), metrics.val_acc)
+
+
+def _exploit_and_explore(members: list[Member], epoch: int, quantile: float, rng: random.Random,
+                         dataset: Dataset) -> None:
+    """Each member of the bottom ``quantile`` copies a random member of the top one (architecture,
+    weights, optimizer state, hyperparameters) and perturbs its lr and weight decay."""
+    from archgen.build import build_model
+    from archgen.trainer import Trainer
+
+    ranked = sorted(members, key=lambda m: (not m.trainer.diverged, m.val_acc))
+    n_q = max(1, int(round(len(members) * quantile)))
+    bottom, top = ranked[:n_q], ranked[-n_q:]
+    for loser in bottom:
+        winner = rng.choice(top)
+        if winner is loser:
+            continue
+        state = winner.trainer.state_dict()
+        lr = state["hparams"]["lr"] * rng.choice(PERTURB)
+        wd = state["hparams"]["weight_decay"] * rng.choice(PERTURB)
+        model = build_model(winner.spec, seed=0)
+        trainer = Trainer(model, dataset, winner.trainer.config)
+        trainer.load_state_dict(state)
+        trainer.set_hparams(lr=lr, weight_decay=wd)
+        loser.lineage.append({"epoch": epoch, "copied": winner.trial.number, "lr": lr, "weight_decay": wd,
+                              "val_acc_before": loser.val_acc})
+        loser.spec, loser.trainer, loser.val_acc = winner.spec, trainer, winner.val_acc
+
+
+def _tell_member(objective: Objective, study: optuna.Study, m: Member) -> None:
+    """Record a member's final spec, costs and lineage; tell it FAIL when it diverged or never
+    finished an epoch, else COMPLETE with the validation accuracy of its final weights."""
+    from archgen.costing import spec_geoms, spec_macs
+    from costmodel.estimator import estimate_total_ms
+
+    settings, t = objective.settings, m.trial
+    for key, value in {
+        tr.EST_MS: estimate_total_ms(spec_geoms(m.spec), objective.profile, settings.latency_batch),
+        tr.MACS: spec_macs(m.spec), tr.PARAMS: m.spec.num_params(),
+        tr.LINEAGE: m.lineage, tr.SPEC: m.spec.to_dict(), tr.SPEC_KEY: m.spec.key(),
+        tr.SPEC_NAME: m.spec.short_name(), tr.EPOCHS: m.trainer.epoch,
+        tr.FINAL_LR: m.trainer.lr, tr.FINAL_WEIGHT_DECAY: m.trainer.weight_decay,
+    }.items():
+        t.set_user_attr(key, value)
+    if m.trainer.diverged or m.trainer.epoch == 0:
+        # diverged, or the time budget ran out before this member finished an epoch
+        t.set_user_attr(tr.FAILURE, m.trainer.reason or "no epoch finished")
+        study.tell(t, state=TrialState.FAIL)
+        return
+    loss, acc = m.trainer.evaluate(objective.dataset.val)
+    t.set_user_attr(tr.VAL_ACC, acc)
+    t.set_user_attr(tr.VAL_LOSS, loss)
+    atomic_torch_save(m.trainer.model.state_dict(), objective.checkpoints / f"trial_{t.number}.pt")
+    study.tell(t, [acc])

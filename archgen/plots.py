@@ -2,7 +2,7 @@
 accuracy for latency best, where does the best model spend its time, and where did Hyperband
 stop its trials?
 
-Each ``plot_*`` function takes the tables :func:`archgen.report.load_run` read and returns a PNG
+Each ``plot_*`` function takes the tables :func:`archgen.rundata.load_run` read and returns a PNG
 (``None`` when there is nothing to draw yet) and a caption; :func:`archgen.report.write_report`
 embeds them in ``report.html``. Drawn with matplotlib's object API on the Agg canvas: no pyplot
 global state, no display needed. matplotlib is imported inside the functions, so importing this
@@ -14,22 +14,25 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from archgen.errors import UserError
-from archgen.report import (
+from archgen.rundata import (
     RunData,
-    _completion_times_s,
-    _float_or_none,
-    _has_text,
-    _latency_batch,
     best_so_far,
     completed_trials,
+    completion_times_s,
+    float_or_none,
+    has_text,
     pareto_front,
 )
+from archgen.trial_record import EST_MS, STRATEGY, VAL_ACC
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,7 @@ _STATE_COLOURS = {
 }
 
 
-def _new_figure(width_in: float = 7.5, height_in: float = 4.3) -> Any:
+def _new_figure(width_in: float = 7.5, height_in: float = 4.3) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -53,7 +56,7 @@ def _new_figure(width_in: float = 7.5, height_in: float = 4.3) -> Any:
     return fig
 
 
-def _png_bytes(fig: Any) -> bytes:
+def _png_bytes(fig: Figure) -> bytes:
     buf = io.BytesIO()
     # No "Software" metadata: the same run renders to the same bytes across matplotlib versions.
     fig.savefig(buf, format="png", dpi=_PNG_DPI, metadata={"Software": None})
@@ -84,14 +87,14 @@ def progress_curves(runs: list[RunData]) -> list[ProgressCurve]:
     for run in runs:
         trials = run.trials
         strategies = (
-            trials["strategy"].where(_has_text(trials["strategy"]), run.strategy)
-            if "strategy" in trials.columns
+            trials[STRATEGY].where(has_text(trials[STRATEGY]), run.strategy)
+            if STRATEGY in trials.columns
             else pd.Series(run.strategy, index=trials.index)
         )
         for strategy, group in trials.groupby(strategies.astype(str), sort=True):
             try:
                 best = best_so_far(group)
-                times = _completion_times_s(group)
+                times = completion_times_s(group)
             except UserError as exc:
                 log.warning("%s: no progress curve for %s: %s", run.run_dir, strategy, exc)
                 continue
@@ -101,7 +104,7 @@ def progress_curves(runs: list[RunData]) -> list[ProgressCurve]:
             points = pd.DataFrame(
                 {
                     "time_s": times.loc[done.index].to_numpy(float),
-                    "val_acc": pd.to_numeric(done["val_acc"], errors="coerce").to_numpy(float),
+                    "val_acc": pd.to_numeric(done[VAL_ACC], errors="coerce").to_numpy(float),
                 }
             ).dropna()
             label = f"{strategy} ({run.run_dir.name})" if several else str(strategy)
@@ -153,11 +156,11 @@ def plot_pareto(run: RunData, selected: int | None) -> tuple[bytes | None, str]:
     """Validation accuracy against estimated latency of every completed trial, the
     non-dominated front highlighted; the latency budget and the selected trial marked."""
     trials = run.trials
-    if "est_ms" not in trials.columns or "val_acc" not in trials.columns:
+    if EST_MS not in trials.columns or VAL_ACC not in trials.columns:
         return None, "trials.csv has no est_ms or val_acc column: no accuracy-latency plot."
     done = completed_trials(trials)
-    acc = pd.to_numeric(done["val_acc"], errors="coerce")
-    cost = pd.to_numeric(done["est_ms"], errors="coerce")
+    acc = pd.to_numeric(done[VAL_ACC], errors="coerce")
+    cost = pd.to_numeric(done[EST_MS], errors="coerce")
     ok = acc.notna() & cost.notna()
     if not ok.any():
         return None, "No completed trial with both val_acc and est_ms yet: nothing to plot."
@@ -173,8 +176,8 @@ def plot_pareto(run: RunData, selected: int | None) -> tuple[bytes | None, str]:
         label=f"completed trials ({int(ok.sum())})",
     )
     ax.step(
-        front["est_ms"].astype(float),
-        front["val_acc"].astype(float),
+        front[EST_MS].astype(float),
+        front[VAL_ACC].astype(float),
         where="post",
         color="tab:red",
         lw=1.5,
@@ -182,15 +185,15 @@ def plot_pareto(run: RunData, selected: int | None) -> tuple[bytes | None, str]:
         ms=6,
         label=f"Pareto front ({len(front)})",
     )
-    budget = _float_or_none(run.config.get("max_latency_ms"))
+    budget = float_or_none(run.config.get("max_latency_ms"))
     if budget is not None:
         ax.axvline(budget, color="black", ls="--", lw=1, label=f"latency budget {budget:g} ms")
     if selected is not None:
         row = done[pd.to_numeric(done["number"], errors="coerce") == selected]
         if len(row):
             ax.scatter(
-                float(row["est_ms"].iloc[0]),
-                float(row["val_acc"].iloc[0]),
+                float(row[EST_MS].iloc[0]),
+                float(row[VAL_ACC].iloc[0]),
                 marker="*",
                 s=220,
                 color="gold",
@@ -198,7 +201,7 @@ def plot_pareto(run: RunData, selected: int | None) -> tuple[bytes | None, str]:
                 zorder=5,
                 label=f"selected trial #{selected}",
             )
-    batch = _latency_batch(run)
+    batch = run.latency_batch
     per = f"ms per batch of {batch}" if batch is not None else "ms per batch"
     ax.set_xlabel(f"estimated latency est_ms ({per}, cost model)")
     ax.set_ylabel("validation accuracy")

@@ -28,12 +28,23 @@ Precedence where rules collide (documented choices):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from archgen.errors import ConstraintError
 from archgen.spec import INIT_SCHEMES, ArchSpec, ConvSpec, DenseSpec, PoolSpec
 
 RULE_IDS = ("R1", "R2", "R3", "R4", "R5", "R6", "R7")
+# The rules a user can switch off, and the RuleSet field that switches each (R7, the init
+# scheme, is always applied: choose the scheme instead).
+RULE_SWITCHES = {
+    "R1": "balance",
+    "R2": "kernel_by_size",
+    "R3": "stacking",
+    "R4": "stride_rule",
+    "R5": "same_padding",
+    "R6": "equal_dense",
+}
 TINY_MAX_PX = 15
 SMALL_MAX_PX = 48
 LARGE_MIN_PX = 128
@@ -77,16 +88,26 @@ class RuleSet:
             )
 
     def active(self) -> tuple[str, ...]:
-        flags = (
-            self.balance,
-            self.kernel_by_size,
-            self.stacking,
-            self.stride_rule,
-            self.same_padding,
-            self.equal_dense,
-            True,
-        )
-        return tuple(rid for rid, on in zip(RULE_IDS, flags) if on)
+        return tuple(rid for rid in RULE_IDS if rid not in RULE_SWITCHES or getattr(self, RULE_SWITCHES[rid]))
+
+    @classmethod
+    def with_rules_off(cls, disable: str | Iterable[str] = (), *, growth: int = 2, stacking: bool = False,
+                       init: str | None = None) -> RuleSet:
+        """The default rules with the ones named in ``disable`` ("R2,R5" or ["R2", "R5"]) off;
+        ``stacking`` turns R3 on (unless disabled). Raises ConstraintError on an unknown rule."""
+        names = disable.split(",") if isinstance(disable, str) else list(disable)
+        off = {str(r).strip().upper() for r in names if str(r).strip()}
+        unknown = off - set(RULE_SWITCHES)
+        if unknown:
+            raise ConstraintError(
+                f"unknown rule(s) {', '.join(sorted(unknown))}; switchable: {', '.join(RULE_SWITCHES)}"
+            )
+        switches: dict[str, bool | int | str] = {field: rid not in off for rid, field in RULE_SWITCHES.items()}
+        switches["stacking"] = stacking and "R3" not in off
+        switches["growth"] = growth
+        if init:
+            switches["init"] = init
+        return cls(**switches)  # type: ignore[arg-type]
 
 
 def size_class(input_shape: tuple[int, int, int]) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from archgen.errors import SearchConfigError, SpecError
-from archgen.generate import Genes, max_pools, spec_from_genes
+from archgen.generator import Genes, max_pools, spec_from_genes
 from archgen.inputs import clip, excerpt
 from archgen.rules import RuleSet
 from archgen.spec import DEFAULT_INIT, INIT_SCHEMES, MAX_WIDTH, ArchSpec

@@ -24,96 +24,42 @@ import math
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from archgen.errors import SpecError
 from archgen.inputs import clip, excerpt, load_document
+from archgen.ops import (  # noqa: F401 - the layer types are part of this module's interface
+    ACTIVATIONS,
+    MAX_KERNEL,
+    MAX_WIDTH,
+    OP_FIELDS,
+    OPS,
+    POOL_MODES,
+    BatchNormSpec,
+    ConvSpec,
+    DenseSpec,
+    DropoutSpec,
+    GapSpec,
+    LayerOp,
+    LayerSpec,
+    PoolSpec,
+)
 from costmodel.atomic import atomic_write_text
 
 SCHEMA_VERSION = 1
-ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu", "leaky_relu", "none")
-POOL_MODES = ("max", "avg")
 INIT_SCHEMES = ("textbook_uniform", "lecun_uniform", "glorot_uniform", "kaiming_uniform")
 DEFAULT_INIT = "kaiming_uniform"
 
 # Size limits: far above any network a CPU or one GPU trains, below what crashes an allocator
 # (a spec with 10**12 filters must fail here, not in torch). Named in every message they cause.
+# The per-layer limits (MAX_WIDTH, MAX_KERNEL) live with the ops in archgen.ops.
 MAX_LAYERS = 256
 MAX_INPUT_CHANNELS = 64
 MAX_INPUT_SIDE = 4096
 MAX_CLASSES = 100_000
-MAX_WIDTH = 65_536  # filters of a conv, units of a dense layer
-MAX_KERNEL = 64  # kernel size and stride
 MAX_MACS = 10**11  # multiply-adds per image (a ResNet-50 needs 4 * 10**9)
 MAX_ACTIVATIONS = 2**28  # output values per image over all layers (1 GiB in float32)
 MAX_PARAMS = 2**28  # trainable parameters (1 GiB in float32; 4 GiB while Adam trains them)
-
-
-@dataclass(frozen=True)
-class ConvSpec:
-    """2-D convolution followed by its activation."""
-
-    filters: int
-    kernel: int
-    stride: int = 1
-    padding: str | int = "same"
-    activation: str = "relu"
-    op: ClassVar[str] = "conv"
-
-    def pad_amount(self) -> int:
-        if self.padding == "same":
-            return self.kernel // 2
-        if self.padding == "valid":
-            return 0
-        return int(self.padding)
-
-
-@dataclass(frozen=True)
-class PoolSpec:
-    """Max or average pooling (no padding, floor mode)."""
-
-    mode: str = "max"
-    kernel: int = 2
-    stride: int = 2
-    op: ClassVar[str] = "pool"
-
-
-@dataclass(frozen=True)
-class DenseSpec:
-    """Hidden fully connected layer followed by its activation."""
-
-    units: int
-    activation: str = "relu"
-    op: ClassVar[str] = "dense"
-
-
-@dataclass(frozen=True)
-class BatchNormSpec:
-    """Batch normalization over channels (2-D after convs, 1-D after dense layers)."""
-
-    op: ClassVar[str] = "batchnorm"
-
-
-@dataclass(frozen=True)
-class DropoutSpec:
-    rate: float = 0.5
-    op: ClassVar[str] = "dropout"
-
-
-@dataclass(frozen=True)
-class GapSpec:
-    """Global average pooling: (C, H, W) -> (C, 1, 1)."""
-
-    op: ClassVar[str] = "gap"
-
-
-LayerSpec = ConvSpec | PoolSpec | DenseSpec | BatchNormSpec | DropoutSpec | GapSpec
-_LAYER_TYPES: dict[str, type] = {
-    t.op: t for t in (ConvSpec, PoolSpec, DenseSpec, BatchNormSpec, DropoutSpec, GapSpec)
-}
-_LAYER_FIELDS: dict[str, tuple[str, ...]] = {
-    op: tuple(f for f in t.__dataclass_fields__) for op, t in _LAYER_TYPES.items()
-}
 
 
 @dataclass(frozen=True)
@@ -189,74 +135,21 @@ class ArchSpec:
             raise SpecError(
                 f"init: unknown scheme {excerpt(self.init.scheme)}; expected one of {', '.join(INIT_SCHEMES)}"
             )
-        c, h, w = shape
         flat = False  # True once a dense layer has consumed the spatial map
         out: list[tuple[int, int, int]] = []
         macs = acts = 0  # per sample, for the size limits below
         for i, layer in enumerate(self.layers):
-            where = f"layer {i} ({getattr(layer, 'op', type(layer).__name__)})"
-            if isinstance(layer, ConvSpec):
-                if flat:
-                    raise SpecError(f"{where}: a conv cannot follow a dense layer")
-                _positive_int(where, "filters", layer.filters, MAX_WIDTH)
-                _positive_int(where, "kernel", layer.kernel, MAX_KERNEL)
-                _positive_int(where, "stride", layer.stride, MAX_KERNEL)
-                _activation(where, layer.activation)
-                if layer.padding == "same":
-                    if layer.kernel % 2 == 0:
-                        raise SpecError(
-                            f"{where}: kernel {layer.kernel} is even; 'same' padding needs an odd kernel"
-                        )
-                elif layer.padding != "valid" and not (
-                    isinstance(layer.padding, int)
-                    and not isinstance(layer.padding, bool)
-                    and 0 <= layer.padding < layer.kernel
-                ):
-                    raise SpecError(
-                        f"{where}: padding {excerpt(layer.padding)} must be 'same', 'valid' or an integer in [0, kernel)"
-                    )
-                p = layer.pad_amount()
-                h2 = (h + 2 * p - layer.kernel) // layer.stride + 1
-                w2 = (w + 2 * p - layer.kernel) // layer.stride + 1
-                if h2 < 1 or w2 < 1:
-                    raise SpecError(
-                        f"{where}: kernel {layer.kernel} does not fit the {h}x{w} input map"
-                    )
-                macs += c * layer.kernel**2 * layer.filters * h2 * w2
-                c, h, w = layer.filters, h2, w2
-            elif isinstance(layer, PoolSpec):
-                if flat:
-                    raise SpecError(f"{where}: pooling cannot follow a dense layer")
-                if layer.mode not in POOL_MODES:
-                    raise SpecError(f"{where}: mode {excerpt(layer.mode)} must be one of {POOL_MODES}")
-                _positive_int(where, "kernel", layer.kernel, MAX_KERNEL)
-                _positive_int(where, "stride", layer.stride, MAX_KERNEL)
-                h2 = (h - layer.kernel) // layer.stride + 1
-                w2 = (w - layer.kernel) // layer.stride + 1
-                if h2 < 1 or w2 < 1:
-                    raise SpecError(
-                        f"{where}: pooling {layer.kernel}x{layer.kernel} shrinks the {h}x{w} map below 1x1"
-                    )
-                h, w = h2, w2
-            elif isinstance(layer, GapSpec):
-                if flat:
-                    raise SpecError(f"{where}: global pooling cannot follow a dense layer")
-                h, w = 1, 1
-            elif isinstance(layer, DenseSpec):
-                _positive_int(where, "units", layer.units, MAX_WIDTH)
-                _activation(where, layer.activation)
-                macs += c * h * w * layer.units
-                c, h, w = layer.units, 1, 1
-                flat = True
-            elif isinstance(layer, BatchNormSpec):
-                pass
-            elif isinstance(layer, DropoutSpec):
-                if not isinstance(layer.rate, (int, float)) or not 0.0 <= layer.rate < 1.0:
-                    raise SpecError(f"{where}: rate {excerpt(layer.rate)} must be in [0, 1)")
-            else:
+            if not isinstance(layer, LayerOp):
                 raise SpecError(f"layer {i}: unknown layer type {type(layer).__name__}")
-            acts += c * h * w
-            out.append((c, h, w))
+            where = f"layer {i} ({layer.op})"
+            if flat and layer.after_dense:
+                raise SpecError(f"{where}: {layer.after_dense} cannot follow a dense layer")
+            new = layer.out_shape(where, shape)
+            macs += layer.macs(shape, new)
+            shape, flat = new, flat or layer.flattens
+            acts += shape[0] * shape[1] * shape[2]
+            out.append(shape)
+        c, h, w = shape
         macs += c * h * w * self.num_classes
         if macs > MAX_MACS:
             raise SpecError(f"{macs:.3g} multiply-adds per image exceed the limit of {MAX_MACS:.0e}")
@@ -275,16 +168,12 @@ class ArchSpec:
     # -- counting (analytic twin of the built module) -----------------------------------------
     def num_params(self) -> int:
         """Trainable parameters of the built module, by arithmetic (must equal build's count)."""
-        c, h, w = self.input_shape
+        shape = self.input_shape
         total = 0
-        for layer, (c2, h2, w2) in zip(self.layers, self._shapes):
-            if isinstance(layer, ConvSpec):
-                total += c * layer.filters * layer.kernel**2 + layer.filters
-            elif isinstance(layer, DenseSpec):
-                total += c * h * w * layer.units + layer.units
-            elif isinstance(layer, BatchNormSpec):
-                total += 2 * c
-            c, h, w = c2, h2, w2
+        for layer, out in zip(self.layers, self._shapes):
+            total += layer.num_params(shape)
+            shape = out
+        c, h, w = shape
         return total + c * h * w * self.num_classes + self.num_classes
 
     # -- identity -------------------------------------------------------------------------------
@@ -352,29 +241,13 @@ class ArchSpec:
 
     def short_name(self) -> str:
         """Compact readable name, e.g. ``c5x32-p2-c3x128-p2-d256``."""
-        parts = []
-        for layer in self.layers:
-            if isinstance(layer, ConvSpec):
-                s = f"c{layer.kernel}x{layer.filters}"
-                if layer.stride != 1:
-                    s += f"s{layer.stride}"
-                parts.append(s)
-            elif isinstance(layer, PoolSpec):
-                parts.append(("p" if layer.mode == "max" else "ap") + str(layer.kernel))
-            elif isinstance(layer, DenseSpec):
-                parts.append(f"d{layer.units}")
-            elif isinstance(layer, BatchNormSpec):
-                parts.append("bn")
-            elif isinstance(layer, DropoutSpec):
-                parts.append(f"do{layer.rate:g}")
-            elif isinstance(layer, GapSpec):
-                parts.append("gap")
+        parts = [layer.short() for layer in self.layers]
         return "-".join(parts) or "linear"
 
 
 def layer_to_dict(layer: LayerSpec) -> dict[str, Any]:
     d: dict[str, Any] = {"op": layer.op}
-    for name in _LAYER_FIELDS[layer.op]:
+    for name in OP_FIELDS[layer.op]:
         d[name] = getattr(layer, name)
     return d
 
@@ -388,11 +261,11 @@ def layer_from_dict(index: int, data: Any) -> LayerSpec:
     if not isinstance(data, dict):
         raise SpecError(f"layer {index}: must be a mapping, got {excerpt(data)}")
     op = data.get("op")
-    if not isinstance(op, str) or op not in _LAYER_TYPES:
+    if not isinstance(op, str) or op not in OPS:
         raise SpecError(
-            f"layer {index}: unknown op {excerpt(op)}; expected one of {', '.join(sorted(_LAYER_TYPES))}"
+            f"layer {index}: unknown op {excerpt(op)}; expected one of {', '.join(sorted(OPS))}"
         )
-    allowed = _LAYER_FIELDS[op]
+    allowed = OP_FIELDS[op]
     unknown = set(data) - set(allowed) - {"op"}
     if unknown:
         raise SpecError(
@@ -401,21 +274,9 @@ def layer_from_dict(index: int, data: Any) -> LayerSpec:
         )
     kwargs = {k: v for k, v in data.items() if k != "op"}
     try:
-        return _LAYER_TYPES[op](**kwargs)
+        return OPS[op](**kwargs)
     except TypeError as exc:  # a missing required field
         raise SpecError(f"layer {index} ({op}): {exc}") from None
-
-
-def _positive_int(where: str, name: str, value: Any, limit: int) -> None:
-    if type(value) is not int or value < 1:
-        raise SpecError(f"{where}: {name} must be a positive integer, got {excerpt(value)}")
-    if value > limit:
-        raise SpecError(f"{where}: {name} {value:,} exceeds the limit of {limit:,}")
-
-
-def _activation(where: str, value: Any) -> None:
-    if value not in ACTIVATIONS:
-        raise SpecError(f"{where}: activation {excerpt(value)} must be one of {', '.join(ACTIVATIONS)}")
 
 
 def load_spec(path: str | Path) -> ArchSpec:

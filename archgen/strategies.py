@@ -1,4 +1,5 @@
-"""Search strategies as Optuna samplers and pruners (plus the grid's coarse-to-fine step).
+"""Search strategies as Optuna samplers and pruners, plus what each enqueues into the study
+(manual configs, the grid's coarse-to-fine steps, the warm start).
 
 | strategy  | sampler                         | pruner                         |
 |-----------|---------------------------------|--------------------------------|
@@ -13,8 +14,7 @@
 Model-based samplers see *trained* trials only (``TrainedTrialsSampler``): a candidate screened
 out before training (over a latency/size/time budget) carries no accuracy. Optuna would show it
 to TPE as the worst kind of pruned trial, so the model's "bad" density fills with large networks
-and TPE drifts to small ones (the suspected reason a 150 s bohb run on MNIST settled on a
-0.83-accuracy net).
+and TPE drifts to small ones (docs/benchmarks.md).
 Under Hyperband, TPE still models every bracket's trials, as BOHB (Falkner et al., 2018) does.
 
 Start-up (``PriorStartupSampler``, ``prior_startup: true``, the default): before the model has
@@ -37,18 +37,24 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging
 import math
 import random
 import statistics
+from collections.abc import Container, Sequence
 from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution
+from optuna.trial import FrozenTrial, TrialState
 
+from archgen import trial_record as tr
 from archgen.errors import SearchConfigError
+from archgen.liveness import slots_used
+from archgen.settings import PRUNING, SearchSettings
 from archgen.space import Param
 
-STRATEGIES = ("manual", "grid", "random", "bayes", "hyperband", "bohb", "pbt")
-PRUNING = ("hyperband", "bohb")
+log = logging.getLogger(__name__)
 STARTUP_TRIALS = 8  # trained trials before TPE/GP fit a model
 PRIOR_KEEP = 0.5  # chance that a start-up draw keeps a choice parameter's default
 PRIOR_SPREAD = 0.2  # std of a numeric start-up draw around its default, as a fraction of the (log) range
@@ -56,7 +62,7 @@ PRIOR_SPREAD = 0.2  # std of a numeric start-up draw around its default, as a fr
 
 class TrainedTrialsSampler(optuna.samplers.BaseSampler):
     """Delegates to ``inner`` with a view of the whole study (all Hyperband brackets) that
-    leaves out trials screened out before training (user attr ``rejected``)."""
+    leaves out trials screened out before training (user attr ``trial_record.REJECTED``)."""
 
     def __init__(self, inner: optuna.samplers.BaseSampler) -> None:
         self.inner = inner
@@ -71,27 +77,32 @@ class TrainedTrialsSampler(optuna.samplers.BaseSampler):
         seen = copy.copy(base)
         get = base._get_trials
 
-        def trained(deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list:
+        def trained(deepcopy: bool = True, states: Container[TrialState] | None = None,
+                    use_cache: bool = False) -> list[FrozenTrial]:
             trials = get(deepcopy=deepcopy, states=states, use_cache=use_cache)
-            return [t for t in trials if "rejected" not in t.user_attrs]
+            return [t for t in trials if tr.REJECTED not in t.user_attrs]
 
         seen._get_trials = trained  # type: ignore[method-assign]
         seen.get_trials = lambda deepcopy=True, states=None: trained(deepcopy, states)  # type: ignore[method-assign]
         return seen
 
-    def infer_relative_search_space(self, study: optuna.Study, trial: Any) -> dict[str, Any]:
+    def infer_relative_search_space(self, study: optuna.Study,
+                                    trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return self.inner.infer_relative_search_space(self.view(study), trial)
 
-    def sample_relative(self, study: optuna.Study, trial: Any, search_space: dict[str, Any]) -> dict[str, Any]:
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
         return self.inner.sample_relative(self.view(study), trial, search_space)
 
-    def sample_independent(self, study: optuna.Study, trial: Any, param_name: str, param_distribution: Any) -> Any:
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
         return self.inner.sample_independent(self.view(study), trial, param_name, param_distribution)
 
-    def before_trial(self, study: optuna.Study, trial: Any) -> None:
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self.inner.before_trial(self.view(study), trial)
 
-    def after_trial(self, study: optuna.Study, trial: Any, state: Any, values: Any) -> None:
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
         self.inner.after_trial(self.view(study), trial, state, values)
 
     def reseed_rng(self) -> None:
@@ -116,9 +127,9 @@ class PriorStartupSampler(optuna.samplers.BaseSampler):
         self._rng = random.Random(seed)
         self._startup: dict[int, bool] = {}
 
-    def _in_startup(self, study: optuna.Study, trial: Any) -> bool:
+    def _in_startup(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         if trial.number not in self._startup:
-            states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+            states = (TrialState.COMPLETE, TrialState.PRUNED)
             done = study._get_trials(deepcopy=False, states=states, use_cache=True)
             self._startup[trial.number] = len(done) < self.n_startup
         return self._startup[trial.number]
@@ -140,15 +151,18 @@ class PriorStartupSampler(optuna.samplers.BaseSampler):
             if p.low <= value <= p.high:
                 return value
 
-    def infer_relative_search_space(self, study: optuna.Study, trial: Any) -> dict[str, Any]:
+    def infer_relative_search_space(self, study: optuna.Study,
+                                    trial: FrozenTrial) -> dict[str, BaseDistribution]:
         if self._in_startup(study, trial):
             return {}
         return self.inner.infer_relative_search_space(study, trial)
 
-    def sample_relative(self, study: optuna.Study, trial: Any, search_space: dict[str, Any]) -> dict[str, Any]:
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
         return self.inner.sample_relative(study, trial, search_space)  # {} in start-up: nothing inferred
 
-    def sample_independent(self, study: optuna.Study, trial: Any, param_name: str, param_distribution: Any) -> Any:
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
         p = self.space.get(param_name)
         # default_value() falls back to a first choice or mid-range; the prior needs a real default
         usable = p is not None and p.default is not None and p.default_value() == p.default
@@ -156,10 +170,11 @@ class PriorStartupSampler(optuna.samplers.BaseSampler):
             return self.draw(p)  # the distribution is p's own (Param.suggest)
         return self.inner.sample_independent(study, trial, param_name, param_distribution)
 
-    def before_trial(self, study: optuna.Study, trial: Any) -> None:
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self.inner.before_trial(study, trial)
 
-    def after_trial(self, study: optuna.Study, trial: Any, state: Any, values: Any) -> None:
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
         self._startup.pop(trial.number, None)
         self.inner.after_trial(study, trial, state, values)
 
@@ -168,7 +183,8 @@ class PriorStartupSampler(optuna.samplers.BaseSampler):
         self.inner.reseed_rng()
 
 
-def make_sampler(strategy: str, seed: int, space: dict[str, Param], settings: Any) -> optuna.samplers.BaseSampler:
+def make_sampler(strategy: str, seed: int, space: dict[str, Param],
+                 settings: SearchSettings) -> optuna.samplers.BaseSampler:
     if strategy in ("random", "hyperband", "pbt", "manual", "grid"):
         # manual and grid enqueue every trial's parameters; the sampler is never consulted
         return optuna.samplers.RandomSampler(seed=seed)
@@ -178,7 +194,7 @@ def make_sampler(strategy: str, seed: int, space: dict[str, Param], settings: An
         multi = settings.objective == "pareto"
         # constant_liar: once past the start-up trials, concurrent workers treat each other's
         # running trials as bad guesses instead of proposing the same point (their start-up draws
-        # differ because each worker's sampler has its own seed, see archgen.search.sampler_seed)
+        # differ because each worker's sampler has its own seed, see archgen.settings.sampler_seed)
         shared = settings.workers > 1 or settings.storage is not None
         inner = optuna.samplers.TPESampler(
             seed=seed, multivariate=not multi, n_startup_trials=STARTUP_TRIALS, constant_liar=shared)
@@ -199,7 +215,7 @@ class SeededHyperbandPruner(optuna.pruners.HyperbandPruner):
     Hyperband schedule (and the TPE-per-bracket behaviour keyed on ``HyperbandPruner``) holds.
     """
 
-    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         if super().prune(study, trial):
             return True
         step = trial.last_step
@@ -227,7 +243,7 @@ class SeededHyperbandPruner(optuna.pruners.HyperbandPruner):
         return value > median
 
 
-def make_pruner(strategy: str, settings: Any) -> optuna.pruners.BasePruner:
+def make_pruner(strategy: str, settings: SearchSettings) -> optuna.pruners.BasePruner:
     if strategy in PRUNING:
         cls = SeededHyperbandPruner if settings.seeded_pruning else optuna.pruners.HyperbandPruner
         return cls(
@@ -238,7 +254,7 @@ def make_pruner(strategy: str, settings: Any) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def coarse_grid(space: dict[str, Param], settings: Any) -> dict[str, list[Any]]:
+def coarse_grid(space: dict[str, Param], settings: SearchSettings) -> dict[str, list[Any]]:
     """Values per parameter: the YAML ``grid:`` section where given, else ``grid_points``
     evenly spaced values for the ranges named in ``grid_params`` and the midpoint (or first
     choice) for everything else."""
@@ -283,7 +299,7 @@ def fine_grid(best: dict[str, Any], coarse: dict[str, list[Any]], space: dict[st
     return [c for c in combos if c != best]
 
 
-def manual_configs(configs: Any, space: dict[str, Param]) -> list[dict[str, Any]]:
+def manual_configs(configs: object, space: dict[str, Param]) -> list[dict[str, Any]]:
     """Validate the YAML ``manual:`` list; unspecified parameters take the space's default."""
     if not isinstance(configs, list) or not configs:
         raise SearchConfigError("manual: needs a non-empty list of configs (mappings of parameter: value)")
@@ -302,3 +318,46 @@ def manual_configs(configs: Any, space: dict[str, Param]) -> list[dict[str, Any]
                 full[name] = p.default_value()
         out.append(full)
     return out
+
+
+def enqueue_plan(settings: SearchSettings, study: optuna.Study, space: dict[str, Param]) -> None:
+    """The study's plan. manual and grid: enqueue their configs; sampling strategies: the
+    default config as a warm start. Once per study (a resumed search does not enqueue again)."""
+    if study.user_attrs.get(tr.PLAN_ENQUEUED):
+        return
+    if settings.warm_start and settings.strategy in ("random", "bayes", "hyperband", "bohb"):
+        study.enqueue_trial({name: p.default_value() for name, p in space.items()},
+                            user_attrs={tr.WARM_START: True})
+    if settings.strategy == "manual":
+        for cfg in manual_configs(settings.manual, space):
+            study.enqueue_trial(cfg)
+    elif settings.strategy == "grid":
+        grid = coarse_grid(space, settings)
+        names = list(grid)
+        combos = [dict(zip(names, v)) for v in itertools.product(*(grid[n] for n in names))]
+        random.Random(settings.seed).shuffle(combos)
+        budget = settings.trials
+        if budget and settings.refine:
+            budget = max(1, budget - budget // 3)  # keep a third of the trials for the fine grid
+        for cfg in combos[:budget] if budget else combos:
+            study.enqueue_trial(cfg, user_attrs={tr.GRID_PHASE: "coarse"})
+        log.info("grid: %d coarse points of %d", min(len(combos), budget or len(combos)), grid_size(grid))
+    study.set_user_attr(tr.PLAN_ENQUEUED, True)
+
+
+def enqueue_fine_grid(settings: SearchSettings, study: optuna.Study, space: dict[str, Param]) -> int:
+    """grid with ``refine``: enqueue the fine grid around the best coarse point, within
+    ``trials``, once per study. Returns the number of configs enqueued."""
+    if study.user_attrs.get(tr.FINE_ENQUEUED) or not settings.refine:
+        return 0
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+    if not done:
+        return 0
+    best = max(done, key=lambda t: t.values[0])
+    combos = fine_grid(best.params, coarse_grid(space, settings), space)
+    if settings.trials:
+        combos = combos[: max(0, settings.trials - slots_used(study))]
+    for cfg in combos:
+        study.enqueue_trial(cfg, user_attrs={tr.GRID_PHASE: "fine"})
+    study.set_user_attr(tr.FINE_ENQUEUED, True)
+    return len(combos)

@@ -1,16 +1,11 @@
 """The device profile: a fitted latency model plus the context it holds for (JSON on disk).
 
-No torch at module level (``estimate`` uses profiles in the search loop); reading the current
-context (torch version, GPU name) imports torch inside ``current_context``.
+Plain data: JSON load/save, the context it holds for, the per-device cache and the built-in
+default. No torch at module level (the estimator uses profiles in the search loop); reading the
+current context (torch version, GPU name) imports torch inside ``current_context``.
 
-Model (per layer, at the profile's batch size ``B0``; see ``costmodel.estimate``):
-
-    base     = c + a * MACs + b * bytes              per op class (conv per kernel size)
-    layer    = table[config]  if this exact configuration was measured in context,
-               else base * exp(clamp(trees(phi(layer))))  (boosted trees on log(T / base));
-               classes without trees use a log-linear residual exp(clamp(w . psi(layer)))
-             + activation elements * per-element cost of the fused activation
-    network  = c0_ms + sum(scale * layer + per_layer_ms)   (network-level correction)
+The model the numbers parametrise is defined in ``costmodel.modeldef``; the estimator
+(``costmodel.estimator``) compiles a profile for its fast path.
 
 A profile holds for ONE batch size: ``estimate`` refuses another batch size for a calibrated
 profile (``batch_scaling == "fixed"``). The built-in default profile (``batch_scaling ==
@@ -25,9 +20,8 @@ import json
 import os
 import platform
 from dataclasses import asdict, dataclass, field
-from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from costmodel.atomic import atomic_write_text
 from costmodel.errors import CostModelError
@@ -35,6 +29,17 @@ from costmodel.errors import CostModelError
 SCHEMA_VERSION = 1
 # Context fields that must match for a profile to be used.
 CONTEXT_KEYS = ("device", "device_name", "threads", "torch_version", "dtype", "batch_size")
+# device, device_name, threads, torch_version, dtype, batch_size, cpu_count, fingerprint
+Context = dict[str, str | int | None]
+
+
+class TreeEnsemble(TypedDict):
+    """Boosted trees as stored: per tree the sklearn arrays ``[feature, threshold, left, right,
+    value]`` (a leaf has ``left == -1``); prediction = ``init + lr * sum(tree values)``."""
+
+    init: float
+    lr: float
+    trees: list[list[list[float]]]
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,17 +53,17 @@ class DeviceProfile:
     ``network = {"c0_ms", "scale", "per_layer_ms"}``; ``t_k_ms[op]`` the textbook per-op filter time.
     """
 
-    context: dict[str, Any]
+    context: Context
     coeffs: dict[str, dict[str, float]]
     t_k_ms: dict[str, float]
     act_elem_ms: dict[str, float] = field(default_factory=dict)
     residual: dict[str, list[float]] = field(default_factory=dict)
-    trees: dict[str, dict[str, Any]] = field(default_factory=dict)
+    trees: dict[str, TreeEnsemble] = field(default_factory=dict)
     use_table: bool = True
     table: dict[str, float] = field(default_factory=dict)
     network: dict[str, float] = field(default_factory=lambda: {"c0_ms": 0.0, "scale": 1.0})
-    fit_quality: dict[str, Any] = field(default_factory=dict)
-    protocol: dict[str, Any] = field(default_factory=dict)
+    fit_quality: dict[str, object] = field(default_factory=dict)
+    protocol: dict[str, object] = field(default_factory=dict)
     batch_scaling: str = "fixed"
     is_default: bool = False
     created: str = ""
@@ -81,13 +86,13 @@ class DeviceProfile:
             f"batch {c.get('batch_size')}, torch {c.get('torch_version')}, {c.get('dtype')}"
         )
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         d = asdict(self)
         d["context"] = dict(self.context, fingerprint=self.fingerprint)
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DeviceProfile:
+    def from_dict(cls, d: dict[str, object]) -> DeviceProfile:
         if not isinstance(d, dict) or "context" not in d or "coeffs" not in d:
             raise CostModelError("not a device profile: missing 'context' or 'coeffs'")
         if d.get("schema_version") != SCHEMA_VERSION:
@@ -119,7 +124,7 @@ class DeviceProfile:
         device: str | None = None,
         threads: int | None = None,
         batch_size: int | None = None,
-        current: dict[str, Any] | None = None,
+        current: Context | None = None,
     ) -> None:
         """Raise ``CostModelError`` if this profile was made in another context.
 
@@ -147,13 +152,6 @@ class DeviceProfile:
                     f"--batch-size {current.get('batch_size')}`"
                 )
 
-    @cached_property
-    def compiled(self) -> Any:
-        """The profile flattened for the fast pricing path (see ``costmodel.estimate``)."""
-        from costmodel.estimate import compile_profile
-
-        return compile_profile(self)
-
 
 def cpu_model_name() -> str:
     """The CPU model as ``lscpu`` reports it (``/proc/cpuinfo`` 'model name')."""
@@ -168,7 +166,7 @@ def cpu_model_name() -> str:
 
 def current_context(
     device: str = "cpu", threads: int = 1, batch_size: int = 32, dtype: str = "float32"
-) -> dict[str, Any]:
+) -> Context:
     """The context a profile made here and now would hold for (imports torch)."""
     import torch
 
@@ -181,7 +179,7 @@ def current_context(
         name = torch.cuda.get_device_name(torch.device(dev))
     if not isinstance(batch_size, int) or batch_size < 1:
         raise CostModelError(f"batch_size={batch_size!r} must be a positive integer")
-    ctx = {
+    ctx: Context = {
         "device": "cpu" if dev == "cpu" else "cuda",
         "device_name": name,
         "threads": int(threads),
@@ -194,7 +192,7 @@ def current_context(
     return ctx
 
 
-def device_fingerprint(ctx: dict[str, Any]) -> str:
+def device_fingerprint(ctx: Context) -> str:
     """Hash of what identifies the device and software (not threads or batch size)."""
     raw = "|".join(str(ctx.get(k)) for k in ("device", "device_name", "torch_version", "dtype"))
     slug = "".join(ch if ch.isalnum() else "-" for ch in str(ctx.get("device_name")).lower())
@@ -202,7 +200,7 @@ def device_fingerprint(ctx: dict[str, Any]) -> str:
     return f"{ctx.get('device')}-{slug}-{hashlib.sha1(raw.encode()).hexdigest()[:10]}"
 
 
-def context_fingerprint(ctx: dict[str, Any]) -> str:
+def context_fingerprint(ctx: Context) -> str:
     """Device fingerprint plus threads and batch size."""
     return f"{device_fingerprint(ctx)}-t{ctx.get('threads')}-b{ctx.get('batch_size')}"
 
@@ -214,7 +212,7 @@ def cache_root() -> Path:
     return base / "profiles"
 
 
-def cache_path(ctx: dict[str, Any]) -> Path:
+def cache_path(ctx: Context) -> Path:
     """Where the profile for ``ctx`` is cached: one directory per device fingerprint."""
     return (
         cache_root()

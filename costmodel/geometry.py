@@ -2,7 +2,8 @@
 
 ``LayerGeom`` is pure arithmetic (no torch). ``geoms_from_module`` walks a ``torch.nn.Module``
 with forward hooks on an example input; it imports torch inside the function so that importing
-this module stays cheap for the search loop.
+this module stays cheap for the search loop. Each leaf module type has a handler
+(``HANDLERS``, the way fvcore maps operator names to handlers) that turns its call into layers.
 
 All derived quantities are PER SAMPLE (batch 1). MACs follow fvcore's convention (one
 multiply-add = one flop; conv = n_p * c_out * (c_in / groups) * k * k, dense = c_in * c_out,
@@ -11,40 +12,18 @@ bias not counted; 0 for every other op).
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
+from costmodel.activations import BY_TORCH_TYPE
 from costmodel.errors import CostModelError
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 OPS = ("conv", "pool", "dense", "bn", "gap", "act", "dropout")
-
-# torch activation module class name -> the name stored in LayerGeom.activation.
-_ACTIVATION_NAMES = {
-    "ReLU": "relu",
-    "ReLU6": "relu6",
-    "Tanh": "tanh",
-    "Sigmoid": "sigmoid",
-    "GELU": "gelu",
-    "LeakyReLU": "leaky_relu",
-    "ELU": "elu",
-    "SELU": "selu",
-    "CELU": "celu",
-    "SiLU": "silu",
-    "Mish": "mish",
-    "Hardswish": "hardswish",
-    "Hardsigmoid": "hardsigmoid",
-    "Hardtanh": "hardtanh",
-    "Softplus": "softplus",
-    "PReLU": "prelu",
-}
-# Not elementwise, so never fused into the preceding layer; priced as a standalone "act".
-_STANDALONE_ACTIVATIONS = {"Softmax": "softmax", "LogSoftmax": "log_softmax"}
-# Leaf modules that cost nothing worth pricing (views, no-ops).
-_FREE_MODULES = ("Flatten", "Identity", "Unflatten")
-
 
 @dataclass(frozen=True)
 class LayerGeom:
@@ -133,7 +112,7 @@ class LayerGeom:
         """Bytes touched per sample: input + output activations + parameters."""
         return (self.c_in * self.h_in * self.w_in + self.acts + self.params) * self.dtype_bytes
 
-    def config_tuple(self) -> tuple[Any, ...]:
+    def config_tuple(self) -> tuple[str | int, ...]:
         """Everything that determines run time, not the name (fields that do not apply to the
         op are normalised, so e.g. a bias flag on a pooling layer does not matter)."""
         op = self.op
@@ -151,12 +130,12 @@ class LayerGeom:
         return "|".join(str(v) for v in self.config_tuple())
 
 
-def parse_config_key(key: str) -> tuple[Any, ...]:
+def parse_config_key(key: str) -> tuple[str | int, ...]:
     """Inverse of ``LayerGeom.config_key`` (integers back to int)."""
     return tuple(int(v) if v.isdigit() else v for v in key.split("|"))
 
 
-def geoms_from_module(module: Any, example_input: Any) -> list[LayerGeom]:
+def geoms_from_module(module: nn.Module, example_input: torch.Tensor) -> list[LayerGeom]:
     """Layer geometries of ``module`` found with forward hooks on one forward pass.
 
     ``example_input`` is a tensor (any batch size; geometry is per sample). The module is run
@@ -181,7 +160,9 @@ class LeafCall:
     out_shape: tuple[int, ...]
 
 
-def trace_module(module: Any, example_input: Any) -> tuple[list[LayerGeom], list[LeafCall]]:
+def trace_module(
+    module: nn.Module, example_input: torch.Tensor
+) -> tuple[list[LayerGeom], list[LeafCall]]:
     """``geoms_from_module`` plus the leaf calls it saw (for per-layer profiling)."""
     import torch
 
@@ -192,12 +173,12 @@ def trace_module(module: Any, example_input: Any) -> tuple[list[LayerGeom], list
             f"example_input must be a tensor, got {type(example_input).__name__}"
         )
     calls: list[LeafCall] = []
-    modules: list[Any] = []
+    modules: list[nn.Module] = []
     tensor_ids: list[tuple[int, int]] = []  # (id of input tensor, id of output tensor)
     handles = []
     seen: dict[int, int] = {}
 
-    def hook(mod: Any, inputs: tuple[Any, ...], output: Any) -> None:
+    def hook(mod: nn.Module, inputs: tuple[object, ...], output: object) -> None:
         path = names[id(mod)]
         seen[id(mod)] = seen.get(id(mod), 0) + 1
         if seen[id(mod)] > 1:
@@ -226,156 +207,191 @@ def trace_module(module: Any, example_input: Any) -> tuple[list[LayerGeom], list
     return _geoms_from_calls(calls, modules, tensor_ids), calls
 
 
-def _square(value: Any, what: str, path: str, type_name: str) -> int:
+def _square(value: int | str | tuple[int, ...] | list[int], what: str, call: LeafCall) -> int:
     if isinstance(value, (tuple, list)):
         if len(set(value)) != 1:
             raise CostModelError(
-                f"module {path!r} ({type_name}): non-square {what} {tuple(value)} is not "
-                "supported by the cost model; use a square one"
+                f"module {call.path!r} ({call.type_name}): non-square {what} {tuple(value)} is "
+                "not supported by the cost model; use a square one"
             )
         value = value[0]
     return int(value)
 
 
-def _geoms_from_calls(
-    calls: list[LeafCall], modules: list[Any], tensor_ids: list[tuple[int, int]]
-) -> list[LayerGeom]:
-    geoms: list[LayerGeom] = []
-    pending_free: list[int] = []  # free calls (flatten, ...) attributed to the next layer
-
-    def add(geom_kwargs: dict[str, Any], index: int) -> None:
-        geoms.append(LayerGeom(calls=tuple(pending_free) + (index,), **geom_kwargs))
-        pending_free.clear()
-
-    for i, (call, mod) in enumerate(zip(calls, modules)):
-        t, path = call.type_name, call.path
-        ins, outs = call.in_shape, call.out_shape
-        if t == "Conv2d":
-            if tuple(mod.dilation) != (1, 1):
-                raise CostModelError(
-                    f"module {path!r} (Conv2d): dilation {tuple(mod.dilation)} is not "
-                    "supported by the cost model; use dilation 1"
-                )
-            if len(ins) != 4:
-                raise CostModelError(f"module {path!r} (Conv2d): expected a 4-D input, got {ins}")
-            pad = mod.padding
-            if isinstance(pad, str):  # "same" / "valid"
-                k = _square(mod.kernel_size, "kernel", path, t)
-                pad = (k - 1) // 2 if pad == "same" else 0
-            add(
-                dict(
-                    name=path, op="conv", c_in=ins[1], c_out=outs[1], h_in=ins[2], w_in=ins[3],
-                    h_out=outs[2], w_out=outs[3], kernel=_square(mod.kernel_size, "kernel", path, t),
-                    stride=_square(mod.stride, "stride", path, t),
-                    padding=_square(pad, "padding", path, t), groups=int(mod.groups),
-                    bias=mod.bias is not None,
-                ),
-                i,
-            )
-        elif t == "Linear":
-            if len(ins) != 2:
-                raise CostModelError(
-                    f"module {path!r} (Linear): expected a 2-D (batch, features) input, got "
-                    f"shape {ins}; flatten before the dense layer"
-                )
-            add(
-                dict(
-                    name=path, op="dense", c_in=ins[1], c_out=outs[1], h_in=1, w_in=1, h_out=1,
-                    w_out=1, bias=mod.bias is not None,
-                ),
-                i,
-            )
-        elif t in ("MaxPool2d", "AvgPool2d"):
-            if len(ins) != 4:
-                raise CostModelError(f"module {path!r} ({t}): expected a 4-D input, got {ins}")
-            if t == "MaxPool2d" and _square(mod.dilation, "dilation", path, t) != 1:
-                raise CostModelError(f"module {path!r} ({t}): dilation must be 1")
-            add(
-                dict(
-                    name=path, op="pool", c_in=ins[1], c_out=outs[1], h_in=ins[2], w_in=ins[3],
-                    h_out=outs[2], w_out=outs[3], kernel=_square(mod.kernel_size, "kernel", path, t),
-                    stride=_square(mod.stride, "stride", path, t),
-                    padding=_square(mod.padding, "padding", path, t), bias=False,
-                    mode="max" if t == "MaxPool2d" else "avg",
-                ),
-                i,
-            )
-        elif t == "AdaptiveAvgPool2d":
-            if len(outs) != 4 or outs[2:] != (1, 1):
-                raise CostModelError(
-                    f"module {path!r} (AdaptiveAvgPool2d): only output size 1 (global average "
-                    f"pooling) is supported, got output shape {outs}"
-                )
-            add(
-                dict(
-                    name=path, op="gap", c_in=ins[1], c_out=outs[1], h_in=ins[2], w_in=ins[3],
-                    h_out=1, w_out=1, bias=False, mode="avg",
-                ),
-                i,
-            )
-        elif t in ("BatchNorm2d", "BatchNorm1d"):
-            h, w = (ins[2], ins[3]) if len(ins) == 4 else (1, 1)
-            if len(ins) not in (2, 4):
-                raise CostModelError(f"module {path!r} ({t}): unsupported input shape {ins}")
-            add(
-                dict(
-                    name=path, op="bn", c_in=ins[1], c_out=ins[1], h_in=h, w_in=w, h_out=h,
-                    w_out=w, bias=False,
-                ),
-                i,
-            )
-        elif t.startswith("Dropout"):
-            c, h, w = _chw(ins)
-            add(
-                dict(name=path, op="dropout", c_in=c, c_out=c, h_in=h, w_in=w, h_out=h, w_out=w,
-                     bias=False),
-                i,
-            )
-        elif t in _ACTIVATION_NAMES or t in _STANDALONE_ACTIVATIONS:
-            prev = geoms[-1] if geoms else None
-            fusable = (
-                t in _ACTIVATION_NAMES
-                and prev is not None
-                and prev.op in ("conv", "dense")
-                and prev.activation is None
-                and not pending_free
-                and prev.calls[-1] == i - 1
-                and tensor_ids[i - 1][1] == tensor_ids[i][0]
-            )
-            if fusable:
-                name = _ACTIVATION_NAMES[t]
-                geoms[-1] = _replace(prev, activation=name, calls=prev.calls + (i,))
-            else:
-                c, h, w = _chw(ins)
-                name = _ACTIVATION_NAMES.get(t) or _STANDALONE_ACTIVATIONS[t]
-                add(
-                    dict(name=path, op="act", c_in=c, c_out=c, h_in=h, w_in=w, h_out=h, w_out=w,
-                         bias=False, activation=name),
-                    i,
-                )
-        elif t in _FREE_MODULES:
-            pending_free.append(i)
-        else:
-            n_params = sum(p.numel() for p in mod.parameters(recurse=False))
-            raise CostModelError(
-                f"module {path!r} of type {t} ({n_params} parameters) cannot be priced by the "
-                "cost model; supported: Conv2d, Linear, MaxPool2d, AvgPool2d, "
-                "AdaptiveAvgPool2d(1), BatchNorm1d/2d, Dropout, Flatten, activations"
-            )
-    if pending_free and geoms:  # a trailing flatten belongs to the last layer
-        geoms[-1] = _replace(geoms[-1], calls=geoms[-1].calls + tuple(pending_free))
-    return geoms
+GeomFields = dict[str, int | str | bool | None]
 
 
-def _chw(shape: tuple[int, ...]) -> tuple[int, int, int]:
+@dataclass
+class _Walk:
+    """One pass over the traced leaf calls: the layers found so far, and the free calls
+    (flatten, identity) waiting to be attributed to the next layer."""
+
+    tensor_ids: list[tuple[int, int]]  # per call: (id of input tensor, id of output tensor)
+    geoms: list[LayerGeom] = field(default_factory=list)
+    pending_free: list[int] = field(default_factory=list)
+
+    def add(self, index: int, **fields: int | str | bool | None) -> None:
+        self.geoms.append(LayerGeom(calls=tuple(self.pending_free) + (index,), **fields))
+        self.pending_free.clear()
+
+
+# A handler turns the call of one leaf module type into layers of the walk (or raises
+# ``CostModelError`` for a configuration the cost model does not price).
+Handler = Callable[[_Walk, int, LeafCall, "nn.Module"], None]
+
+
+def _spatial(call: LeafCall) -> GeomFields:
+    """Name and channel/size fields of a layer mapping a 4-D input to a 4-D output."""
+    ins, outs = call.in_shape, call.out_shape
+    return dict(name=call.path, c_in=ins[1], c_out=outs[1], h_in=ins[2], w_in=ins[3],
+                h_out=outs[2], w_out=outs[3])
+
+
+def _window(mod: nn.Module, call: LeafCall, padding: int | tuple[int, ...]) -> GeomFields:
+    """Kernel, stride and padding of a conv/pool module (square only)."""
+    return dict(kernel=_square(mod.kernel_size, "kernel", call),
+                stride=_square(mod.stride, "stride", call),
+                padding=_square(padding, "padding", call))
+
+
+def _same_shape(call: LeafCall, op: str) -> GeomFields:
+    """Fields of a layer whose output has its input's shape ((N, C) or (N, C, H, W))."""
+    shape = call.in_shape
     if len(shape) == 4:
-        return shape[1], shape[2], shape[3]
-    if len(shape) == 2:
-        return shape[1], 1, 1
-    raise CostModelError(f"unsupported activation shape {shape}; expected (N, C) or (N, C, H, W)")
+        c, h, w = shape[1], shape[2], shape[3]
+    elif len(shape) == 2:
+        c, h, w = shape[1], 1, 1
+    else:
+        raise CostModelError(f"unsupported activation shape {shape}; expected (N, C) or (N, C, H, W)")
+    return dict(name=call.path, op=op, c_in=c, c_out=c, h_in=h, w_in=w, h_out=h, w_out=w,
+                bias=False)
 
 
-def _replace(geom: LayerGeom, **changes: Any) -> LayerGeom:
-    from dataclasses import replace
+def _need_4d(call: LeafCall) -> None:
+    if len(call.in_shape) != 4:
+        raise CostModelError(
+            f"module {call.path!r} ({call.type_name}): expected a 4-D input, got {call.in_shape}"
+        )
 
-    return replace(geom, **changes)
+
+def _conv(walk: _Walk, i: int, call: LeafCall, mod: nn.Module) -> None:
+    if tuple(mod.dilation) != (1, 1):
+        raise CostModelError(
+            f"module {call.path!r} (Conv2d): dilation {tuple(mod.dilation)} is not "
+            "supported by the cost model; use dilation 1"
+        )
+    _need_4d(call)
+    pad = mod.padding
+    if isinstance(pad, str):  # "same" / "valid"
+        k = _square(mod.kernel_size, "kernel", call)
+        pad = (k - 1) // 2 if pad == "same" else 0
+    walk.add(i, op="conv", **_spatial(call), **_window(mod, call, pad), groups=int(mod.groups),
+             bias=mod.bias is not None)
+
+
+def _linear(walk: _Walk, i: int, call: LeafCall, mod: nn.Module) -> None:
+    ins, outs = call.in_shape, call.out_shape
+    if len(ins) != 2:
+        raise CostModelError(
+            f"module {call.path!r} (Linear): expected a 2-D (batch, features) input, got "
+            f"shape {ins}; flatten before the dense layer"
+        )
+    walk.add(i, name=call.path, op="dense", c_in=ins[1], c_out=outs[1], h_in=1, w_in=1,
+             h_out=1, w_out=1, bias=mod.bias is not None)
+
+
+def _pool(walk: _Walk, i: int, call: LeafCall, mod: nn.Module) -> None:
+    _need_4d(call)
+    is_max = call.type_name == "MaxPool2d"
+    if is_max and _square(mod.dilation, "dilation", call) != 1:
+        raise CostModelError(f"module {call.path!r} ({call.type_name}): dilation must be 1")
+    walk.add(i, op="pool", **_spatial(call), **_window(mod, call, mod.padding), bias=False,
+             mode="max" if is_max else "avg")
+
+
+def _global_pool(walk: _Walk, i: int, call: LeafCall, mod: nn.Module) -> None:
+    outs = call.out_shape
+    if len(outs) != 4 or outs[2:] != (1, 1):
+        raise CostModelError(
+            f"module {call.path!r} (AdaptiveAvgPool2d): only output size 1 (global average "
+            f"pooling) is supported, got output shape {outs}"
+        )
+    walk.add(i, op="gap", **_spatial(call), bias=False, mode="avg")
+
+
+def _batchnorm(walk: _Walk, i: int, call: LeafCall, mod: nn.Module) -> None:
+    if len(call.in_shape) not in (2, 4):
+        raise CostModelError(
+            f"module {call.path!r} ({call.type_name}): unsupported input shape {call.in_shape}"
+        )
+    walk.add(i, **_same_shape(call, "bn"))
+
+
+def _dropout(walk: _Walk, i: int, call: LeafCall, mod: nn.Module) -> None:
+    walk.add(i, **_same_shape(call, "dropout"))
+
+
+def _activation(walk: _Walk, i: int, call: LeafCall, mod: nn.Module) -> None:
+    """Fused into the conv/dense layer whose output it takes directly, else a standalone act."""
+    act = BY_TORCH_TYPE[call.type_name]
+    prev = walk.geoms[-1] if walk.geoms else None
+    fusable = (
+        act.elementwise
+        and prev is not None
+        and prev.op in ("conv", "dense")
+        and prev.activation is None
+        and not walk.pending_free
+        and prev.calls[-1] == i - 1
+        and walk.tensor_ids[i - 1][1] == walk.tensor_ids[i][0]
+    )
+    if fusable:
+        walk.geoms[-1] = replace(prev, activation=act.name, calls=prev.calls + (i,))
+    else:
+        walk.add(i, **_same_shape(call, "act"), activation=act.name)
+
+
+def _free(walk: _Walk, i: int, call: LeafCall, mod: nn.Module) -> None:
+    walk.pending_free.append(i)
+
+
+# Leaf module type name -> handler. Dropout variants not listed (any type named Dropout*) are
+# handled like Dropout, see ``_handler``.
+HANDLERS: dict[str, Handler] = {
+    "Conv2d": _conv,
+    "Linear": _linear,
+    "MaxPool2d": _pool,
+    "AvgPool2d": _pool,
+    "AdaptiveAvgPool2d": _global_pool,
+    "BatchNorm1d": _batchnorm,
+    "BatchNorm2d": _batchnorm,
+    **{name: _dropout for name in ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d")},
+    **{torch_type: _activation for torch_type in BY_TORCH_TYPE},
+    # Leaf modules that cost nothing worth pricing (views, no-ops).
+    **{name: _free for name in ("Flatten", "Identity", "Unflatten")},
+}
+
+
+def _handler(call: LeafCall, mod: nn.Module) -> Handler:
+    handler = HANDLERS.get(call.type_name)
+    if handler is not None:
+        return handler
+    if call.type_name.startswith("Dropout"):
+        return _dropout
+    n_params = sum(p.numel() for p in mod.parameters(recurse=False))
+    raise CostModelError(
+        f"module {call.path!r} of type {call.type_name} ({n_params} parameters) cannot be "
+        "priced by the cost model; supported: Conv2d, Linear, MaxPool2d, AvgPool2d, "
+        "AdaptiveAvgPool2d(1), BatchNorm1d/2d, Dropout, Flatten, activations"
+    )
+
+
+def _geoms_from_calls(
+    calls: list[LeafCall], modules: list[nn.Module], tensor_ids: list[tuple[int, int]]
+) -> list[LayerGeom]:
+    walk = _Walk(tensor_ids)
+    for i, (call, mod) in enumerate(zip(calls, modules)):
+        _handler(call, mod)(walk, i, call, mod)
+    geoms = walk.geoms
+    if walk.pending_free and geoms:  # a trailing flatten belongs to the last layer
+        geoms[-1] = replace(geoms[-1], calls=geoms[-1].calls + tuple(walk.pending_free))
+    return geoms

@@ -1,6 +1,6 @@
 """Random plain-CNN geometries covering the space archgen's generator produces.
 
-Used by calibration (its calibration networks) and by the benchmark when ``archgen.generate``
+Used by calibration (its calibration networks) and by the benchmark when ``archgen.generator``
 is not available. Pure arithmetic, no torch. Everything is driven by an explicit
 ``random.Random`` so a seed reproduces the same networks.
 """

@@ -1,4 +1,4 @@
-"""Measure real layers and whole models on CPU or CUDA.
+"""Time functions and whole models on CPU or CUDA (layers built from geometries: ``measure``).
 
 Timing protocol (recorded in every device profile, see ``PROTOCOL``):
 
@@ -6,10 +6,9 @@ Timing protocol (recorded in every device profile, see ``PROTOCOL``):
   shared machines one thread repeats far better than two). The clock is ``time.perf_counter``
   at 2+ threads; at 1 thread (``clock="auto"``) it is the computing thread's CPU time
   (``time.thread_time``): with one torch thread all the work runs in the calling thread, so
-  its CPU time equals its wall time on an idle core (0.3% apart here) but excludes the time the
-  core is lent to other processes. On this shared 2-core machine (load 4-7) wall-clock per-layer
-  minima did not add up to the end-to-end minimum (20-40% apart); thread CPU time did (~1%).
-  ``clock="wall"`` forces ``perf_counter``;
+  its CPU time equals its wall time on an idle core but excludes the time the core is lent to
+  other processes, which on a shared machine keeps per-layer minima adding up to the end-to-end
+  minimum (docs/benchmarks.md, section 2). ``clock="wall"`` forces ``perf_counter``;
   CUDA: ``torch.cuda.Event`` pairs and ``torch.cuda.synchronize`` before reading them.
 * Warm-up per shape (``warmup`` calls, at least 2) before any timed call, so one-time costs
   (allocator growth, oneDNN primitive creation, cuDNN autotuning) are excluded.
@@ -23,17 +22,20 @@ Timing protocol (recorded in every device profile, see ``PROTOCOL``):
 from __future__ import annotations
 
 import contextlib
-import logging
 import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from costmodel.errors import CostModelError
 from costmodel.geometry import LayerGeom, trace_module
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    Stamp = float | torch.cuda.Event  # a CPU clock reading (seconds) or a recorded CUDA event
 
 PROTOCOL = {
     "statistic": "min",
@@ -133,14 +135,8 @@ def fixed_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def time_fn(
-    fn: Callable[[], Any],
-    device: str = "cpu",
-    threads: int = 1,
-    repeats: int = 15,
-    warmup: int = 3,
-    clock: str = "auto",
-) -> Timing:
+def time_fn(fn: Callable[[], object], device: str = "cpu", threads: int = 1, repeats: int = 15,
+            warmup: int = 3, clock: str = "auto") -> Timing:
     """Time ``fn()`` ``repeats`` times after ``warmup`` untimed calls.
 
     CPU: ``perf_counter`` (``clock="wall"``) or the calling thread's CPU time
@@ -177,83 +173,6 @@ def time_fn(
     return Timing.from_samples(samples)
 
 
-def module_from_geoms(geoms: list[LayerGeom]) -> Any:
-    """A ``torch.nn.Sequential`` realising ``geoms`` in order (a flatten is inserted before the
-    first dense layer). Used to measure calibration layers and networks."""
-    from torch import nn
-
-    acts = {
-        "relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU,
-        "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "silu": nn.SiLU, "relu6": nn.ReLU6,
-        "softmax": lambda: nn.Softmax(dim=1),
-    }
-    layers: list[tuple[str, nn.Module]] = []
-    flat = False
-    for g in geoms:
-        if g.op == "conv":
-            mod = nn.Conv2d(g.c_in, g.c_out, g.kernel, g.stride, g.padding, groups=g.groups,
-                            bias=g.bias)
-        elif g.op == "dense":
-            if not flat:
-                layers.append((f"flatten{len(layers)}", nn.Flatten()))
-                flat = True
-            mod = nn.Linear(g.c_in, g.c_out, bias=g.bias)
-        elif g.op == "pool":
-            cls = nn.MaxPool2d if g.mode == "max" else nn.AvgPool2d
-            mod = cls(g.kernel, g.stride, g.padding)
-        elif g.op == "bn":
-            mod = nn.BatchNorm2d(g.c_out) if not flat else nn.BatchNorm1d(g.c_out)
-        elif g.op == "gap":
-            mod = nn.AdaptiveAvgPool2d(1)
-        elif g.op == "dropout":
-            mod = nn.Dropout(0.5)
-        else:  # act
-            mod = acts[g.activation or "relu"]()
-        name = g.name.replace(".", "_") or f"l{len(layers)}"
-        layers.append((name, mod))
-        if g.op in ("conv", "dense") and g.activation:
-            if g.activation not in acts:
-                raise CostModelError(f"layer {g.name!r}: unknown activation {g.activation!r}")
-            layers.append((f"{name}_act", acts[g.activation]()))
-        if g.op == "gap" and not flat:
-            layers.append((f"flatten{len(layers)}", nn.Flatten()))
-            flat = True
-    from collections import OrderedDict
-
-    model = nn.Sequential(OrderedDict(layers))
-    model.eval()
-    return model
-
-
-def input_for(geoms: list[LayerGeom], batch_size: int, device: str = "cpu") -> Any:
-    """A random input tensor matching the first layer of ``geoms``."""
-    import torch
-
-    g = geoms[0]
-    if g.op == "dense":
-        return torch.randn(batch_size, g.c_in, device=device)
-    return torch.randn(batch_size, g.c_in, g.h_in, g.w_in, device=device)
-
-
-def profile_layer(
-    geom: LayerGeom,
-    batch_size: int = 32,
-    device: str = "cpu",
-    threads: int = 1,
-    repeats: int = 15,
-    warmup: int = 3,
-    clock: str = "auto",
-) -> Timing:
-    """Time one layer in isolation (its own module, a fixed random input)."""
-    import torch
-
-    device = resolve_device(device)
-    mod = module_from_geoms([geom]).to(device)
-    x = input_for([geom], batch_size, device)
-    with torch.no_grad():
-        return time_fn(lambda: mod(x), device, threads, repeats, warmup, clock)
-
-
 @dataclass(frozen=True)
 class ModelProfile:
     """Measured times of a whole model: per layer (aligned with ``geoms``) and end to end."""
@@ -276,7 +195,7 @@ class ModelProfile:
         """Sum of per-layer times; agrees with ``e2e_ms`` within a few percent."""
         return float(sum(self.meas_ms))
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {
             "layers": [
                 {"layer": g.name, "op": g.op, "meas_ms": m, "meas_iqr_ms": q}
@@ -294,15 +213,9 @@ class ModelProfile:
         }
 
 
-def profile_module(
-    module: Any,
-    example_input: Any,
-    device: str = "cpu",
-    threads: int = 1,
-    repeats: int = 15,
-    warmup: int = 3,
-    clock: str = "auto",
-) -> ModelProfile:
+def profile_module(module: nn.Module, example_input: torch.Tensor, device: str = "cpu",
+                   threads: int = 1, repeats: int = 15, warmup: int = 3,
+                   clock: str = "auto") -> ModelProfile:
     """Profile ``module`` on ``example_input`` (its batch size is the profiled batch size).
 
     Per-layer times are the minimum over ``repeats`` hooked calls; ``e2e_ms`` is the minimum
@@ -312,16 +225,9 @@ def profile_module(
     return profile_modules([(module, example_input)], device, threads, repeats, warmup, clock)[0]
 
 
-def profile_modules(
-    pairs: list[tuple[Any, Any]],
-    device: str = "cpu",
-    threads: int = 1,
-    repeats: int = 15,
-    warmup: int = 3,
-    clock: str = "auto",
-    per_layer: bool = True,
-    warmup_s: float = 0.0,
-) -> list[ModelProfile]:
+def profile_modules(pairs: list[tuple[nn.Module, torch.Tensor]], device: str = "cpu",
+                    threads: int = 1, repeats: int = 15, warmup: int = 3, clock: str = "auto",
+                    per_layer: bool = True, warmup_s: float = 0.0) -> list[ModelProfile]:
     """Profile several ``(module, example_input)`` pairs, interleaved round by round.
 
     Each round runs every model once hooked and once plain, so a burst of load from other
@@ -337,8 +243,8 @@ def profile_modules(
     timer = cpu_timer(clock, threads)
     with fixed_threads(threads), torch.no_grad():
         timers = [_ModelTimer(m, x, device, timer, per_layer) for m, x in pairs]
-        # Warm-up rounds are interleaved like the timed ones and last at least ``warmup_s``:
-        # freshly built models ran up to 30% slower for their first ~10 s here (batch 1).
+        # Interleaved like the timed rounds, for at least ``warmup_s``: freshly built models run
+        # slower at first (docs/benchmarks.md, section 2).
         start = time.perf_counter()
         rounds = 0
         while rounds < max(warmup, PROTOCOL["warmup_min"]) or (
@@ -359,7 +265,7 @@ def profile_modules(
 class _ModelTimer:
     """Per-layer (boundary hooks) and end-to-end timing of one model."""
 
-    def __init__(self, module: Any, example_input: Any, device: str,
+    def __init__(self, module: nn.Module, example_input: torch.Tensor, device: str,
                  timer: Callable[[], float], per_layer: bool = True) -> None:
         import torch
 
@@ -376,23 +282,23 @@ class _ModelTimer:
         self.boundaries = {g.calls[0] for g in self.geoms}
         self.last_call = max(c for g in self.geoms for c in g.calls)
         self.leaves = [m for m in module.modules() if next(iter(m.children()), None) is None]
-        self.stamps: list[Any] = []
+        self.stamps: list[Stamp] = []
         self.counter = 0
         self.per_layer: list[list[float]] = []
         self.e2e: list[float] = []
 
-    def _stamp(self) -> Any:
+    def _stamp(self) -> Stamp:
         if self.cuda:
             ev = self.torch.cuda.Event(enable_timing=True)
             ev.record()
             return ev
         return self.timer()
 
-    def _pre_hook(self, mod: Any, inputs: Any) -> None:
+    def _pre_hook(self, mod: nn.Module, inputs: tuple[object, ...]) -> None:
         if self.counter in self.boundaries:
             self.stamps.append(self._stamp())
 
-    def _post_hook(self, mod: Any, inputs: Any, output: Any) -> None:
+    def _post_hook(self, mod: nn.Module, inputs: tuple[object, ...], output: object) -> None:
         if self.counter == self.last_call:
             self.stamps.append(self._stamp())
         self.counter += 1

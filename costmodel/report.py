@@ -8,16 +8,19 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from costmodel.atomic import atomic_path
 from costmodel.errors import CostModelError
-from costmodel.estimate import CostReport
+from costmodel.estimator import CostReport
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FORMATS = ("table", "csv", "json", "markdown")
 
 
-def comparison_table(report: CostReport) -> Any:
+def comparison_table(report: CostReport) -> pd.DataFrame:
     """The report's table with ``err_pct = 100 * (est_ms - meas_ms) / meas_ms`` when profiled."""
     table = report.table.copy()
     if "meas_ms" in table.columns:
@@ -47,7 +50,7 @@ def _totals_lines(report: CostReport) -> list[str]:
     return lines
 
 
-def _markdown(table: Any) -> str:
+def _markdown(table: pd.DataFrame) -> str:
     cols = list(table.columns)
     out = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for rec in table.itertuples(index=False):
@@ -55,7 +58,7 @@ def _markdown(table: Any) -> str:
     return "\n".join(out)
 
 
-def _cell(v: Any) -> str:
+def _cell(v: object) -> str:
     if isinstance(v, float):
         return "" if not math.isfinite(v) else f"{v:.4g}"
     return str(v)

@@ -13,7 +13,7 @@ import time
 from archgen.build import build_model
 from archgen.data import load_dataset
 from archgen.space import default_space, spec_from_params
-from archgen.train import TrainConfig, seed_everything, train
+from archgen.training import TrainConfig, seed_everything, train
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ interleaved round by round, 1 thread, minimum of ``repeats`` calls per layer, ba
 
 Reported per network and as medians: the estimated conv-time CV before/after (what rebalance
 optimizes) and the measured conv-time CV before/after (population std / mean over conv
-layers, the same definition as ``costmodel.estimate.balance_summary``), plus the share of
+layers, the same definition as ``costmodel.estimator.balance_summary``), plus the share of
 networks whose measured CV dropped (over all networks and over those rebalance changed).
 Run it pinned (``taskset -c 0``) while nothing else runs on that core.
 """
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from archgen.balance import conv_times, rebalance
     from archgen.build import build_model
-    from archgen.generate import GenSpace, sample_specs
+    from archgen.generator import GenSpace, sample_specs
     from costmodel.device_profile import default_profile, load_cached
     from costmodel.profile import profile_modules
 

@@ -13,7 +13,7 @@ import statistics
 import time
 
 from archgen.costing import spec_macs
-from archgen.generate import Budget, sample_specs
+from archgen.generator import Budget, sample_specs
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32), (3, 224, 224)]
 

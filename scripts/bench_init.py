@@ -15,7 +15,7 @@ import statistics
 from archgen.build import build_model
 from archgen.data import load_dataset
 from archgen.spec import INIT_SCHEMES, ArchSpec
-from archgen.train import TrainConfig, seed_everything, train
+from archgen.training import TrainConfig, seed_everything, train
 
 NETS = {
     "shallow": [{"op": "conv", "filters": 16, "kernel": 3}, {"op": "pool"}, {"op": "dense", "units": 128}],

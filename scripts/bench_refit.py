@@ -7,7 +7,7 @@ twice from the same initial weights:
 * **selected**: what the search keeps: early stopping on validation loss (patience 6, at most
   20 epochs), the best epoch's weights restored;
 * **refit**: the same configuration trained on train + validation for exactly that best epoch
-  count, last weights kept (``archgen.train.train_fixed``).
+  count, last weights kept (``archgen.training.train_fixed``).
 
 Both are then evaluated on that split's test data (opened once per split for this comparison;
 this is a benchmark of the method across many splits, nothing is selected on it). Reports the
@@ -31,9 +31,10 @@ import optuna
 from archgen.build import build_model
 from archgen.data import load_dataset
 from archgen.errors import SpecError
+from archgen.evaluation import evaluate_split as _evaluate
 from archgen.losses import LOSS_FNS
 from archgen.space import default_space, spec_from_params, suggest, train_kwargs
-from archgen.train import TrainConfig, _evaluate, seed_everything, train, train_fixed
+from archgen.training import TrainConfig, seed_everything, train, train_fixed
 
 
 def configs(space: dict, n: int) -> list[dict]:

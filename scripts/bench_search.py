@@ -38,6 +38,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from archgen.rundata import best_so_far as best_val_acc_so_far
+from archgen.rundata import completed_trials, completion_times_s, read_trials_csv
+from archgen.trial_record import EPOCHS, MACS, TEST_ACC, VAL_ACC
+
 log = logging.getLogger("bench_search")
 
 STRATEGIES = ("random", "bayes", "bohb", "hyperband", "pbt")
@@ -66,20 +70,16 @@ class RunResult:
 
 
 def best_so_far(trials: pd.DataFrame) -> tuple[list[tuple[float, float]], float | None]:
-    """Running max of ``val_acc`` over COMPLETE trials, against seconds since the first trial
-    started (any state). Returns the curve and the span from first start to last completion."""
+    """The steps of :func:`archgen.rundata.best_so_far` (running max of ``val_acc`` over
+    completed trials, against seconds since the first trial started, any state): the points
+    where the best rose. Returns the curve and the span from first start to last completion."""
     if trials.empty:
         return [], None
-    start = pd.to_datetime(trials["datetime_start"]).min()
-    ends = pd.to_datetime(trials["datetime_complete"])
-    span_s = float((ends.max() - start).total_seconds()) if ends.notna().any() else None
-    done = trials[(trials["state"] == "COMPLETE") & trials["val_acc"].notna()].copy()
-    if done.empty:
-        return [], span_s
-    done["t_s"] = (pd.to_datetime(done["datetime_complete"]) - start).dt.total_seconds()
-    done = done.sort_values("t_s")
+    times = completion_times_s(trials)
+    span_s = float(times.max()) if times.notna().any() else None
+    steps = best_val_acc_so_far(trials)
     curve, best = [], -math.inf
-    for t_s, acc in zip(done["t_s"], done["val_acc"]):
+    for t_s, acc in zip(steps["time_s"], steps["best_val_acc"]):
         if acc > best:
             best = float(acc)
             curve.append((float(t_s), best))
@@ -96,10 +96,11 @@ def compute_so_far(trials: pd.DataFrame) -> list[tuple[float, float]]:
     df = trials.copy()
     df["start"] = pd.to_datetime(df["datetime_start"])
     df["end"] = pd.to_datetime(df["datetime_complete"])
-    df["work_g"] = df["epochs"].fillna(0).astype(float) * df["macs"].fillna(0).astype(float) / 1e9
-    done = df[(df["state"] == "COMPLETE") & df["val_acc"].notna()].sort_values("end")
+    df["work_g"] = df[EPOCHS].fillna(0).astype(float) * df[MACS].fillna(0).astype(float) / 1e9
+    done = completed_trials(df)
+    done = done[done[VAL_ACC].notna()].sort_values("end")
     curve, best = [], -math.inf
-    for end, acc in zip(done["end"], done["val_acc"]):
+    for end, acc in zip(done["end"], done[VAL_ACC]):
         if acc > best:
             best = float(acc)
             curve.append((float(df.loc[df["start"] < end, "work_g"].sum()), best))
@@ -117,7 +118,7 @@ def time_to_reach(curve: list[tuple[float, float]], target: float) -> float:
 def read_run(res: RunResult) -> RunResult:
     trials_csv = res.run_dir / "trials.csv"
     if trials_csv.exists():
-        df = pd.read_csv(trials_csv)
+        df = read_trials_csv(trials_csv)
         res.n_trials = len(df)
         res.n_complete = int((df["state"] == "COMPLETE").sum())
         res.n_pruned = int((df["state"] == "PRUNED").sum())
@@ -130,7 +131,7 @@ def read_run(res: RunResult) -> RunResult:
         res.wall_s, res.rc = d["wall_s"], d["rc"]
     metrics = res.run_dir / "test_metrics.json"
     if metrics.exists():
-        res.test_acc = float(json.loads(metrics.read_text())["test_acc"])
+        res.test_acc = float(json.loads(metrics.read_text())[TEST_ACC])
     return res
 
 

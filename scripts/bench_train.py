@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from archgen.build import build_model
 from archgen.data import Dataset, load_dataset
 from archgen.spec import ArchSpec
-from archgen.train import TrainConfig, Trainer, seed_everything
+from archgen.training import TrainConfig, Trainer, seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST = "idx:" + str(REPO.parent / "shared" / "data" / "mnist10k")

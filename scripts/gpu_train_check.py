@@ -14,7 +14,7 @@ import torch
 from archgen.build import build_model
 from archgen.data import load_dataset
 from archgen.spec import ArchSpec
-from archgen.train import TrainConfig, seed_everything, train
+from archgen.training import TrainConfig, seed_everything, train
 
 SPEC = {"schema_version": 1, "input_shape": [1, 8, 8], "num_classes": 10,
         "layers": [{"op": "conv", "filters": 32, "kernel": 3}, {"op": "batchnorm"}, {"op": "pool"},

@@ -20,7 +20,7 @@ def _modules_after_import(module: str) -> set[str]:
 
 @pytest.mark.parametrize(
     "module",
-    ["archgen.spec", "archgen.rules", "archgen.generate", "archgen.costing", "costmodel.geometry", "costmodel.estimate"],
+    ["archgen.spec", "archgen.rules", "archgen.generator", "archgen.costing", "costmodel.geometry", "costmodel.estimator"],
 )
 def test_pure_modules_do_not_import_torch(module):
     assert "torch" not in _modules_after_import(module)

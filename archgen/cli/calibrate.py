@@ -23,8 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from costmodel.calibrate import calibrate
-    from costmodel.device_profile import cache_path
+    from archgen.calibration import calibrate_device
 
     if args.out:
         from pathlib import Path
@@ -33,12 +32,10 @@ def run(args: argparse.Namespace) -> int:
 
         check_out_file(Path(args.out), force=args.force)
     start = time.perf_counter()
-    extra = generator_networks(8 if args.quick else 80, seed=10_000 + args.seed)
-    profile = calibrate(
+    profile, path = calibrate_device(
         device=args.device, threads=args.threads, batch_size=args.batch_size, quick=args.quick,
-        seed=args.seed, extra_networks=extra, progress=lambda msg: sys.stderr.write(msg + "\n"),
+        seed=args.seed, out=args.out or None, progress=lambda msg: sys.stderr.write(msg + "\n"),
     )
-    path = profile.save(args.out) if args.out else profile.save(cache_path(profile.context))
     q = profile.fit_quality.get("network_oof", {})
     sys.stderr.write(
         f"calibrated in {time.perf_counter() - start:.0f} s; calibration networks (out of fold): "
@@ -47,18 +44,3 @@ def run(args: argparse.Namespace) -> int:
     )
     sys.stdout.write(f"{path}\n")
     return 0
-
-
-def generator_networks(n: int, seed: int, max_macs: int = 100_000_000) -> list:
-    """Layer geometries of ``n`` specs from archgen's own generator over a few input shapes, so
-    the profile's lookup table holds the layer configurations the search will price."""
-    from archgen.costing import spec_geoms
-    from archgen.generate import Budget, sample_specs
-
-    shapes = ((1, 28, 28), (3, 32, 32), (3, 64, 64), (3, 96, 96))
-    per_shape = max(1, n // len(shapes))
-    out = []
-    for i, shape in enumerate(shapes):
-        specs = sample_specs(shape, 10, per_shape, seed=seed + i, budget=Budget(max_macs=max_macs))
-        out.extend(spec_geoms(s) for s in specs)
-    return out

@@ -49,7 +49,7 @@ def check_batch_size(batch_size: int | None) -> None:
 def run(args: argparse.Namespace) -> int:
     from archgen.costing import spec_geoms
     from archgen.spec import load_spec
-    from costmodel.estimate import estimate
+    from costmodel.estimator import estimate
     from costmodel.report import render
 
     check_batch_size(args.batch_size)

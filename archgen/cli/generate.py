@@ -10,16 +10,6 @@ from archgen.cli import argtypes as at
 from archgen.errors import ConstraintError, UserError
 from archgen.spec import MAX_INPUT_CHANNELS, MAX_INPUT_SIDE
 
-RULE_FLAGS = {
-    "R1": "balance",
-    "R2": "kernel_by_size",
-    "R3": "stacking",
-    "R4": "stride_rule",
-    "R5": "same_padding",
-    "R6": "equal_dense",
-}
-
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="sample CNN specs that follow the design rules")
@@ -55,26 +45,10 @@ def parse_shape(text: str) -> tuple[int, int, int]:
     return parts  # type: ignore[return-value]
 
 
-def ruleset_from_args(args: argparse.Namespace):  # noqa: ANN201 - RuleSet
-    from archgen.rules import RuleSet
-
-    disabled = {r.strip().upper() for r in args.disable.split(",") if r.strip()}
-    unknown = disabled - set(RULE_FLAGS)
-    if unknown:
-        raise UserError(
-            f"--disable: unknown rule(s) {', '.join(sorted(unknown))}; switchable: {', '.join(RULE_FLAGS)}"
-        )
-    kwargs = {flag: rid not in disabled for rid, flag in RULE_FLAGS.items()}
-    kwargs["stacking"] = args.stacking and "R3" not in disabled
-    kwargs["growth"] = args.growth
-    if args.init:
-        kwargs["init"] = args.init
-    return RuleSet(**kwargs)
-
-
 def run(args: argparse.Namespace) -> int:
+    from archgen.api import generate, latency_estimator
     from archgen.costing import spec_macs
-    from archgen.generate import Budget, sample_specs
+    from archgen.rules import RuleSet
 
     shape = parse_shape(args.input)
     if args.out:
@@ -83,32 +57,18 @@ def run(args: argparse.Namespace) -> int:
         from archgen.rundir import check_out_file
 
         check_out_file(Path(args.out), force=args.force)
-    if args.n < 1:
-        raise UserError(f"-n must be >= 1, got {args.n}")
-    for name in ("max_macs", "max_params", "max_latency_ms"):
-        value = getattr(args, name)
-        if value is not None and value <= 0:
-            raise ConstraintError(f"--{name.replace('_', '-')} must be positive, got {value:g}")
-    rules = ruleset_from_args(args)
-    budget = Budget(
-        max_macs=int(args.max_macs) if args.max_macs is not None else None,
-        max_params=int(args.max_params) if args.max_params is not None else None,
-    )
-    latency = None
-    if args.max_latency_ms is not None:
-        latency = _latency_fn(args.batch_size)
-    accept = None if latency is None else (lambda s: latency(s) <= args.max_latency_ms)
-    specs = sample_specs(shape, args.classes, args.n, args.seed, rules=rules, budget=budget, accept=accept)
+    try:
+        rules = RuleSet.with_rules_off(args.disable, growth=args.growth, stacking=args.stacking, init=args.init)
+    except ConstraintError as exc:
+        raise UserError(f"--disable: {exc}") from None
+    latency = None if args.max_latency_ms is None else latency_estimator(args.batch_size)
+    specs = generate(shape, args.classes, args.n, args.seed, rules=rules, max_macs=args.max_macs,
+                     max_params=args.max_params, max_latency_ms=args.max_latency_ms, batch_size=args.batch_size)
     if len(specs) < args.n:
         sys.stderr.write(f"archgen generate: note: only {len(specs)} distinct candidates meet the constraints\n")
     rows = []
     for spec in specs:
-        row = {
-            "key": spec.key(),
-            "name": spec.short_name(),
-            "macs": spec_macs(spec),
-            "params": spec.num_params(),
-        }
+        row = {"key": spec.key(), "name": spec.short_name(), "macs": spec_macs(spec), "params": spec.num_params()}
         if latency is not None:
             row["est_ms"] = round(latency(spec), 4)
         row["spec"] = spec.to_dict()
@@ -121,20 +81,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return 0
-
-
-def _latency_fn(batch_size: int):  # noqa: ANN202
-    from archgen.costing import spec_geoms
-    from costmodel.device_profile import load_cached
-    from costmodel.estimate import estimate_total_ms
-
-    profile = load_cached(device="cpu", threads=1, batch_size=batch_size)
-    if profile is None:
-        raise ConstraintError(
-            "--max-latency-ms needs a device profile for cpu, 1 thread, batch "
-            f"{batch_size}; run 'archgen calibrate --batch-size {batch_size}' first"
-        )
-    return lambda spec: estimate_total_ms(spec_geoms(spec), profile, batch_size)
 
 
 def _render(rows: list[dict], fmt: str) -> str:

@@ -27,15 +27,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from archgen.build import build_model
     from archgen.cli.cost import resolve_profile
-    from archgen.costing import check_fits_in_memory, spec_geoms
+    from archgen.costing import check_fits_in_memory
+    from archgen.pricing import estimate_and_measure
     from archgen.rundir import check_out_file
     from archgen.spec import load_spec
-    from costmodel.estimate import estimate
-    from costmodel.profile import profile_module, resolve_device
+    from costmodel.profile import resolve_device
     from costmodel.report import plot_layers, render
 
     check_batch_size(args.batch_size)
@@ -44,14 +41,10 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     spec = load_spec(args.spec)
     check_fits_in_memory(spec, args.batch_size, device)
-    geoms = spec_geoms(spec)
     profile = resolve_profile(args.device_profile, args.batch_size, args.threads,
                               "cpu" if device == "cpu" else "cuda")
-    report = estimate(geoms, profile, args.batch_size)
-    model = build_model(spec, seed=0)
-    x = torch.randn(args.batch_size, *spec.input_shape)
-    measured = profile_module(model, x, device=device, threads=args.threads, repeats=args.repeats)
-    report = report.with_measurements(measured)
+    report = estimate_and_measure(spec, profile, args.batch_size, device=device,
+                                  threads=args.threads, repeats=args.repeats)
     sys.stdout.write(render(report, args.format) + "\n")
     if args.plot:
         path = plot_layers(report, args.plot)

@@ -46,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import optuna
 
-    from archgen.search import run_search, settings_from
+    from archgen.api import search
 
     if not args.verbose:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -59,12 +59,11 @@ def run(args: argparse.Namespace) -> int:
     }
     cli["latency_batch"] = args.latency_batch
     cli["max_epochs"] = args.max_epochs
-    settings = settings_from(cli, args.config)
     progress = None if args.quiet else _ProgressLine()
-    summary = run_search(settings, progress=progress)
+    result = search(**cli, config=args.config, progress=progress)
     if progress is not None:
         progress.close()
-    out = settings.run_dir
+    summary, out = result.summary, result.run_dir
     if "test_acc" in summary:
         meas = summary.get("meas_ms")
         print(

@@ -8,7 +8,7 @@ from torch import nn
 
 from archgen.build import build_model, count_params
 from archgen.costing import layer_names, spec_geoms
-from archgen.generate import sample_specs
+from archgen.generator import sample_specs
 from archgen.rules import RuleSet
 from archgen.spec import INIT_SCHEMES, ArchSpec, ConvSpec, DenseSpec, InitSpec, PoolSpec
 

@@ -32,7 +32,7 @@ def spec_file(tmp_path: Path) -> Path:
 def test_cost_json_matches_library(run_cli, spec_file: Path) -> None:
     from archgen.costing import spec_geoms
     from archgen.spec import load_spec
-    from costmodel.estimate import estimate
+    from costmodel.estimator import estimate
 
     code, out, err = run_cli("cost", str(spec_file), "--format", "json")
     assert code == 0, err

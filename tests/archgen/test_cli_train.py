@@ -163,12 +163,12 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(run_cli, tmp_path, case
 
 
 def test_failure_mid_run_leaves_no_directory(run_cli, tmp_path, monkeypatch):
-    import archgen.train
+    import archgen.training
 
     def boom(*args, **kwargs):
         raise RuntimeError("simulated crash")
 
-    monkeypatch.setattr(archgen.train, "train", boom)
+    monkeypatch.setattr(archgen.training, "train", boom)
     out = tmp_path / "crash"
     code, _, err = run_cli("train", str(write_spec(tmp_path)), *FAST, "--out", str(out))
     assert code == 1 and "simulated crash" in err
@@ -186,10 +186,10 @@ def test_existing_non_run_directory_is_refused(run_cli, tmp_path):
 
 def test_cli_opens_the_test_split_once_and_only_after_training(run_cli, tmp_path, monkeypatch):
     import archgen.data
-    import archgen.train
+    import archgen.training
 
     events: list[str] = []
-    real_train, real_open = archgen.train.train, archgen.data.SealedTest.open
+    real_train, real_open = archgen.training.train, archgen.data.SealedTest.open
 
     def spy_train(*args, **kwargs):
         events.append("train start")
@@ -201,7 +201,7 @@ def test_cli_opens_the_test_split_once_and_only_after_training(run_cli, tmp_path
         events.append("test opened")
         return real_open(self, reason)
 
-    monkeypatch.setattr(archgen.train, "train", spy_train)
+    monkeypatch.setattr(archgen.training, "train", spy_train)
     monkeypatch.setattr(archgen.data.SealedTest, "open", spy_open)
     out = tmp_path / "run"
     assert run_cli("train", str(write_spec(tmp_path)), *FAST, "--out", str(out))[0] == 0

@@ -24,6 +24,7 @@ from hypothesis.extra import numpy as hnp
 import archgen.readers as readers
 from archgen.data import load_dataset
 from archgen.errors import DataError
+from archgen.read_npz import read_npz
 
 MAX_MESSAGE = 300
 
@@ -224,7 +225,7 @@ def test_npz_reader_reads_what_numpy_wrote(tmp_path, compressed):
     save = np.savez_compressed if compressed else np.savez
     save(tmp_path / "r.npz", x=x, y=y, x_test=x[:3].astype("<f2"), y_test=y[:3].astype("<i1"),
          class_names=np.array([b"a", b"b", b"c"]), extra=np.array([object()], dtype=object))
-    name, (rx, ry), (tx, ty), names = readers.read_npz(tmp_path / "r.npz", None)
+    name, (rx, ry), (tx, ty), names = read_npz(tmp_path / "r.npz", None)
     assert name == "r" and names == ["a", "b", "c"]
     np.testing.assert_array_equal(rx, x)
     np.testing.assert_array_equal(ry, y)

@@ -6,7 +6,7 @@ import torch
 import yaml
 
 from archgen.build import build_model
-from archgen.generate import sample_specs
+from archgen.generator import sample_specs
 from archgen.spec import ArchSpec, load_spec, save_spec
 
 

@@ -19,7 +19,8 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
-from archgen.search import SearchSettings, run_search
+from archgen.search_run import run_search
+from archgen.settings import SearchSettings
 
 FAST_SPACE = {
     "stages": 1, "convs_per_stage": 1, "base_filters": [8], "dense_layers": 0,

@@ -22,7 +22,8 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from archgen.search import SearchSettings, run_search
+from archgen.search_run import run_search
+from archgen.settings import SearchSettings
 
 REPO = Path(__file__).resolve().parents[2]
 PG_URL = os.environ.get("ARCHGEN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -264,9 +265,9 @@ def test_a_worker_dead_between_ask_and_first_heartbeat_is_failed_and_retried(tmp
     never failed by Optuna's heartbeat check; the search fails it after the grace period, retries
     it with the parameters it was enqueued with, and ends with nothing RUNNING."""
     _require_pg()
-    import archgen.storage
+    import archgen.liveness
 
-    monkeypatch.setattr(archgen.storage, "GRACE_PERIOD_S", 2)
+    monkeypatch.setattr(archgen.liveness, "GRACE_PERIOD_S", 2)
     study_name = f"archgen-orphan-{uuid.uuid4().hex[:10]}"
     orphan_study = optuna.create_study(study_name=study_name, storage=PG_URL, direction="maximize")
     try:

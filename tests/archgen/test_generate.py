@@ -4,7 +4,7 @@ import pytest
 
 from archgen.costing import spec_macs
 from archgen.errors import ConstraintError
-from archgen.generate import Budget, GenSpace, enumerate_specs, sample_specs
+from archgen.generator import Budget, GenSpace, enumerate_specs, sample_specs
 
 
 def test_same_seed_same_candidates_distinct_keys():

@@ -402,7 +402,7 @@ def test_disk_full_is_one_line_exit_2(run_cli, tmp_path, spec_file, monkeypatch)
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     monkeypatch.setattr(archgen.fsio, "atomic_torch_save", full_disk)
-    monkeypatch.setattr("archgen.cli.train.atomic_torch_save", full_disk)
+    monkeypatch.setattr("archgen.train_run.atomic_torch_save", full_disk)
     out = tmp_path / "run"
     code, _, err = run_cli("train", str(spec_file), *FAST_TRAIN, "--out", str(out))
     assert code == 2 and one_line(err) and "No space left on device" in err, err

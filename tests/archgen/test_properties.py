@@ -109,7 +109,7 @@ config_like = st.dictionaries(
 @EXAMPLES
 @given(config_like)
 def test_search_config_is_valid_or_one_line(tmp_path_factory, config):
-    from archgen.search import settings_from
+    from archgen.settings import settings_from
     from archgen.space import space_from_config
     from archgen.strategies import coarse_grid, manual_configs
 
@@ -184,20 +184,20 @@ def test_generate_cost_export_arguments_never_crash(tmp_path_factory, command, a
 @pytest.fixture(scope="module")
 def stub_runs():
     """search and train stop right after their arguments were validated (nothing is trained)."""
-    import archgen.search
-    import archgen.train
+    import archgen.search_run
+    import archgen.training
 
     class Validated(BaseException):  # passes through the CLI's handlers
         pass
 
-    saved = archgen.search.run_search, archgen.train.train
+    saved = archgen.search_run.run_search, archgen.training.train
 
     def stop(*args, **kwargs):
         raise Validated
 
-    archgen.search.run_search, archgen.train.train = stop, stop
+    archgen.search_run.run_search, archgen.training.train = stop, stop
     yield Validated
-    archgen.search.run_search, archgen.train.train = saved
+    archgen.search_run.run_search, archgen.training.train = saved
 
 
 @EXAMPLES

@@ -15,13 +15,8 @@ from hypothesis import strategies as st
 
 from archgen.errors import UserError
 from archgen.plots import progress_curves
-from archgen.report import (
-    PLOT_FILES,
-    best_so_far,
-    load_run,
-    pareto_front,
-    write_report,
-)
+from archgen.report import PLOT_FILES, write_report
+from archgen.rundata import best_so_far, load_run, pareto_front
 
 T0 = pd.Timestamp("2026-11-26 09:00:00")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -92,7 +87,7 @@ def make_run(root: Path, *, strategy: str = "hyperband", n_trials: int = 24, see
     pd.DataFrame(inter).to_csv(run / "intermediate.csv", index=False)
     (run / "config.yaml").write_text(
         f"strategy: {strategy}\ndata: digits\ntrials: {n_trials}\ntime_budget_s: 600\n"
-        "objective: accuracy\nmax_latency_ms: 5.0\nbatch_size_latency: 1\nseed: 0\n"
+        "objective: accuracy\nmax_latency_ms: 5.0\nlatency_batch: 1\nseed: 0\n"
         "storage: null\nstudy: s1\n"
     )
     layers = ["s1.conv1", "s1.pool1", "s2.conv1", "s2.pool1", "fc1", "classifier"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from archgen.generate import sample_specs
+from archgen.generator import sample_specs
 from archgen.rules import CHECKS, RuleSet, check, head_input, kernel_for, size_class, stem_for
 from archgen.spec import ArchSpec, ConvSpec, DenseSpec, PoolSpec
 

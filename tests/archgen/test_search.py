@@ -12,7 +12,8 @@ import torch
 import yaml
 
 from archgen.data import SealedTest
-from archgen.search import SearchSettings, run_search
+from archgen.search_run import run_search
+from archgen.settings import SearchSettings
 
 # Small, fast networks so a trial takes about a second on one core.
 TINY_SPACE = {
@@ -161,7 +162,7 @@ def test_refit_retrains_the_selected_config_on_train_plus_val(tmp_path):
     from archgen.build import build_model
     from archgen.space import train_kwargs
     from archgen.spec import ArchSpec
-    from archgen.train import TrainConfig, seed_everything, train_fixed
+    from archgen.training import TrainConfig, seed_everything, train_fixed
 
     seed = 0 * 100_003 + best.number
     seed_everything(seed)
@@ -257,7 +258,7 @@ def test_bayes_with_gaussian_process_sampler(tmp_path):
 def test_example_configs_are_valid(name):
     from pathlib import Path
 
-    from archgen.search import load_config_file, settings_from
+    from archgen.settings import load_config_file, settings_from
     from archgen.space import space_from_config
     from archgen.strategies import coarse_grid, manual_configs
 
@@ -343,7 +344,7 @@ def test_tpe_past_its_start_up_trials_under_hyperband_with_screened_out_trials()
 
 
 def test_sampler_seeds_differ_between_concurrent_workers(monkeypatch, tmp_path):
-    from archgen.search import sampler_seed
+    from archgen.settings import sampler_seed
 
     lone = SearchSettings(data="digits", seed=5, out=str(tmp_path))
     assert sampler_seed(lone) == 5  # a lone process stays reproducible
@@ -398,7 +399,8 @@ def test_pbt_members_that_never_finished_an_epoch_fail(tmp_path):
     import time
 
     from archgen.pbt import run_pbt
-    from archgen.search import load_data, load_profile, open_study, space_from_config
+    from archgen.space import space_from_config
+    from archgen.worker import load_data, load_profile, open_study
 
     settings = SearchSettings(data="digits", strategy="pbt", trials=3, max_epochs=2, threads=1,
                               out=str(tmp_path / "p"), space=TINY_SPACE)

@@ -16,7 +16,8 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from archgen.search import SearchSettings, run_search
+from archgen.search_run import run_search
+from archgen.settings import SearchSettings
 
 PG_URL = os.environ.get("ARCHGEN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 FAST_SPACE = {

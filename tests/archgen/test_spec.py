@@ -111,7 +111,7 @@ def test_load_spec_reports_json_position(tmp_path):
 def test_key_is_the_hash_of_the_canonical_json():
     import hashlib
 
-    from archgen.generate import sample_specs
+    from archgen.generator import sample_specs
 
     for shape in ((1, 28, 28), (3, 224, 224)):
         for spec in sample_specs(shape, 10, 50, seed=2):

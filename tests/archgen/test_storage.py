@@ -20,15 +20,10 @@ from hypothesis import strategies as st
 from optuna.trial import TrialState
 
 from archgen.errors import SearchConfigError
-from archgen.search import SearchSettings
-from archgen.storage import (
-    STALE_LOCK_S,
-    check_journal,
-    open_storage,
-    redact,
-    redact_text,
-    scan_journal,
-)
+from archgen.journal import STALE_LOCK_S, check_journal, scan_journal
+from archgen.redact import redact, redact_text
+from archgen.settings import SearchSettings
+from archgen.storage import open_storage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -285,7 +280,7 @@ def test_resume_after_a_torn_last_line(tmp_path, caplog):
     before = _complete(optuna.load_study(study_name="archgen", storage=open_storage(None, reference)))
     assert len(before) >= 4
 
-    with caplog.at_level(logging.WARNING, logger="archgen.storage"):
+    with caplog.at_level(logging.WARNING, logger="archgen.journal"):
         study = _make_study(run, 3)
     warning = " ".join(r.getMessage() for r in caplog.records)
     assert str(journal) in warning and "torn tail" in warning
@@ -321,7 +316,7 @@ def test_nul_bytes_after_valid_records(tmp_path, caplog):
     journal = run / "study.journal"
     good = journal.read_bytes()
     journal.write_bytes(good + b"\0" * 4096)
-    with caplog.at_level(logging.WARNING, logger="archgen.storage"):
+    with caplog.at_level(logging.WARNING, logger="archgen.journal"):
         study = _make_study(run, 1)
     assert "dropped 4096 byte(s)" in caplog.text
     assert _side_files(run)[0].read_bytes() == b"\0" * 4096
@@ -382,7 +377,7 @@ def test_journal_of_only_nul_bytes(tmp_path, caplog):
     run = tmp_path / "run"
     run.mkdir()
     (run / "study.journal").write_bytes(b"\0" * 10000)
-    with caplog.at_level(logging.WARNING, logger="archgen.storage"):
+    with caplog.at_level(logging.WARNING, logger="archgen.journal"):
         study = _make_study(run, 1)
     assert "dropped 10000 byte(s) in 1 line(s) after record 0" in caplog.text
     assert _side_files(run)[0].read_bytes() == b"\0" * 10000
@@ -408,7 +403,7 @@ def test_complete_last_record_without_newline_is_kept(tmp_path, caplog):
     journal = run / "study.journal"
     data = journal.read_bytes()
     journal.write_bytes(data[:-1])
-    with caplog.at_level(logging.WARNING, logger="archgen.storage"):
+    with caplog.at_level(logging.WARNING, logger="archgen.journal"):
         check_journal(journal)
     assert journal.read_bytes() == data
     assert "no line end" in caplog.text and not _side_files(run)
@@ -435,7 +430,7 @@ def test_stale_journal_lock_with_a_relative_run_dir(tmp_path, monkeypatch, caplo
     old = time.time() - STALE_LOCK_S - 60
     os.utime(lock, (old, old), follow_symlinks=False)
     done: list[optuna.Study] = []
-    with caplog.at_level(logging.WARNING, logger="archgen.storage"):
+    with caplog.at_level(logging.WARNING, logger="archgen.journal"):
         t = threading.Thread(target=lambda: done.append(_make_study(run, 1)), daemon=True)
         t.start()
         t.join(20)

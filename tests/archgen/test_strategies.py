@@ -8,7 +8,7 @@ import statistics
 import optuna
 import pytest
 
-from archgen.search import SearchSettings
+from archgen.settings import SearchSettings
 from archgen.space import Param, default_space, suggest
 from archgen.strategies import PriorStartupSampler, TrainedTrialsSampler, make_sampler
 

@@ -11,7 +11,7 @@ from torch import nn
 from archgen.data import Dataset, SealedTest, Split, load_dataset
 from archgen.errors import UserError
 from archgen.losses import mse_softmax
-from archgen.train import (
+from archgen.training import (
     EpochMetrics,
     TrainConfig,
     Trainer,
@@ -262,7 +262,7 @@ def test_deadline_stops_training_within_an_epoch_and_restores_the_best_epoch(dig
     import time as real_time
     import types
 
-    import archgen.train as train_mod
+    import archgen.trainer as train_mod
 
     calls = []  # the trainer reads the wall clock once per batch; the budget runs out at call 51
 
@@ -297,7 +297,7 @@ def test_deadline_before_the_first_batch_finishes_no_epoch(digits):
 
 
 def test_train_fixed_runs_exactly_n_epochs_and_keeps_the_last_weights(digits):
-    from archgen.train import train_fixed
+    from archgen.training import train_fixed
 
     model = mlp()
     r = train_fixed(model, digits, dataclasses.replace(FAST, patience=1), 4)
@@ -416,7 +416,7 @@ def test_progress_bar_only_on_a_terminal_and_when_asked(monkeypatch):
     import io
     import sys
 
-    from archgen.train import _progress
+    from archgen.trainer import _progress
 
     items = [0, 64, 128]
     assert _progress(items, True, "x") is items  # pytest's stderr is not a TTY

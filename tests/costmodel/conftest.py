@@ -7,7 +7,7 @@ from costmodel_refnets import alexnet_style, lenet5, vgg_style
 
 
 @pytest.fixture(scope="module")
-def reference_nets():  # noqa: ANN201
+def reference_nets():
     import torch
 
     torch.manual_seed(0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-def fvcore_conv_linear(module, x) -> dict[str, int]:  # noqa: ANN001 - torch types
+def fvcore_conv_linear(module, x) -> dict[str, int]:
     """fvcore's conv + linear flop count per leaf module path (batch of ``x``)."""
     from fvcore.nn import FlopCountAnalysis
 
@@ -18,7 +18,7 @@ def fvcore_conv_linear(module, x) -> dict[str, int]:  # noqa: ANN001 - torch typ
     return out
 
 
-def lenet5():  # noqa: ANN201
+def lenet5():
     from torch import nn
 
     return nn.Sequential(
@@ -29,7 +29,7 @@ def lenet5():  # noqa: ANN201
     )
 
 
-def alexnet_style():  # noqa: ANN201
+def alexnet_style():
     from torch import nn
 
     return nn.Sequential(
@@ -43,7 +43,7 @@ def alexnet_style():  # noqa: ANN201
     )
 
 
-def vgg_style():  # noqa: ANN201
+def vgg_style():
     from torch import nn
 
     def block(c_in: int, c_out: int, n: int) -> list:

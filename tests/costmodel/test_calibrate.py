@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from costmodel.calibrate import _export_gbr, calibrate, fit_layers, fit_profile
+from costmodel.calibration import calibrate
 from costmodel.device_profile import DeviceProfile, current_context
 from costmodel.errors import CostModelError
-from costmodel.estimate import compile_trees, estimate, estimate_total_ms
+from costmodel.estimator import compile_trees, estimate, estimate_total_ms
+from costmodel.fit import _export_gbr, fit_layers, fit_profile
 from costmodel.geometry import LayerGeom
 from costmodel.netgen import random_plain_cnn
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from costmodel.errors import CostModelError
-from costmodel.estimate import estimate
+from costmodel.estimator import estimate
 from costmodel.geometry import LayerGeom
 from costmodel.profile import ModelProfile
 from costmodel.report import comparison_table, plot_layers, render
@@ -22,7 +22,7 @@ GEOMS = [
 ]
 
 
-def profiled():  # noqa: ANN201
+def profiled():
     report = estimate(GEOMS)
     meas = ModelProfile(tuple(GEOMS), (0.5, 0.25, 0.1), (0.01, 0.01, 0.01), 0.9, 0.02, 0.88,
                         "cpu", 1, 1, 3, "thread")

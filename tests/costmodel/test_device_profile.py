@@ -17,7 +17,7 @@ from costmodel.device_profile import (
 from costmodel.errors import CostModelError
 
 
-def make_profile(**ctx_changes) -> DeviceProfile:  # noqa: ANN003
+def make_profile(**ctx_changes) -> DeviceProfile:
     ctx = current_context("cpu", 1, 8)
     ctx.update(ctx_changes)
     return DeviceProfile(

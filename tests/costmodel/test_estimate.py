@@ -10,7 +10,7 @@ import pytest
 
 from costmodel.device_profile import DeviceProfile, default_profile
 from costmodel.errors import CostModelError
-from costmodel.estimate import (
+from costmodel.estimator import (
     COLUMNS,
     balance_summary,
     compile_trees,
@@ -30,7 +30,7 @@ GEOMS = [
 ]
 
 
-def hand_profile(batch_size: int = 4, **changes) -> DeviceProfile:  # noqa: ANN003
+def hand_profile(batch_size: int = 4, **changes) -> DeviceProfile:
     fields = dict(
         context={"device": "cpu", "device_name": "test-cpu", "threads": 1,
                  "torch_version": "0", "dtype": "float32", "batch_size": batch_size},
@@ -141,7 +141,7 @@ def test_empty_network_is_an_error() -> None:
 
 def test_pricing_modules_do_not_import_torch() -> None:
     code = (
-        "import sys, costmodel.geometry, costmodel.estimate, costmodel.device_profile, "
+        "import sys, costmodel.geometry, costmodel.estimator, costmodel.device_profile, "
         "costmodel.report; print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -154,8 +154,9 @@ def test_network_correction_never_prices_a_small_network_at_or_below_zero():
     import dataclasses
 
     from costmodel.device_profile import default_profile
-    from costmodel.estimate import MIN_SHARE_OF_LAYER_SUM, estimate_layers_ms, estimate_total_ms
+    from costmodel.estimator import estimate_layers_ms, estimate_total_ms
     from costmodel.geometry import LayerGeom
+    from costmodel.modeldef import MIN_SHARE_OF_LAYER_SUM
 
     base = default_profile()
     bent = dataclasses.replace(base, network={"c0_ms": -5.0, "scale": 0.9, "per_layer_ms": -1.0})

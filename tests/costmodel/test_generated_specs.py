@@ -16,7 +16,7 @@ SHAPES = [(1, 28, 28), (3, 32, 32), (3, 64, 64)]
 def test_generated_specs_match_fvcore_and_torch(shape: tuple[int, int, int]) -> None:
     from archgen.build import build_model
     from archgen.costing import spec_geoms
-    from archgen.generate import Budget, sample_specs
+    from archgen.generator import Budget, sample_specs
 
     specs = sample_specs(shape, 10, 8, seed=7, budget=Budget(max_macs=200_000_000))
     assert len(specs) == 8

@@ -44,7 +44,7 @@ def test_bad_geometry_is_named() -> None:
 
 
 @pytest.mark.parametrize("name", ["lenet5", "alexnet", "vgg"])
-def test_macs_equal_fvcore_and_params_equal_torch(reference_nets, name: str) -> None:  # noqa: ANN001
+def test_macs_equal_fvcore_and_params_equal_torch(reference_nets, name: str) -> None:
     module, x = reference_nets[name]
     geoms = geoms_from_module(module, x)
     ours = {g.name: g.macs for g in geoms if g.op in ("conv", "dense")}
@@ -52,7 +52,7 @@ def test_macs_equal_fvcore_and_params_equal_torch(reference_nets, name: str) -> 
     assert sum(g.params for g in geoms) == sum(p.numel() for p in module.parameters())
 
 
-def test_alexnet_geometry_and_fusion(reference_nets) -> None:  # noqa: ANN001
+def test_alexnet_geometry_and_fusion(reference_nets) -> None:
     module, x = reference_nets["alexnet"]
     geoms = geoms_from_module(module, x)
     first = geoms[0]
@@ -65,7 +65,7 @@ def test_alexnet_geometry_and_fusion(reference_nets) -> None:  # noqa: ANN001
     assert dense[0].c_in == 256 * 6 * 6 and (dense[0].h_in, dense[0].w_in) == (1, 1)
 
 
-def test_batchnorm_breaks_fusion_and_activation_stands_alone(reference_nets) -> None:  # noqa: ANN001
+def test_batchnorm_breaks_fusion_and_activation_stands_alone(reference_nets) -> None:
     module, x = reference_nets["vgg"]
     geoms = geoms_from_module(module, x)
     assert [g.op for g in geoms[:4]] == ["conv", "bn", "act", "conv"]

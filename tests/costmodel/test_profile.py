@@ -8,11 +8,10 @@ from torch import nn
 
 from costmodel.errors import CostModelError
 from costmodel.geometry import geoms_from_module
+from costmodel.measure import module_from_geoms, profile_layer
 from costmodel.profile import (
     PROTOCOL,
     Timing,
-    module_from_geoms,
-    profile_layer,
     profile_module,
     profile_modules,
     resolve_device,

@@ -1,23 +1,13 @@
-"""Fit a device profile on this machine from layer micro-benchmarks and calibration networks.
+"""Fit a device profile from measured layers (``costmodel.measure``): no torch.
 
-What is measured (all at one batch size and thread count, protocol in ``costmodel.profile``):
-
-1. Standalone activations, pooling, batch norm, global pooling and dropout of varied sizes
-   (isolated micro-benchmarks) -> per-element activation costs and the cheap-op classes.
-2. Calibration networks: random plain CNNs covering the generator's space (``costmodel.netgen``:
-   inputs 28-96 px, kernels 1-11, widths up to 384, pooling, batch norm, dense heads), or the
-   networks a caller passes in. Each is profiled as a whole with per-layer boundary hooks, so
-   every layer is measured *in context* (input just produced by the previous layer, weights as
-   cold as they really are). On this CPU in-context layer times differ from isolated ones by
-   up to 4x for dense, global pooling and dropout layers, which is why a table of isolated
-   layers alone does not reach the accuracy bar.
-
-What is fitted (relative-error weighted throughout):
+The inputs are isolated micro-benchmarks of the cheap ops and calibration networks profiled as
+a whole, every layer measured *in context* (see ``costmodel.measure``). What is fitted
+(relative-error weighted throughout; the model itself is defined in ``costmodel.modeldef``):
 
 * per op class (conv per kernel size, dense, pool per mode, bn, gap, act, dropout):
   ``T = c + a*MACs + b*bytes`` by non-negative least squares on ``(T_pred - T)/T``;
 * a log-space ridge regressor per class on ``log(T / T_linear)`` (features in
-  ``costmodel.estimate.residual_features``) for what the linear form misses (oneDNN efficiency
+  ``costmodel.modeldef.residual_features``) for what the linear form misses (oneDNN efficiency
   depending on channel counts);
 * a lookup table: the median in-context time of every distinct layer configuration seen;
 * a network-level correction ``T_net = c0 + scale * sum(layers) + per_layer * n_layers`` (the
@@ -30,49 +20,42 @@ What is fitted (relative-error weighted throughout):
 from __future__ import annotations
 
 import datetime as _dt
-import logging
-import math
 import random
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from costmodel.device_profile import (
-    DeviceProfile,
-    cache_path,
-    current_context,
-    default_profile,
-    load_cached,
-)
+from costmodel.device_profile import Context, DeviceProfile, TreeEnsemble
 from costmodel.errors import CostModelError
-from costmodel.estimate import (
-    estimate_total_ms,
+from costmodel.estimator import estimate_total_ms
+from costmodel.geometry import LayerGeom
+from costmodel.modeldef import (
+    RESIDUAL_CLAMP,
+    TREE_CLAMP,
+    fit_classes,
+    fused_activation_ms,
+    linear_features,
+    linear_ms,
     residual_features,
+    seed_units,
+    t_k_classes,
     tree_base_class,
     tree_features,
 )
-from costmodel.geometry import LayerGeom
 
-__all__ = ["DeviceProfile", "calibrate", "default_profile", "fit_profile", "load_cached",
-           "cache_path", "Sample"]
-
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from sklearn.ensemble import GradientBoostingRegressor
 
 # (layer geometry, measured ms) pairs.
 Sample = tuple[LayerGeom, float]
+# A profiled calibration network: (geoms, per-layer in-context ms, end-to-end ms).
+Network = tuple[Sequence[LayerGeom], Sequence[float], float]
 MIN_CLASS_SAMPLES = 6
-# Networks profiled interleaved at a time: bounds memory (all models and inputs stay alive) and
-# fixes the cache regime (how many other models run between two runs of one model).
-CHUNK = 40
-# Interleaved warm-up per chunk (seconds): freshly built models ran up to 30% slower for their
-# first seconds on this machine.
-WARMUP_S = 5.0
 MIN_TREE_SAMPLES = 30
 TREE_PARAMS = {"n_estimators": 60, "max_depth": 4, "learning_rate": 0.15, "subsample": 0.8}
 RIDGE_LAMBDA = 0.3
-ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu")
 
 
 def _nnls_relative(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -103,35 +86,25 @@ def _ridge(x: np.ndarray, r: np.ndarray, lam: float) -> np.ndarray:
 
 def fit_layers(
     samples: Sequence[Sample], act_elem_ms: dict[str, float], residual: bool = True
-) -> tuple[dict[str, dict[str, float]], dict[str, list[float]], dict[str, Any]]:
+) -> tuple[dict[str, dict[str, float]], dict[str, list[float]], dict[str, object]]:
     """Fit the per-class linear coefficients and residual weights on (geom, ms) samples.
 
     ``act_elem_ms`` gives the cost of fused activations, subtracted before fitting conv/dense.
     Returns ``(coeffs, residual, quality)``.
     """
     by_class: dict[str, list[Sample]] = defaultdict(list)
-    all_keys: set[str] = set()
     for g, t in samples:
-        if g.op == "conv":
-            by_class["conv"].append((g, t))
-            by_class[f"conv_k{g.kernel}"].append((g, t))
-        elif g.op == "pool":
-            by_class[f"pool_{g.mode}"].append((g, t))
-        elif g.op == "act":
-            by_class[f"act_{g.activation}"].append((g, t))
-            by_class["act"].append((g, t))
-        else:
-            by_class[g.op].append((g, t))
-        all_keys.add(g.op)
+        for cls in fit_classes(g):
+            by_class[cls].append((g, t))
     coeffs: dict[str, dict[str, float]] = {}
     weights: dict[str, list[float]] = {}
-    quality: dict[str, Any] = {}
+    quality: dict[str, object] = {}
     for cls, rows in sorted(by_class.items()):
         generic = cls in ("conv", "act", "dense", "bn", "gap", "dropout") or cls.startswith("pool")
         if len(rows) < MIN_CLASS_SAMPLES and not generic:
             continue
         y = np.array([_strip_activation(g, t, act_elem_ms) for g, t in rows])
-        x = np.array([[1.0, g.macs, g.bytes] for g, _ in rows], dtype=float)
+        x = np.array([linear_features(g) for g, _ in rows], dtype=float)
         if cls.startswith("conv") or cls == "dense":
             coef = _nnls_relative(x, y)
         else:  # no MACs: c + b*bytes
@@ -146,7 +119,7 @@ def fit_layers(
             r = np.log(np.maximum(y, 1e-9) / base)
             w = _ridge(feats, r, RIDGE_LAMBDA)
             weights[cls] = [float(v) for v in w]
-            pred = base * np.exp(np.clip(feats @ w, -1.0, 1.0))
+            pred = base * np.exp(np.clip(feats @ w, -RESIDUAL_CLAMP, RESIDUAL_CLAMP))
         err = np.abs(pred - y) / y
         quality[cls] = {"n": len(rows), "mape": float(err.mean()),
                         "within_10pct": float((err < 0.1).mean())}
@@ -156,7 +129,7 @@ def fit_layers(
 def fit_trees(
     samples: Sequence[Sample], coeffs: dict[str, dict[str, float]],
     act_elem_ms: dict[str, float], seed: int = 0,
-) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+) -> tuple[dict[str, TreeEnsemble], dict[str, object]]:
     """Boosted regression trees per op on ``log(T / T_linear)`` (in-context samples).
 
     Returns ``(trees, quality)``; ops with fewer than ``MIN_TREE_SAMPLES`` samples get none.
@@ -166,8 +139,8 @@ def fit_trees(
     by_op: dict[str, list[Sample]] = defaultdict(list)
     for g, t in samples:
         by_op[g.op].append((g, t))
-    trees: dict[str, dict[str, Any]] = {}
-    quality: dict[str, Any] = {}
+    trees: dict[str, TreeEnsemble] = {}
+    quality: dict[str, object] = {}
     for op, rows in sorted(by_op.items()):
         if len(rows) < MIN_TREE_SAMPLES or op == "dropout":
             continue
@@ -176,21 +149,21 @@ def fit_trees(
             c = coeffs.get(tree_base_class(g)) or coeffs.get(op)
             if c is None:
                 break
-            base.append(c["c"] + c["a"] * g.macs + c["b"] * g.bytes)
+            base.append(linear_ms((c["c"], c["a"], c["b"]), g))
         else:
             y = np.array([_strip_activation(g, t, act_elem_ms) for g, t in rows])
             x = np.array([tree_features(g) for g, _ in rows])
             r = np.log(np.maximum(y, 1e-9) / np.maximum(np.array(base), 1e-9))
             model = GradientBoostingRegressor(random_state=seed, **TREE_PARAMS).fit(x, r)
             trees[op] = _export_gbr(model, x[:1])
-            pred = np.exp(np.clip(model.predict(x), -3.0, 3.0)) * np.array(base)
+            pred = np.exp(np.clip(model.predict(x), -TREE_CLAMP, TREE_CLAMP)) * np.array(base)
             err = np.abs(pred - y) / y
             quality[f"trees_{op}"] = {"n": len(rows), "mape_in_sample": float(err.mean())}
     return trees, quality
 
 
-def _export_gbr(model: Any, x0: np.ndarray) -> dict[str, Any]:
-    """sklearn GradientBoostingRegressor -> JSON-safe arrays (see estimate.compile_trees)."""
+def _export_gbr(model: GradientBoostingRegressor, x0: np.ndarray) -> TreeEnsemble:
+    """sklearn GradientBoostingRegressor -> JSON-safe arrays (see estimator.compile_trees)."""
     lr = float(model.learning_rate)
     trees = []
     total = 0.0
@@ -206,8 +179,7 @@ def _export_gbr(model: Any, x0: np.ndarray) -> dict[str, Any]:
 def _strip_activation(g: LayerGeom, t: float, act_elem_ms: dict[str, float]) -> float:
     """Measured time minus the fused activation's estimated cost (never below half of it)."""
     if g.activation and g.op in ("conv", "dense"):
-        extra = g.acts * act_elem_ms.get(g.activation, act_elem_ms.get("relu", 0.0))
-        return max(t - extra, 0.5 * t)
+        return max(t - fused_activation_ms(g, act_elem_ms), 0.5 * t)
     return t
 
 
@@ -227,10 +199,10 @@ def fit_act_elem(samples: Sequence[Sample]) -> dict[str, float]:
 
 
 def fit_profile(
-    context: dict[str, Any],
+    context: Context,
     micro: Sequence[Sample],
-    networks: Sequence[tuple[Sequence[LayerGeom], Sequence[float], float]],
-    protocol: dict[str, Any],
+    networks: Sequence[Network],
+    protocol: dict[str, object],
     folds: int = 5,
     seed: int = 0,
     use_trees: bool = True,
@@ -295,14 +267,7 @@ def fit_profile(
                  protocol)
 
 
-def seed_units(geoms: Sequence[LayerGeom]) -> int:
-    """Textbook work of a network: sum of N_p x N_f over its conv and dense layers."""
-    return sum(g.n_p * g.n_f for g in geoms if g.op in ("conv", "dense"))
-
-
-def fit_baselines(
-    networks: Sequence[tuple[Sequence[LayerGeom], Sequence[float], float]],
-) -> dict[str, float]:
+def fit_baselines(networks: Sequence[Network]) -> dict[str, float]:
     """One-constant baselines fitted on the calibration networks' end-to-end times
     (relative least squares): ``flops_ms_per_mac`` (T = k * MACs) and ``seed_t_k_ms``
     (T = T_k * sum of N_p x N_f, the textbook form with one T_k)."""
@@ -317,11 +282,11 @@ def fit_baselines(
     return {"flops_ms_per_mac": one_constant(macs, ys), "seed_t_k_ms": one_constant(units, ys)}
 
 
-def _make(context: dict[str, Any], coeffs: dict[str, dict[str, float]],
-          weights: dict[str, list[float]], trees: dict[str, dict[str, Any]],
+def _make(context: Context, coeffs: dict[str, dict[str, float]],
+          weights: dict[str, list[float]], trees: dict[str, TreeEnsemble],
           table: dict[str, float], t_k: dict[str, float],
-          act_elem: dict[str, float], network: dict[str, float], quality: dict[str, Any],
-          protocol: dict[str, Any]) -> DeviceProfile:
+          act_elem: dict[str, float], network: dict[str, float], quality: dict[str, object],
+          protocol: dict[str, object]) -> DeviceProfile:
     return DeviceProfile(
         context=dict(context), coeffs=coeffs, t_k_ms=t_k, act_elem_ms=act_elem, residual=weights,
         trees=trees, table=table, use_table=bool(table), network=network, fit_quality=quality, protocol=dict(protocol),
@@ -343,107 +308,8 @@ def _fit_t_k(samples: Sequence[Sample]) -> dict[str, float]:
     for g, t in samples:
         npnf = g.n_p * g.n_f
         if npnf > 0:
-            ratios[g.op].append(t / npnf)
-            if g.op == "conv":
-                ratios[f"conv_k{g.kernel}"].append(t / npnf)
+            for cls in t_k_classes(g):
+                ratios[cls].append(t / npnf)
     # argmin sum((tk*x - y)/y)^2 = sum(x/y) / sum((x/y)^2) over samples; with r = y/x this is
     # sum(1/r) / sum(1/r^2).
     return {k: float(sum(1 / r for r in v) / sum(1 / r**2 for r in v)) for k, v in ratios.items()}
-
-
-def micro_benchmark_geoms(quick: bool, seed: int = 0) -> list[LayerGeom]:
-    """Isolated layers for the cheap ops: activations, pooling, batch norm, gap, dropout."""
-    rng = random.Random(seed)
-    shapes = [(c, h) for c in (8, 32, 64, 128, 256, 384) for h in (4, 8, 14, 28, 48, 96)
-              if c * h * h <= 400_000]
-    if quick:
-        shapes = rng.sample(shapes, 8)
-    out: list[LayerGeom] = []
-    for c, h in shapes:
-        for act in ACTIVATIONS if not quick else ("relu", "tanh"):
-            out.append(LayerGeom(f"act_{act}_{c}x{h}", "act", c, c, h, h, h, h, bias=False,
-                                 activation=act))
-        for mode in ("max", "avg"):
-            if h >= 2:
-                out.append(LayerGeom(f"pool_{mode}_{c}x{h}", "pool", c, c, h, h, h // 2, h // 2,
-                                     2, 2, bias=False, mode=mode))
-        out.append(LayerGeom(f"bn_{c}x{h}", "bn", c, c, h, h, h, h, bias=False))
-        out.append(LayerGeom(f"gap_{c}x{h}", "gap", c, c, h, h, 1, 1, bias=False, mode="avg"))
-    return out
-
-
-def calibrate(
-    device: str = "cpu",
-    threads: int = 1,
-    batch_size: int = 32,
-    quick: bool = False,
-    networks: Sequence[Sequence[LayerGeom]] | None = None,
-    extra_networks: Sequence[Sequence[LayerGeom]] = (),
-    n_networks: int | None = None,
-    repeats: int | None = None,
-    seed: int = 0,
-    clock: str = "auto",
-    save_to_cache: bool = False,
-    progress: Callable[[str], None] | None = None,
-) -> DeviceProfile:
-    """Measure and fit a device profile for ``device`` at ``threads`` and ``batch_size``.
-
-    ``quick``: 24 random calibration networks and 5 repeats (under a minute on a 2-core Xeon);
-    otherwise 160 networks and 9 repeats (a few minutes). ``networks`` replaces the random
-    calibration networks, ``extra_networks`` adds to them (e.g. samples of archgen's own
-    generator, so the lookup table holds its layer configurations; never the networks the model
-    is judged on). Networks are profiled interleaved, round by round, in chunks of ``CHUNK``
-    after ``WARMUP_S`` seconds of interleaved warm-up; ``clock`` as in ``costmodel.profile``.
-    ``save_to_cache`` writes the profile to ``cache_path(context)``.
-    Raises ``CostModelError`` for an unknown device or CUDA without CUDA.
-    """
-    from costmodel.netgen import random_plain_cnn
-    from costmodel.profile import (
-        PROTOCOL,
-        input_for,
-        module_from_geoms,
-        profile_layer,
-        profile_modules,
-        resolve_clock,
-        resolve_device,
-    )
-
-    context = current_context(device, threads, batch_size)
-    dev = resolve_device(device)
-    say = progress or (lambda msg: log.info("%s", msg))
-    reps = repeats or (5 if quick else 9)
-    if reps < 1:
-        raise CostModelError(f"repeats={reps} must be >= 1")
-    rng = random.Random(seed)
-    if networks is None:
-        count = n_networks or (24 if quick else 160)
-        networks = [random_plain_cnn(rng) for _ in range(count)]
-    networks = [list(n) for n in networks] + [list(n) for n in extra_networks]
-    micro_geoms = micro_benchmark_geoms(quick, seed)
-    say(f"calibrating {context['device']} ({context['device_name']}), {threads} thread(s), "
-        f"batch {batch_size}: {len(micro_geoms)} micro-benchmarks, {len(networks)} networks, "
-        f"{reps} repeats")
-    micro: list[Sample] = []
-    for g in micro_geoms:
-        micro.append((g, profile_layer(g, batch_size, dev, threads, reps, 2, clock).min_ms))
-    import torch
-
-    torch.manual_seed(seed)
-    profiled = []
-    for start in range(0, len(networks), CHUNK):
-        part = networks[start:start + CHUNK]
-        pairs = [(module_from_geoms(g).to(dev), input_for(g, batch_size, dev)) for g in part]
-        for mp in profile_modules(pairs, dev, threads, reps, 2, clock, warmup_s=WARMUP_S):
-            profiled.append((list(mp.geoms), list(mp.meas_ms), mp.e2e_ms))
-        say(f"profiled {len(profiled)}/{len(networks)} networks")
-    protocol = dict(PROTOCOL, repeats=reps, quick=quick, n_networks=len(networks),
-                    clock=resolve_clock(clock, threads) if dev == "cpu" else "cuda-events",
-                    n_micro=len(micro_geoms), seed=seed)
-    profile = fit_profile(context, micro, profiled, protocol, seed=seed)
-    q = profile.fit_quality.get("network_oof", {})
-    say(f"fit: calibration networks out of fold MAPE {100 * q.get('mape', math.nan):.1f}%, "
-        f"within 10% {100 * q.get('within_10pct', math.nan):.0f}%")
-    if save_to_cache:
-        path = profile.save(cache_path(context))
-        say(f"saved {path}")
-    return profile

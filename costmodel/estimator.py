@@ -9,7 +9,7 @@ Pure arithmetic, no torch. Two entry points:
 
 Per layer, ``t_k_ms`` is the textbook time of one filter application for the op and
 ``t_c_seed_ms = n_p * n_f * t_k_ms`` (scaled by batch size relative to the profile's);
-``est_ms`` is the calibrated estimate (model in ``costmodel.device_profile``), already multiplied
+``est_ms`` is the calibrated estimate (model in ``costmodel.modeldef``), already multiplied
 by the network-level ``scale`` and including the network-level ``per_layer_ms`` term;
 ``total_est_ms = sum(est_ms) + overhead_ms`` where ``overhead_ms`` is the fitted per-network
 constant ``c0_ms``.
@@ -17,86 +17,51 @@ constant ``c0_ms``.
 Batch size: a calibrated profile holds for its own batch size only; asking for another raises
 ``CostModelError`` (calibrate at that batch size instead). The built-in default profile scales
 linearly with batch size. ``batch_size=None`` means the profile's own batch size.
+
+A profile is compiled once for the fast path (``compile_profile``: plain tuples, tree ensembles
+turned into Python functions) and the compiled form is cached per profile object.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
-from costmodel.device_profile import DeviceProfile, default_profile
+from costmodel.device_profile import DeviceProfile, TreeEnsemble, default_profile
 from costmodel.errors import CostModelError
 from costmodel.geometry import LayerGeom, parse_config_key
+from costmodel.modeldef import (
+    RESIDUAL_CLAMP,
+    TREE_CLAMP,
+    corrected_layer_ms,
+    fused_activation_ms,
+    linear_ms,
+    network_overhead_ms,
+    op_class,
+    residual_features,
+    seed_t_k_ms,
+    tree_base_class,
+    tree_features,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from costmodel.profile import ModelProfile
+
+JsonValue = float | int | str | bool | None
+TreeFunction = Callable[[Sequence[float]], float]
 
 COLUMNS = (
     "layer", "op", "c_in", "c_out", "kernel", "stride", "h_out", "w_out", "n_p", "n_f", "macs",
     "params", "acts", "bytes", "t_k_ms", "t_c_seed_ms", "est_ms",
 )
-MEAS_COLUMNS = ("meas_ms", "meas_iqr_ms")
-# The log-space residual correction is clamped so that a regressor extrapolating far outside
-# the calibrated space can move the linear base by at most this factor either way.
-RESIDUAL_CLAMP = 1.0
 
 
-def op_class(g: LayerGeom, coeffs: dict[str, Any]) -> str:
-    """The coefficient set a layer uses: conv per kernel size when calibrated, pool per mode,
-    standalone activations per function; falls back to the op name."""
-    if g.op == "conv":
-        key = f"conv_k{g.kernel}"
-        return key if key in coeffs else "conv"
-    if g.op == "pool":
-        key = f"pool_{g.mode}"
-        return key if key in coeffs else ("pool_max" if "pool_max" in coeffs else "pool")
-    if g.op == "act":
-        key = f"act_{g.activation}"
-        return key if key in coeffs else "act"
-    return g.op
-
-
-def residual_features(g: LayerGeom) -> list[float]:
-    """Features of the log-space residual regressor (its weights live in the profile)."""
-    ln = math.log
-    if g.op == "conv":
-        cin = g.c_in / g.groups
-        return [
-            1.0, ln(cin), ln(g.c_out), ln(g.n_p), ln(cin * g.kernel * g.kernel),
-            ln(cin) ** 2, ln(g.c_out) ** 2, ln(g.n_p) ** 2, 1.0 if g.stride > 1 else 0.0,
-            ln(cin) * ln(g.c_out),
-        ]
-    if g.op == "dense":
-        return [1.0, ln(g.c_in), ln(g.c_out), ln(g.c_in) ** 2, ln(g.c_out) ** 2]
-    return [1.0, ln(g.acts), ln(g.c_in), ln(g.n_p)]
-
-
-ACT_CODES = {None: 0.0, "relu": 1.0, "tanh": 2.0, "sigmoid": 3.0, "gelu": 4.0}
-TREE_CLAMP = 3.0
-
-
-def tree_features(g: LayerGeom) -> list[float]:
-    """Features of the boosted-tree residual model (log sizes, kernel, stride, activation)."""
-    ln = math.log
-    cin, cout, k = g.c_in // g.groups, g.c_out, g.kernel
-    hw_in, n_p = g.h_in * g.w_in, g.h_out * g.w_out
-    op = g.op
-    if op == "conv":
-        macs = n_p * cout * cin * k * k
-        params = cout * cin * k * k + (cout if g.bias else 0)
-    elif op == "dense":
-        macs = g.c_in * cout
-        params = macs + (cout if g.bias else 0)
-    else:
-        macs = 0
-        params = 2 * cout if op == "bn" else 0
-    nbytes = (g.c_in * hw_in + cout * n_p + params) * g.dtype_bytes
-    return [
-        ln(cin), ln(cout), ln(g.h_out), ln(g.h_in), float(k), float(g.stride), ln(macs + 1.0),
-        ln(nbytes), ACT_CODES.get(g.activation, 5.0), 1.0 if g.mode == "max" else 0.0,
-    ]
-
-
-def compile_trees(model: dict[str, Any]) -> Any:
+def compile_trees(model: TreeEnsemble) -> TreeFunction:
     """Turn a stored tree ensemble into one Python function of the feature list.
 
     The ensemble is ``{"init": float, "lr": float, "trees": [[feature, threshold, left, right,
@@ -106,7 +71,7 @@ def compile_trees(model: dict[str, Any]) -> Any:
     profile file cannot inject code.
     """
 
-    def expr(tree: list[list[Any]], node: int) -> str:
+    def expr(tree: list[list[float]], node: int) -> str:
         feature, threshold, left, right, value = (col[node] for col in tree)
         if int(left) < 0:
             return repr(float(value))
@@ -117,15 +82,15 @@ def compile_trees(model: dict[str, Any]) -> Any:
 
     terms = " + ".join(expr(t, 0) for t in model["trees"]) or "0.0"
     source = f"lambda x: {float(model['init'])!r} + {float(model['lr'])!r} * ({terms})"
-    return eval(source, {"__builtins__": {}})  # noqa: S307 - generated from numbers only
+    return eval(source, {"__builtins__": {}})  # generated from numbers only
 
 
 @dataclass(frozen=True)
 class _Compiled:
     coeffs: dict[str, tuple[float, float, float]]
     residual: dict[str, tuple[float, ...]]
-    trees: dict[str, Any]
-    table: dict[tuple[Any, ...], float]
+    trees: dict[str, TreeFunction]
+    table: dict[tuple[str | int, ...], float]
     act_elem_ms: dict[str, float]
     t_k_ms: dict[str, float]
     c0_ms: float
@@ -136,7 +101,7 @@ class _Compiled:
 
 
 def compile_profile(profile: DeviceProfile) -> _Compiled:
-    """Flatten a profile into tuples for the fast path (cached on the profile)."""
+    """Flatten a profile into tuples for the fast path (``_compiled`` caches it per profile)."""
     return _Compiled(
         coeffs={k: (float(v["c"]), float(v["a"]), float(v["b"])) for k, v in profile.coeffs.items()},
         residual={k: tuple(float(x) for x in v) for k, v in profile.residual.items()},
@@ -153,13 +118,24 @@ def compile_profile(profile: DeviceProfile) -> _Compiled:
     )
 
 
+# Compiled forms by profile object (profiles hash by identity); dropped with their profile.
+_COMPILED: weakref.WeakKeyDictionary[DeviceProfile, _Compiled] = weakref.WeakKeyDictionary()
+
+
+def _compiled(profile: DeviceProfile) -> _Compiled:
+    comp = _COMPILED.get(profile)
+    if comp is None:
+        comp = _COMPILED[profile] = compile_profile(profile)
+    return comp
+
+
 def _resolve(
     profile: DeviceProfile | None, batch_size: int | None
 ) -> tuple[DeviceProfile, _Compiled, float]:
     """The profile to use, its compiled form and the batch factor B / B0."""
     if profile is None:
         profile = default_profile()
-    comp: _Compiled = profile.compiled
+    comp = _compiled(profile)
     if batch_size is None:
         batch_size = comp.batch_size
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -189,8 +165,7 @@ def _layer_raw_ms(g: LayerGeom, comp: _Compiled, factor: float) -> float:
             f"layer {g.name!r}: the device profile has no coefficients for op {g.op!r}; "
             "recalibrate with `archgen calibrate`"
         )
-    c, a, b = coeff
-    t = c + factor * (a * g.macs + b * g.bytes)
+    t = linear_ms(coeff, g, factor)
     if tree is not None:
         r = tree(tree_features(g))
         t *= math.exp(max(-TREE_CLAMP, min(TREE_CLAMP, r)))
@@ -199,27 +174,12 @@ def _layer_raw_ms(g: LayerGeom, comp: _Compiled, factor: float) -> float:
         if w is not None:
             r = sum(wi * xi for wi, xi in zip(w, residual_features(g)))
             t *= math.exp(max(-RESIDUAL_CLAMP, min(RESIDUAL_CLAMP, r)))
-    if g.activation and g.op in ("conv", "dense"):
-        t += factor * g.acts * comp.act_elem_ms.get(g.activation, comp.act_elem_ms.get("relu", 0.0))
+    t += fused_activation_ms(g, comp.act_elem_ms, factor)
     return max(t, 0.0)
 
 
-def tree_base_class(g: LayerGeom) -> str:
-    """The linear base under a tree model: one per op (pool per mode, act all together)."""
-    if g.op == "pool":
-        return f"pool_{g.mode}"
-    return g.op
-
-
-# The network-level correction is fitted on calibration networks; extrapolated to far smaller
-# networks a negative c0 or per-layer term could price a layer or a network at <= 0 ms (seen
-# once: a one-conv net at batch 1 estimated at -0.03 ms). It may shrink the layer sum, but
-# never below this share of it.
-MIN_SHARE_OF_LAYER_SUM = 0.25
-
-
 def _corrected_layer_ms(raw_ms: float, comp: _Compiled) -> float:
-    return max(comp.scale * raw_ms + comp.per_layer_ms, MIN_SHARE_OF_LAYER_SUM * comp.scale * raw_ms)
+    return corrected_layer_ms(raw_ms, comp.scale, comp.per_layer_ms)
 
 
 def estimate_layers_ms(
@@ -228,8 +188,7 @@ def estimate_layers_ms(
     """Per-layer ``est_ms`` (network scale applied) and the per-network overhead in ms."""
     _, comp, factor = _resolve(profile, batch_size)
     per_layer = [_corrected_layer_ms(_layer_raw_ms(g, comp, factor), comp) for g in geoms]
-    overhead = max(comp.c0_ms, -(1 - MIN_SHARE_OF_LAYER_SUM) * sum(per_layer))
-    return per_layer, overhead
+    return per_layer, network_overhead_ms(comp.c0_ms, sum(per_layer))
 
 
 def estimate_total_ms(
@@ -240,14 +199,7 @@ def estimate_total_ms(
     total = 0.0
     for g in geoms:
         total += _corrected_layer_ms(_layer_raw_ms(g, comp, factor), comp)
-    return total + max(comp.c0_ms, -(1 - MIN_SHARE_OF_LAYER_SUM) * total)
-
-
-def seed_t_k_ms(g: LayerGeom, comp: _Compiled) -> float:
-    """Textbook time of one filter application for this layer's op."""
-    if g.op == "conv":
-        return comp.t_k_ms.get(f"conv_k{g.kernel}", comp.t_k_ms.get("conv", 0.0))
-    return comp.t_k_ms.get(g.op, 0.0)
+    return total + network_overhead_ms(comp.c0_ms, total)
 
 
 @dataclass(frozen=True)
@@ -259,7 +211,7 @@ class CostReport:
     (0.0 and 1.0 when there are none). ``profile_note`` names the profile used.
     """
 
-    table: Any  # pandas.DataFrame
+    table: pd.DataFrame
     total_est_ms: float
     total_seed_ms: float
     overhead_ms: float
@@ -272,13 +224,11 @@ class CostReport:
     e2e_meas_ms: float | None = None
     e2e_meas_iqr_ms: float | None = None
     meas_clock: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, object] = field(default_factory=dict)
 
-    def with_measurements(self, model_profile: Any) -> CostReport:
+    def with_measurements(self, model_profile: ModelProfile) -> CostReport:
         """A copy with ``meas_ms``/``meas_iqr_ms`` columns from a ``ModelProfile`` whose layers
         match this report's layers one to one."""
-        from dataclasses import replace
-
         if len(model_profile.meas_ms) != len(self.table):
             raise CostModelError(
                 f"profiled {len(model_profile.meas_ms)} layers but the report has "
@@ -293,12 +243,12 @@ class CostReport:
             meas_clock=getattr(model_profile, "clock", None) or None,
         )
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """JSON-safe dict: ``layers`` (records), totals, balance, profile note."""
         records = []
         for rec in self.table.to_dict(orient="records"):
             records.append({k: _plain(v) for k, v in rec.items()})
-        out: dict[str, Any] = {
+        out: dict[str, object] = {
             "layers": records,
             "total_est_ms": self.total_est_ms,
             "total_seed_ms": self.total_seed_ms,
@@ -317,7 +267,7 @@ class CostReport:
         return out
 
 
-def _plain(v: Any) -> Any:
+def _plain(v: object) -> JsonValue:
     if hasattr(v, "item"):
         v = v.item()
     if isinstance(v, float) and not math.isfinite(v):
@@ -355,7 +305,7 @@ def estimate(
     est, overhead = estimate_layers_ms(geoms, prof, bs)
     rows = []
     for g, e in zip(geoms, est):
-        t_k = seed_t_k_ms(g, comp)
+        t_k = seed_t_k_ms(g, comp.t_k_ms)
         rows.append(
             (g.name, g.op, g.c_in, g.c_out, g.kernel, g.stride, g.h_out, g.w_out, g.n_p, g.n_f,
              g.macs, g.params, g.acts, g.bytes, t_k, factor * g.n_p * g.n_f * t_k, e)

@@ -1,0 +1,262 @@
+"""The settings of one search: ``SearchSettings`` (every value checked when it is built), the
+YAML config file, merging it with CLI options, and the seeds of the workers' samplers.
+
+This module imports nothing of the search itself (workers, strategies, PBT), so each of them
+can take a ``SearchSettings``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from archgen.costing import total_memory_mb
+from archgen.errors import SearchConfigError, UserError
+from archgen.inputs import clip, excerpt, load_document
+from archgen.redact import redact
+from archgen.space import MAX_CHOICES
+
+STRATEGIES = ("manual", "grid", "random", "bayes", "hyperband", "bohb", "pbt")
+PRUNING = ("hyperband", "bohb")
+DEFAULT_TIME_BUDGET_S = 240.0
+# A resume with other values is refused: these define what the run is; data, seed and the
+# fractions also define the train/validation/test split, which must never move under a run.
+CONFIG_KEYS_THAT_DEFINE_A_RUN = ("strategy", "data", "objective", "storage", "study", "seed", "val_frac",
+                                 "test_frac")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Resolved settings of one search (written to ``config.yaml``)."""
+
+    data: str = "digits"
+    strategy: str = "bohb"
+    trials: int | None = None
+    time_budget_s: float | None = None
+    objective: str = "accuracy"  # "accuracy" (max val_acc under the budget) | "pareto"
+    max_latency_ms: float | None = None
+    latency_batch: int = 1
+    max_macs: int | None = None
+    max_params: int | None = None
+    storage: str | None = None
+    study: str = "archgen"
+    workers: int = 1
+    seed: int = 0
+    out: str = "runs/search"
+    max_epochs: int = 20
+    min_epochs: int = 1
+    patience: int = 6
+    reduction_factor: int = 3
+    # Hyperband/BOHB: also prune a bracket's first trial at a rung below the median of all trials
+    # at that epoch (archgen.strategies.SeededHyperbandPruner). Opt-in: it did not pay off in the
+    # benchmarks (docs/benchmarks.md).
+    seeded_pruning: bool = False
+    # bayes/bohb: the start-up trials (before the model has 8 trained trials) draw from the
+    # practitioner's prior around the default configuration instead of uniformly
+    # (archgen.strategies.PriorStartupSampler); false: uniform, as random search draws.
+    prior_startup: bool = True
+    val_frac: float = 0.15
+    test_frac: float = 0.15
+    # One intra-op thread per worker: small CNNs barely scale past one core and oversubscribed
+    # OpenMP threads are far slower (docs/benchmarks.md). Use --workers to fill the cores instead.
+    threads: int | None = 1
+    # Where trials train and where latency is calibrated, estimated and measured: "cpu" or
+    # "cuda[:N]" (the device profile is this device's; the exported ONNX model is CPU-portable).
+    device: str = "cpu"
+    bayes_sampler: str = "tpe"
+    grid_points: int = 3
+    grid_params: tuple[str, ...] = ("lr", "base_filters", "stages")
+    refine: bool = True
+    population: int = 8
+    pbt_interval: int = 2
+    pbt_quantile: float = 0.25
+    finalize: bool = True
+    # Opt-in: after selection on validation, retrain the selected configuration on train +
+    # validation for the selected trial's best epoch count (test stays sealed until the one final
+    # evaluation; not for pbt, whose members change hyperparameters). Off by default: neutral on
+    # converged networks (docs/benchmarks.md), it costs up to one more trial beyond
+    # --time-budget, and without it validation data never fits weights (DESIGN.md §2).
+    refit: bool = False
+    calibrate: bool = True  # fit a quick profile first when none is cached for this device
+    warm_start: bool = True  # sampling strategies start from the practitioner's default config
+    # Candidates whose estimated training memory exceeds this are rejected before training
+    # (None: half of this machine's memory, shared by the workers).
+    max_memory_mb: float | None = None
+    space: dict = field(default_factory=dict)
+    grid: dict = field(default_factory=dict)
+    manual: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _check_values(self)
+
+    def memory_cap_mb(self) -> float:
+        """The memory one trial may use to train: ``max_memory_mb``, else half of this
+        machine's memory (of the GPU's with ``--device cuda``) shared by the workers."""
+        if self.max_memory_mb is not None:
+            return float(self.max_memory_mb)
+        return total_memory_mb(self.device) / 2 / self.workers
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out)
+
+    def deadline(self, start: float) -> float | None:
+        """When a search that began at ``start`` (``time.time()``) stops starting work."""
+        return start + self.time_budget_s if self.time_budget_s else None
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["grid_params"] = list(self.grid_params)
+        if d["storage"]:
+            d["storage"] = redact(d["storage"])
+        return d
+
+
+def _check_values(s: SearchSettings) -> None:
+    """Raise SearchConfigError for values that are well typed but do not go together."""
+    if s.strategy not in STRATEGIES:
+        raise SearchConfigError(f"unknown strategy {excerpt(s.strategy)}; choose one of {', '.join(STRATEGIES)}")
+    if s.objective not in ("accuracy", "pareto"):
+        raise SearchConfigError(f"objective {excerpt(s.objective)} must be 'accuracy' or 'pareto'")
+    if s.objective == "pareto" and s.strategy in PRUNING + ("pbt",):
+        raise SearchConfigError(
+            f"--objective pareto cannot prune: use random, bayes, grid or manual, not {s.strategy}"
+        )
+    if s.min_epochs > s.max_epochs:
+        raise SearchConfigError(f"min_epochs={s.min_epochs} exceeds max_epochs={s.max_epochs}")
+    for name in ("val_frac", "test_frac"):
+        if not 0 < getattr(s, name) < 1:
+            raise SearchConfigError(f"{name}={getattr(s, name)!r} must be a fraction in (0, 1)")
+    if s.val_frac + s.test_frac >= 0.9:
+        raise SearchConfigError(
+            f"val_frac + test_frac = {s.val_frac + s.test_frac:g} leaves too little training data; keep it below 0.9"
+        )
+    if not 0 < s.pbt_quantile <= 0.5:
+        raise SearchConfigError(f"pbt_quantile={s.pbt_quantile!r} must be in (0, 0.5]")
+    if not (s.device == "cpu" or re.fullmatch(r"cuda(:\d{1,3})?", s.device)):
+        raise SearchConfigError(f"device={excerpt(s.device)} must be 'cpu' or 'cuda[:N]'")
+    if s.bayes_sampler not in ("tpe", "gp"):
+        raise SearchConfigError(f"bayes_sampler={excerpt(s.bayes_sampler)} must be 'tpe' or 'gp'")
+    if not s.study.strip() or len(s.study) > 200:
+        raise SearchConfigError(f"study={excerpt(s.study)} must be a name of 1 to 200 characters")
+    if not s.out.strip():
+        raise SearchConfigError("--out must name a directory")
+    if s.strategy == "pbt" and s.workers > 1:
+        raise SearchConfigError("pbt trains its population in one process; use --workers 1")
+    if s.strategy == "manual" and not s.manual:
+        raise SearchConfigError("strategy manual needs a 'manual:' list of configs in --config FILE")
+    for name, values in s.grid.items():
+        values = values if isinstance(values, list) else [values]
+        if not values or len(values) > MAX_CHOICES:
+            raise SearchConfigError(f"grid.{clip(str(name), 40)}: give 1 to {MAX_CHOICES} values, got {len(values)}")
+
+
+# The type of every setting, for YAML and Python callers alike (argparse checks the CLI's).
+# int/float: (low, high) inclusive bounds; None allowed where the default is None.
+_INT_BOUNDS: dict[str, tuple[int, int]] = {
+    "trials": (1, 1_000_000), "workers": (1, 512), "seed": (0, 2**32 - 2), "max_epochs": (1, 10_000),
+    "min_epochs": (1, 10_000), "patience": (1, 10_000), "latency_batch": (1, 65_536),
+    "population": (2, 10_000), "pbt_interval": (1, 10_000), "grid_points": (1, 64),
+    "reduction_factor": (2, 100), "threads": (1, 1024),
+}
+_FLOAT_BOUNDS: dict[str, tuple[float, float]] = {
+    "time_budget_s": (1e-3, 3.2e7), "max_latency_ms": (1e-9, 1e9), "max_macs": (1, 1e15),
+    "max_params": (1, 1e15), "max_memory_mb": (1, 1e9), "val_frac": (0, 1), "test_frac": (0, 1),
+    "pbt_quantile": (0, 1),
+}
+_STR_FIELDS = ("data", "strategy", "objective", "study", "out", "device", "bayes_sampler")
+_BOOL_FIELDS = ("seeded_pruning", "prior_startup", "refine", "finalize", "refit", "calibrate", "warm_start")
+
+
+def _check_types(s: SearchSettings) -> None:
+    """Raise SearchConfigError naming the setting when a value has the wrong type or range."""
+    def bad(name: str, what: str) -> SearchConfigError:
+        return SearchConfigError(f"{name}={excerpt(getattr(s, name))} must be {what}")
+
+    for name in _STR_FIELDS:
+        if not isinstance(getattr(s, name), str) or not getattr(s, name):
+            raise bad(name, "a non-empty string")
+    if s.storage is not None and not isinstance(s.storage, str):
+        raise bad("storage", "a database URL string")
+    for name in _BOOL_FIELDS:
+        if not isinstance(getattr(s, name), bool):
+            raise bad(name, "true or false")
+    for name, (low, high) in _INT_BOUNDS.items():
+        value = getattr(s, name)
+        if value is None and name in ("trials", "threads"):
+            continue
+        if type(value) is not int or not low <= value <= high:
+            raise bad(name, f"an integer in [{low:,}, {high:,}]")
+    for name, (low, high) in _FLOAT_BOUNDS.items():
+        value = getattr(s, name)
+        if value is None and name in _OPTIONAL:
+            continue
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                or not low <= value <= high):
+            raise bad(name, f"a finite number in [{low:g}, {high:g}]")
+    for name, kind in (("space", dict), ("grid", dict), ("manual", list)):
+        if not isinstance(getattr(s, name), kind):
+            raise bad(name, "a mapping" if kind is dict else "a list of mappings")
+    if not isinstance(s.grid_params, tuple) or not all(isinstance(v, str) for v in s.grid_params):
+        raise bad("grid_params", "a list of parameter names")
+
+
+_OPTIONAL = frozenset(f.name for f in dataclasses.fields(SearchSettings) if f.default is None)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a search YAML; unknown keys are an error naming the key."""
+    data = load_document(path, "search config", SearchConfigError)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SearchConfigError(f"{path}: the config must be a mapping of setting: value, got {excerpt(data)}")
+    known = {f.name for f in dataclasses.fields(SearchSettings)}
+    aliases = {"time_budget": "time_budget_s"}
+    out = {}
+    for key, value in data.items():
+        name = aliases.get(key, key) if isinstance(key, str) else key
+        if name not in known:
+            raise SearchConfigError(f"{path}: unknown key {excerpt(key)}")
+        if name == "grid_params" and isinstance(value, list):
+            value = tuple(value)
+        elif name in _FLOAT_BOUNDS and isinstance(value, str):
+            value = _number_or_text(value)  # YAML 1.1 reads 1e6 as a string
+        out[name] = value
+    return out
+
+
+def _number_or_text(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def settings_from(cli: dict[str, Any], config_file: str | None) -> SearchSettings:
+    """Merge a YAML config with CLI options (CLI wins where given)."""
+    merged: dict[str, Any] = load_config_file(config_file) if config_file else {}
+    merged.update({k: v for k, v in cli.items() if v is not None})
+    try:
+        return SearchSettings(**merged)
+    except TypeError as exc:
+        raise UserError(str(exc)) from None
+
+
+def sampler_seed(settings: SearchSettings, worker_id: int = 0) -> int:
+    """``--seed`` itself for a lone local process (reproducible). Concurrent workers need
+    distinct streams, or every worker's random and start-up draws are the same configurations:
+    local workers add their id; with shared ``--storage`` (other machines may join with the same
+    ``--seed``) the host and process id go in too."""
+    if settings.storage is not None:
+        key = f"{settings.seed}|{socket.gethostname()}|{os.getpid()}|{worker_id}"
+        return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little")
+    return settings.seed + 7919 * worker_id

@@ -1,0 +1,162 @@
+"""Measure what calibration fits: layers built from geometries, timed on this machine.
+
+What is measured (all at one batch size and thread count, protocol in ``costmodel.profile``):
+
+1. Standalone activations, pooling, batch norm and global pooling of varied sizes (isolated
+   micro-benchmarks, ``micro_benchmark_geoms``) -> per-element activation costs and the
+   cheap-op classes.
+2. Calibration networks: random plain CNNs covering the generator's space (``costmodel.netgen``:
+   inputs 28-96 px, kernels 1-11, widths up to 384, pooling, batch norm, dense heads), or the
+   networks a caller passes in. Each is profiled as a whole with per-layer boundary hooks, so
+   every layer is measured *in context* (input just produced by the previous layer, weights as
+   cold as they really are): in-context times of dense, global pooling and dropout layers differ
+   from isolated ones too much for a table of isolated layers (docs/benchmarks.md, section 2).
+
+torch is imported inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from costmodel.activations import CALIBRATED, module_for
+from costmodel.errors import CostModelError
+from costmodel.geometry import LayerGeom
+from costmodel.profile import Timing, profile_modules, resolve_device, time_fn
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from costmodel.fit import Network, Sample
+
+# Networks profiled interleaved at a time: bounds memory (all models and inputs stay alive) and
+# fixes the cache regime (how many other models run between two runs of one model).
+CHUNK = 40
+# Interleaved warm-up per chunk (seconds): freshly built models run slower at first
+# (docs/benchmarks.md, section 2, timing protocol).
+WARMUP_S = 5.0
+# Activations a quick calibration measures (a full one measures all of ``CALIBRATED``).
+QUICK_ACTIVATIONS = CALIBRATED[:2]
+
+
+def module_from_geoms(geoms: list[LayerGeom]) -> nn.Sequential:
+    """A ``torch.nn.Sequential`` realising ``geoms`` in order (a flatten is inserted before the
+    first dense layer). Used to measure calibration layers and networks."""
+    from torch import nn
+
+    layers: list[tuple[str, nn.Module]] = []
+    flat = False
+    for g in geoms:
+        if g.op == "dense" and not flat:
+            layers.append((f"flatten{len(layers)}", nn.Flatten()))
+            flat = True
+        name = g.name.replace(".", "_") or f"l{len(layers)}"
+        layers.append((name, _module_for_layer(g, flat)))
+        if g.op in ("conv", "dense") and g.activation:
+            layers.append((f"{name}_act", _activation_module(g)))
+        if g.op == "gap" and not flat:
+            layers.append((f"flatten{len(layers)}", nn.Flatten()))
+            flat = True
+    model = nn.Sequential(OrderedDict(layers))
+    model.eval()
+    return model
+
+
+def _activation_module(g: LayerGeom) -> nn.Module:
+    try:
+        return module_for(g.activation or "relu")
+    except KeyError:
+        raise CostModelError(f"layer {g.name!r}: unknown activation {g.activation!r}") from None
+
+
+def _module_for_layer(g: LayerGeom, flat: bool) -> nn.Module:
+    """The module of one layer (its fused activation not included)."""
+    from torch import nn
+
+    if g.op == "conv":
+        return nn.Conv2d(g.c_in, g.c_out, g.kernel, g.stride, g.padding, groups=g.groups,
+                         bias=g.bias)
+    if g.op == "dense":
+        return nn.Linear(g.c_in, g.c_out, bias=g.bias)
+    if g.op == "pool":
+        cls = nn.MaxPool2d if g.mode == "max" else nn.AvgPool2d
+        return cls(g.kernel, g.stride, g.padding)
+    if g.op == "bn":
+        return nn.BatchNorm2d(g.c_out) if not flat else nn.BatchNorm1d(g.c_out)
+    if g.op == "gap":
+        return nn.AdaptiveAvgPool2d(1)
+    if g.op == "dropout":
+        return nn.Dropout(0.5)
+    return _activation_module(g)  # act
+
+
+def input_for(geoms: list[LayerGeom], batch_size: int, device: str = "cpu") -> torch.Tensor:
+    """A random input tensor matching the first layer of ``geoms``."""
+    import torch
+
+    g = geoms[0]
+    if g.op == "dense":
+        return torch.randn(batch_size, g.c_in, device=device)
+    return torch.randn(batch_size, g.c_in, g.h_in, g.w_in, device=device)
+
+
+def profile_layer(geom: LayerGeom, batch_size: int = 32, device: str = "cpu", threads: int = 1,
+                  repeats: int = 15, warmup: int = 3, clock: str = "auto") -> Timing:
+    """Time one layer in isolation (its own module, a fixed random input)."""
+    import torch
+
+    device = resolve_device(device)
+    mod = module_from_geoms([geom]).to(device)
+    x = input_for([geom], batch_size, device)
+    with torch.no_grad():
+        return time_fn(lambda: mod(x), device, threads, repeats, warmup, clock)
+
+
+def micro_benchmark_geoms(quick: bool, seed: int = 0) -> list[LayerGeom]:
+    """Isolated layers for the cheap ops: activations, pooling, batch norm, gap."""
+    rng = random.Random(seed)
+    shapes = [(c, h) for c in (8, 32, 64, 128, 256, 384) for h in (4, 8, 14, 28, 48, 96)
+              if c * h * h <= 400_000]
+    if quick:
+        shapes = rng.sample(shapes, 8)
+    out: list[LayerGeom] = []
+    for c, h in shapes:
+        for act in CALIBRATED if not quick else QUICK_ACTIVATIONS:
+            out.append(LayerGeom(f"act_{act}_{c}x{h}", "act", c, c, h, h, h, h, bias=False,
+                                 activation=act))
+        for mode in ("max", "avg"):
+            if h >= 2:
+                out.append(LayerGeom(f"pool_{mode}_{c}x{h}", "pool", c, c, h, h, h // 2, h // 2,
+                                     2, 2, bias=False, mode=mode))
+        out.append(LayerGeom(f"bn_{c}x{h}", "bn", c, c, h, h, h, h, bias=False))
+        out.append(LayerGeom(f"gap_{c}x{h}", "gap", c, c, h, h, 1, 1, bias=False, mode="avg"))
+    return out
+
+
+def measure_micro(geoms: Sequence[LayerGeom], batch_size: int, device: str, threads: int,
+                  repeats: int, clock: str) -> list[Sample]:
+    """Each micro-benchmark layer timed in isolation: ``(geom, minimum ms)``."""
+    return [(g, profile_layer(g, batch_size, device, threads, repeats, 2, clock).min_ms)
+            for g in geoms]
+
+
+def measure_networks(networks: Sequence[list[LayerGeom]], batch_size: int, device: str,
+                     threads: int, repeats: int, clock: str, seed: int,
+                     say: Callable[[str], None]) -> list[Network]:
+    """Build and profile the calibration networks, interleaved in chunks of ``CHUNK`` after
+    ``WARMUP_S`` seconds of interleaved warm-up: ``(geoms, per-layer ms, end-to-end ms)``."""
+    import torch
+
+    torch.manual_seed(seed)
+    profiled: list[Network] = []
+    for start in range(0, len(networks), CHUNK):
+        part = networks[start:start + CHUNK]
+        pairs = [(module_from_geoms(g).to(device), input_for(g, batch_size, device)) for g in part]
+        for mp in profile_modules(pairs, device, threads, repeats, 2, clock, warmup_s=WARMUP_S):
+            profiled.append((list(mp.geoms), list(mp.meas_ms), mp.e2e_ms))
+        say(f"profiled {len(profiled)}/{len(networks)} networks")
+    return profiled

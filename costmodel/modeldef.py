@@ -1,0 +1,150 @@
+"""The cost model's definition, shared by the estimator and the fitter (pure arithmetic, no torch).
+
+Per layer, at the profile's batch size ``B0`` (``factor = B / B0``, 1 for a calibrated profile):
+
+    linear base  = c + a * factor * MACs + b * factor * bytes   coefficients per op class
+    layer        = table[config]  if this exact configuration was measured in context,
+                   else base * exp(clamp(trees(tree_features)))   (ops with trees), or
+                        base * exp(clamp(w . residual_features))  (log-linear residual)
+                   + factor * activation elements * per-element cost of the fused activation
+    network      = max(c0, -(1 - share) * sum) + sum of max(scale * layer + per_layer,
+                                                            share * scale * layer)
+
+``share`` is ``MIN_SHARE_OF_LAYER_SUM``. The textbook seed form prices a layer at
+``N_p * N_f * T_k`` with one ``T_k`` per op (conv per kernel size).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+from costmodel.activations import CALIBRATED
+from costmodel.geometry import LayerGeom
+
+# The log-space residual correction is clamped so that a regressor extrapolating far outside
+# the calibrated space can move the linear base by at most this factor (in log space) either way.
+RESIDUAL_CLAMP = 1.0
+TREE_CLAMP = 3.0
+# Tree-feature code of the fused activation: 0 for none, 1.. for the calibrated activations in
+# their table order, ``OTHER_ACT_CODE`` for any other.
+ACT_CODES: dict[str | None, float] = {None: 0.0, **{n: float(i) for i, n in enumerate(CALIBRATED, 1)}}
+OTHER_ACT_CODE = float(len(ACT_CODES))
+# The network-level correction, extrapolated to far smaller networks than it was fitted on, may
+# shrink the layer sum but never below this share of it (docs/benchmarks.md, section 2).
+MIN_SHARE_OF_LAYER_SUM = 0.25
+
+
+def op_class(g: LayerGeom, coeffs: Mapping[str, object]) -> str:
+    """The coefficient set a layer uses: conv per kernel size when calibrated, pool per mode,
+    standalone activations per function; falls back to the op name."""
+    if g.op == "conv":
+        key = f"conv_k{g.kernel}"
+        return key if key in coeffs else "conv"
+    if g.op == "pool":
+        key = f"pool_{g.mode}"
+        return key if key in coeffs else ("pool_max" if "pool_max" in coeffs else "pool")
+    if g.op == "act":
+        key = f"act_{g.activation}"
+        return key if key in coeffs else "act"
+    return g.op
+
+
+def fit_classes(g: LayerGeom) -> tuple[str, ...]:
+    """The op classes a measured layer is a training sample of (the candidates of ``op_class``)."""
+    if g.op == "conv":
+        return ("conv", f"conv_k{g.kernel}")
+    if g.op == "pool":
+        return (f"pool_{g.mode}",)
+    if g.op == "act":
+        return (f"act_{g.activation}", "act")
+    return (g.op,)
+
+
+def tree_base_class(g: LayerGeom) -> str:
+    """The linear base under a tree model: one per op (pool per mode, act all together)."""
+    if g.op == "pool":
+        return f"pool_{g.mode}"
+    return g.op
+
+
+def linear_features(g: LayerGeom) -> list[float]:
+    """What the linear base's coefficients ``(c, a, b)`` multiply: ``[1, MACs, bytes]``."""
+    return [1.0, g.macs, g.bytes]
+
+
+def linear_ms(coeff: tuple[float, float, float], g: LayerGeom, factor: float = 1.0) -> float:
+    """The linear base ``c + a * (factor * MACs) + b * (factor * bytes)``."""
+    c, a, b = coeff
+    return c + a * (factor * g.macs) + b * (factor * g.bytes)
+
+
+def fused_activation_ms(g: LayerGeom, act_elem_ms: Mapping[str, float], factor: float = 1.0) -> float:
+    """Cost of the activation fused into a conv/dense layer (unknown functions cost as relu)."""
+    if g.activation and g.op in ("conv", "dense"):
+        return factor * g.acts * act_elem_ms.get(g.activation, act_elem_ms.get("relu", 0.0))
+    return 0.0
+
+
+def residual_features(g: LayerGeom) -> list[float]:
+    """Features of the log-space residual regressor (its weights live in the profile)."""
+    ln = math.log
+    if g.op == "conv":
+        cin = g.c_in / g.groups
+        return [
+            1.0, ln(cin), ln(g.c_out), ln(g.n_p), ln(cin * g.kernel * g.kernel),
+            ln(cin) ** 2, ln(g.c_out) ** 2, ln(g.n_p) ** 2, 1.0 if g.stride > 1 else 0.0,
+            ln(cin) * ln(g.c_out),
+        ]
+    if g.op == "dense":
+        return [1.0, ln(g.c_in), ln(g.c_out), ln(g.c_in) ** 2, ln(g.c_out) ** 2]
+    return [1.0, ln(g.acts), ln(g.c_in), ln(g.n_p)]
+
+
+def tree_features(g: LayerGeom) -> list[float]:
+    """Features of the boosted-tree residual model (log sizes, kernel, stride, activation)."""
+    ln = math.log
+    cin, cout, k = g.c_in // g.groups, g.c_out, g.kernel
+    hw_in, n_p = g.h_in * g.w_in, g.h_out * g.w_out
+    op = g.op
+    if op == "conv":
+        macs = n_p * cout * cin * k * k
+        params = cout * cin * k * k + (cout if g.bias else 0)
+    elif op == "dense":
+        macs = g.c_in * cout
+        params = macs + (cout if g.bias else 0)
+    else:
+        macs = 0
+        params = 2 * cout if op == "bn" else 0
+    nbytes = (g.c_in * hw_in + cout * n_p + params) * g.dtype_bytes
+    return [
+        ln(cin), ln(cout), ln(g.h_out), ln(g.h_in), float(k), float(g.stride), ln(macs + 1.0),
+        ln(nbytes), ACT_CODES.get(g.activation, OTHER_ACT_CODE), 1.0 if g.mode == "max" else 0.0,
+    ]
+
+
+def corrected_layer_ms(raw_ms: float, scale: float, per_layer_ms: float) -> float:
+    """One layer's time with the network-level correction (floored at the minimum share)."""
+    return max(scale * raw_ms + per_layer_ms, MIN_SHARE_OF_LAYER_SUM * scale * raw_ms)
+
+
+def network_overhead_ms(c0_ms: float, layer_sum_ms: float) -> float:
+    """The per-network constant, never removing more than ``1 - MIN_SHARE`` of the layer sum."""
+    return max(c0_ms, -(1 - MIN_SHARE_OF_LAYER_SUM) * layer_sum_ms)
+
+
+def t_k_classes(g: LayerGeom) -> tuple[str, ...]:
+    """The seed-form classes a layer's ``T_k`` is fitted for: its op, and conv per kernel size."""
+    return (g.op, f"conv_k{g.kernel}") if g.op == "conv" else (g.op,)
+
+
+def seed_t_k_ms(g: LayerGeom, t_k_ms: Mapping[str, float]) -> float:
+    """Textbook time of one filter application for this layer's op."""
+    if g.op == "conv":
+        return t_k_ms.get(f"conv_k{g.kernel}", t_k_ms.get("conv", 0.0))
+    return t_k_ms.get(g.op, 0.0)
+
+
+def seed_units(geoms: Iterable[LayerGeom]) -> int:
+    """Textbook work of a network: sum of N_p x N_f over its conv and dense layers."""
+    return sum(g.n_p * g.n_f for g in geoms if g.op in ("conv", "dense"))
