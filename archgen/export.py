@@ -51,7 +51,7 @@ def load_model(source: ExportSource) -> nn.Module:
         try:
             state = torch.load(source.weights, map_location="cpu", weights_only=True)
             model.load_state_dict(state)
-        except Exception as exc:  # noqa: BLE001 - any failure to read a user's file is a bad file
+        except Exception as exc:  # any failure to read a user's file is a bad file
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"{source.weights}: cannot load weights ({clip(first, 120)})") from None
     return model.eval()

@@ -71,7 +71,7 @@ TEST_OPENINGS = "test_openings.jsonl"
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial with the DESIGN.md columns and the sampled parameters."""
+    """One row per trial with the columns of docs/design.md ("Run directory") and the sampled parameters."""
     rows = []
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.WAITING:

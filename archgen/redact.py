@@ -114,6 +114,6 @@ def secrets_of(url: str) -> set[str]:
         password = make_url(url).password
         if password:
             found.add(str(password))
-    except Exception:  # noqa: BLE001 - an unparsable URL has no password to SQLAlchemy
+    except Exception:  # an unparsable URL has no password to SQLAlchemy
         pass
     return {v for raw in found for v in (raw, unquote(raw), unquote_plus(raw)) if v}

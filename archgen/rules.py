@@ -1,4 +1,4 @@
-"""The practitioner's rules R1-R7 (DESIGN.md section 1), each a documented, switchable rule.
+"""The practitioner's rules R1-R7 (docs/design.md, "The rules"), each a documented, switchable rule.
 
 Pure Python, no torch. A ``RuleSet`` says which rules are active and with which parameters;
 each rule is also a *checker* (``check_<rule>(spec, rules) -> list[str]`` of violations) so

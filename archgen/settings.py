@@ -82,7 +82,7 @@ class SearchSettings:
     # validation for the selected trial's best epoch count (test stays sealed until the one final
     # evaluation; not for pbt, whose members change hyperparameters). Off by default: neutral on
     # converged networks (docs/benchmarks.md), it costs up to one more trial beyond
-    # --time-budget, and without it validation data never fits weights (DESIGN.md §2).
+    # --time-budget, and without it validation data never fits weights (docs/design.md, "Data flow").
     refit: bool = False
     calibrate: bool = True  # fit a quick profile first when none is cached for this device
     warm_start: bool = True  # sampling strategies start from the practitioner's default config

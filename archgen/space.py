@@ -152,7 +152,7 @@ def default_space(input_shape: tuple[int, int, int]) -> dict[str, Param]:
     depth = max(1, min(4, max_pools(input_shape, RuleSet())))
     tiny = min(input_shape[1], input_shape[2]) < 16
     # Defaults (the warm-start trial and what grid/manual configs leave out) by input size,
-    # measured on validation accuracy (docs/benchmarks.md, section 4): 8x8 digits like a wide
+    # measured on validation accuracy (docs/benchmarks.md, "Augmentation"): 8x8 digits like a wide
     # two-stage net without augmentation (c3x32-p2-c3x64: 98.5% vs 97.4% for three stages);
     # 28x28 MNIST likes three cheap 3x3 stages with 2-pixel shifts (c3x16-c3x32-c3x64: 98.3%
     # in 20 epochs at a fifth of the MACs of c5x32-c5x64).

@@ -2,8 +2,8 @@
 
 Pure arithmetic, no torch. Two entry points:
 
-* ``estimate(geoms, profile, batch_size) -> CostReport``: the per-layer DataFrame (DESIGN.md
-  section 3), totals and the balance summary, for people and reports.
+* ``estimate(geoms, profile, batch_size) -> CostReport``: the per-layer DataFrame (docs/design.md,
+  "Cost table"), totals and the balance summary, for people and reports.
 * ``estimate_total_ms(geoms, profile, batch_size) -> float`` and ``estimate_layers_ms``: the
   fast path for the search loop (no pandas; thousands of candidates per second).
 

@@ -10,7 +10,7 @@ What is measured (all at one batch size and thread count, protocol in ``costmode
    networks a caller passes in. Each is profiled as a whole with per-layer boundary hooks, so
    every layer is measured *in context* (input just produced by the previous layer, weights as
    cold as they really are): in-context times of dense, global pooling and dropout layers differ
-   from isolated ones too much for a table of isolated layers (docs/benchmarks.md, section 2).
+   from isolated ones too much for a table of isolated layers (docs/benchmarks.md, "Cost model accuracy").
 
 torch is imported inside the functions that need it.
 """
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 # fixes the cache regime (how many other models run between two runs of one model).
 CHUNK = 40
 # Interleaved warm-up per chunk (seconds): freshly built models run slower at first
-# (docs/benchmarks.md, section 2, timing protocol).
+# (docs/benchmarks.md, "Cost model accuracy").
 WARMUP_S = 5.0
 # Activations a quick calibration measures (a full one measures all of ``CALIBRATED``).
 QUICK_ACTIVATIONS = CALIBRATED[:2]

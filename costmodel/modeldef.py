@@ -31,7 +31,7 @@ TREE_CLAMP = 3.0
 ACT_CODES: dict[str | None, float] = {None: 0.0, **{n: float(i) for i, n in enumerate(CALIBRATED, 1)}}
 OTHER_ACT_CODE = float(len(ACT_CODES))
 # The network-level correction, extrapolated to far smaller networks than it was fitted on, may
-# shrink the layer sum but never below this share of it (docs/benchmarks.md, section 2).
+# shrink the layer sum but never below this share of it (docs/benchmarks.md, "Cost model accuracy").
 MIN_SHARE_OF_LAYER_SUM = 0.25
 
 

@@ -8,7 +8,7 @@ Timing protocol (recorded in every device profile, see ``PROTOCOL``):
   (``time.thread_time``): with one torch thread all the work runs in the calling thread, so
   its CPU time equals its wall time on an idle core but excludes the time the core is lent to
   other processes, which on a shared machine keeps per-layer minima adding up to the end-to-end
-  minimum (docs/benchmarks.md, section 2). ``clock="wall"`` forces ``perf_counter``;
+  minimum (docs/benchmarks.md, "Cost model accuracy"). ``clock="wall"`` forces ``perf_counter``;
   CUDA: ``torch.cuda.Event`` pairs and ``torch.cuda.synchronize`` before reading them.
 * Warm-up per shape (``warmup`` calls, at least 2) before any timed call, so one-time costs
   (allocator growth, oneDNN primitive creation, cuDNN autotuning) are excluded.
@@ -244,7 +244,7 @@ def profile_modules(pairs: list[tuple[nn.Module, torch.Tensor]], device: str = "
     with fixed_threads(threads), torch.no_grad():
         timers = [_ModelTimer(m, x, device, timer, per_layer) for m, x in pairs]
         # Interleaved like the timed rounds, for at least ``warmup_s``: freshly built models run
-        # slower at first (docs/benchmarks.md, section 2).
+        # slower at first (docs/benchmarks.md, "Cost model accuracy").
         start = time.perf_counter()
         rounds = 0
         while rounds < max(warmup, PROTOCOL["warmup_min"]) or (

@@ -138,7 +138,7 @@ def study_exists(study_name: str, url: str) -> bool:
         load(study_name, url)
     except KeyError:
         return False
-    except Exception:  # noqa: BLE001 - tables not created yet
+    except Exception:  # tables not created yet
         return False
     return True
 
@@ -306,7 +306,7 @@ class Probe:
                 rows = conn.execute(self._text(
                     "SELECT t.state::text, count(*) FROM trials t JOIN studies s ON s.study_id = t.study_id "
                     "WHERE s.study_name = :n GROUP BY t.state"), {"n": self.study_name}).all()
-        except Exception:  # noqa: BLE001 - tables not created yet, or the server restarting
+        except Exception:  # tables not created yet, or the server restarting
             return 0, 0
         by_state = dict(rows)
         started = sum(n for state, n in by_state.items() if state != "WAITING")
@@ -560,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep_study:
             try:
                 optuna.delete_study(study_name=study_name, storage=args.storage)
-            except Exception:  # noqa: BLE001 - never created
+            except Exception:  # never created
                 pass
         if tmp is not None:
             tmp.cleanup()

@@ -1,4 +1,4 @@
-"""Import boundaries of DESIGN.md section 2, checked in fresh interpreters."""
+"""Import boundaries of docs/design.md ("Packages"), checked in fresh interpreters."""
 
 from __future__ import annotations
 

@@ -41,7 +41,7 @@ _SUBCOMMAND_MODULES = (
 class _Parser(argparse.ArgumentParser):
     """argparse that reports usage errors as one line and exit code 2."""
 
-    def error(self, message: str) -> None:  # noqa: D102 - argparse contract
+    def error(self, message: str) -> None:  # the argparse contract
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         raise SystemExit(EXIT_BAD_INPUT)
 
@@ -96,7 +96,7 @@ def _run(args: argparse.Namespace) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_OK
-    except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
+    except Exception as exc:  # the CLI's last line of defence
         if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS:
             # A full disk, a quota or a read-only file system: the machine's state, not a bug.
             where = f" ({exc.filename})" if exc.filename else ""

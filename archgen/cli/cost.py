@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from costmodel.device_profile import DeviceProfile
+
 import argparse
 import sys
 
@@ -27,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def resolve_profile(path: str | None, batch_size: int | None, threads: int = 1,
-                    device: str = "cpu"):  # noqa: ANN201 - DeviceProfile | None
+                    device: str = "cpu") -> DeviceProfile | None:
     """The profile for the cost/profile commands: ``--device-profile`` FILE (checked against
     this machine), else the cached one for (device, threads, batch size), else None (built-in)."""
     from costmodel.device_profile import DeviceProfile, load_cached

@@ -40,7 +40,7 @@ def _require_pg() -> None:
 
         with sqlalchemy.create_engine(PG_URL, connect_args={"connect_timeout": 3}).connect():
             return
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         pytest.fail(f"PostgreSQL is not reachable at {PG_URL} ({type(exc).__name__}): these tests need it (see .ci/run)")
 
 
@@ -136,7 +136,7 @@ def _pg_ready(timeout_s: float = 60) -> None:
         try:
             with sqlalchemy.create_engine(PG_URL, connect_args={"connect_timeout": 3}).connect():
                 return
-        except Exception:  # noqa: BLE001
+        except Exception:
             if time.time() > deadline:
                 raise
             if not started and time.time() > deadline - timeout_s / 2:
@@ -154,7 +154,7 @@ def _count_complete(study_name: str) -> int:
             return conn.execute(sqlalchemy.text(
                 "SELECT count(*) FROM trials t JOIN studies s ON s.study_id = t.study_id "
                 "WHERE s.study_name = :n AND t.state = 'COMPLETE'"), {"n": study_name}).scalar_one()
-    except Exception:  # noqa: BLE001 - tables or study not there yet
+    except Exception:  # tables or study not there yet
         return 0
 
 

@@ -32,7 +32,7 @@ def _pg_available() -> bool:
 
         with sqlalchemy.create_engine(PG_URL, connect_args={"connect_timeout": 3}).connect():
             return True
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False
 
 
