@@ -37,33 +37,9 @@ from archgen.training import TrainConfig, Trainer, seed_everything
 REPO = Path(__file__).resolve().parents[1]
 MNIST = "idx:" + str(REPO.parent / "shared" / "data" / "mnist10k")
 
-LENET5 = {
-    "schema_version": 1,
-    "input_shape": [1, 28, 28],
-    "num_classes": 10,
-    "layers": [
-        {"op": "conv", "filters": 6, "kernel": 5, "padding": "same"},
-        {"op": "pool", "mode": "max", "kernel": 2, "stride": 2},
-        {"op": "conv", "filters": 16, "kernel": 5, "padding": "same"},
-        {"op": "pool", "mode": "max", "kernel": 2, "stride": 2},
-        {"op": "dense", "units": 120},
-        {"op": "dense", "units": 84},
-    ],
-    "init": {"scheme": "kaiming_uniform"},
-}
-DIGITS_CNN = {
-    "schema_version": 1,
-    "input_shape": [1, 8, 8],
-    "num_classes": 10,
-    "layers": [
-        {"op": "conv", "filters": 32, "kernel": 3},
-        {"op": "conv", "filters": 64, "kernel": 3},
-        {"op": "pool", "mode": "max", "kernel": 2, "stride": 2},
-        {"op": "dense", "units": 128},
-        {"op": "dropout", "rate": 0.25},
-    ],
-    "init": {"scheme": "kaiming_uniform"},
-}
+# The reference specs, shared with the tests (tests/archgen/test_cli_train.py).
+LENET5 = json.loads((REPO / "examples" / "lenet5.json").read_text())
+DIGITS_CNN = json.loads((REPO / "examples" / "digits_cnn.json").read_text())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,12 +3,13 @@ from __future__ import annotations
 import csv
 import gzip
 import json
-import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from idx_helpers import write_idx
 
 from archgen.build import build_model
 from archgen.data import load_dataset
@@ -115,10 +116,6 @@ def test_diverged_run_exits_1_with_reason_and_records_it(run_cli, tmp_path):
     assert (out / "config.yaml").is_file() and (out / "metrics.csv").is_file()
 
 
-def write_idx(path, array, type_code=0x08):
-    header = bytes([0, 0, type_code, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
-    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
-
 
 def bad_input_cases(tmp_path):
     spec = write_spec(tmp_path)
@@ -212,33 +209,10 @@ def test_cli_opens_the_test_split_once_and_only_after_training(run_cli, tmp_path
 # ---------------------------------------------------------------------------------------------
 # acceptance 1: the specs and defaults of scripts/bench_train.py reach the target accuracy
 
-LENET5_SAME = {
-    "schema_version": 1,
-    "input_shape": [1, 28, 28],
-    "num_classes": 10,
-    "layers": [
-        {"op": "conv", "filters": 6, "kernel": 5, "padding": "same"},
-        {"op": "pool", "mode": "max", "kernel": 2, "stride": 2},
-        {"op": "conv", "filters": 16, "kernel": 5, "padding": "same"},
-        {"op": "pool", "mode": "max", "kernel": 2, "stride": 2},
-        {"op": "dense", "units": 120},
-        {"op": "dense", "units": 84},
-    ],
-    "init": {"scheme": "kaiming_uniform"},
-}
-DIGITS_CNN = {
-    "schema_version": 1,
-    "input_shape": [1, 8, 8],
-    "num_classes": 10,
-    "layers": [
-        {"op": "conv", "filters": 32, "kernel": 3},
-        {"op": "conv", "filters": 64, "kernel": 3},
-        {"op": "pool", "mode": "max", "kernel": 2, "stride": 2},
-        {"op": "dense", "units": 128},
-        {"op": "dropout", "rate": 0.25},
-    ],
-    "init": {"scheme": "kaiming_uniform"},
-}
+# The reference specs of scripts/bench_train.py.
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+LENET5_SAME = json.loads((EXAMPLES / "lenet5.json").read_text())
+DIGITS_CNN = json.loads((EXAMPLES / "digits_cnn.json").read_text())
 
 
 @pytest.mark.slow

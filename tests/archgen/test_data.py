@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-import gzip
 import struct
 
 import numpy as np
 import pytest
 import torch
+from idx_helpers import write_idx
 
 from archgen.data import Dataset, SealedTest, Split, load_dataset
 from archgen.errors import DataError
@@ -13,11 +13,6 @@ from archgen.errors import DataError
 # ---------------------------------------------------------------------------------------------
 # fixtures written by code
 
-
-def write_idx(path, array: np.ndarray, *, gz: bool = True, type_code: int = 0x08) -> None:
-    header = bytes([0, 0, type_code, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
-    payload = header + array.astype(">u1" if type_code == 0x08 else array.dtype).tobytes()
-    path.write_bytes(gzip.compress(payload) if gz else payload)
 
 
 def id_images(n: int, h: int = 4, w: int = 4) -> np.ndarray:

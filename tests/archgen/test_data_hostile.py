@@ -20,6 +20,7 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from idx_helpers import idx_bytes
 
 import archgen.readers as readers
 from archgen.data import load_dataset
@@ -30,10 +31,6 @@ MAX_MESSAGE = 300
 
 # ---------------------------------------------------------------------------------------------
 # helpers
-
-
-def idx_bytes(dims, payload: bytes, type_code: int = 0x08) -> bytes:
-    return bytes([0, 0, type_code, len(dims)]) + b"".join(struct.pack(">I", d) for d in dims) + payload
 
 
 def write_idx_pair(root: Path, images: bytes, labels: bytes, *, gz: bool = False) -> None:
