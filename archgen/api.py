@@ -24,21 +24,27 @@ if TYPE_CHECKING:
     from costmodel.device_profile import DeviceProfile
 
 
-def latency_estimator(batch_size: int = 1, profile: DeviceProfile | None = None) -> Callable[[ArchSpec], float]:
-    """``spec -> estimated ms`` with ``profile``, or with this machine's cached CPU profile for 1
-    thread at ``batch_size`` (ConstraintError when there is none: run ``archgen calibrate``)."""
-    from archgen.costing import spec_geoms
+def cached_profile(batch_size: int = 1) -> DeviceProfile:
+    """This machine's cached CPU profile for 1 thread at ``batch_size``; ConstraintError when
+    there is none (run ``archgen calibrate``)."""
     from costmodel.device_profile import load_cached
-    from costmodel.estimator import estimate_total_ms
 
-    if profile is None:
-        profile = load_cached(device="cpu", threads=1, batch_size=batch_size)
+    profile = load_cached(device="cpu", threads=1, batch_size=batch_size)
     if profile is None:
         raise ConstraintError(
             "--max-latency-ms needs a device profile for cpu, 1 thread, batch "
             f"{batch_size}; run 'archgen calibrate --batch-size {batch_size}' first"
         )
-    return lambda spec: estimate_total_ms(spec_geoms(spec), profile, batch_size)
+    return profile
+
+
+def latency_estimator(batch_size: int = 1, profile: DeviceProfile | None = None) -> Callable[[ArchSpec], float]:
+    """``spec -> estimated ms`` with ``profile``, or with :func:`cached_profile`."""
+    from archgen.costing import spec_geoms
+    from costmodel.estimator import estimate_total_ms
+
+    chosen = cached_profile(batch_size) if profile is None else profile
+    return lambda spec: estimate_total_ms(spec_geoms(spec), chosen, batch_size)
 
 
 def generate(

@@ -46,7 +46,7 @@ def parse_shape(text: str) -> tuple[int, int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from archgen.api import generate, latency_estimator
+    from archgen.api import cached_profile, generate, latency_estimator
     from archgen.costing import spec_macs
     from archgen.rules import RuleSet
 
@@ -61,9 +61,11 @@ def run(args: argparse.Namespace) -> int:
         rules = RuleSet.with_rules_off(args.disable, growth=args.growth, stacking=args.stacking, init=args.init)
     except ConstraintError as exc:
         raise UserError(f"--disable: {exc}") from None
-    latency = None if args.max_latency_ms is None else latency_estimator(args.batch_size)
+    profile = None if args.max_latency_ms is None else cached_profile(args.batch_size)  # read once
+    latency = None if profile is None else latency_estimator(args.batch_size, profile)
     specs = generate(shape, args.classes, args.n, args.seed, rules=rules, max_macs=args.max_macs,
-                     max_params=args.max_params, max_latency_ms=args.max_latency_ms, batch_size=args.batch_size)
+                     max_params=args.max_params, max_latency_ms=args.max_latency_ms,
+                     batch_size=args.batch_size, profile=profile)
     if len(specs) < args.n:
         sys.stderr.write(f"archgen generate: note: only {len(specs)} distinct candidates meet the constraints\n")
     rows = []
