@@ -13,6 +13,7 @@ support it; :func:`slot_lock` hands out trial slots across processes and machine
 from __future__ import annotations
 
 import contextlib
+import datetime
 import fcntl
 import hashlib
 import logging
@@ -31,7 +32,7 @@ from optuna.trial import TrialState
 
 from archgen.errors import SearchConfigError
 from archgen.storage_errors import config_error, is_connection_error, retry_storage
-from archgen.trial_record import FAILURE, GRID_PHASE, LOST, RETRY_OF, WARM_START, WORKER
+from archgen.trial_record import FAILURE, GRID_PHASE, LOST, LOST_BY, RETRY_OF, WARM_START, WORKER
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -90,6 +91,7 @@ def fail_lost_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, reason
     storage = study._storage  # Optuna's per-trial-id storage calls; the trial may be anyone's
     try:
         storage.set_trial_user_attr(trial._trial_id, LOST, reason)
+        storage.set_trial_user_attr(trial._trial_id, LOST_BY, worker_tag())
         if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
             return False
     except optuna.exceptions.UpdateFinishedTrialError:
@@ -157,6 +159,37 @@ def retry_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial, announce: 
     study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
     if announce:  # Optuna's heartbeat callback: a worker elsewhere stopped beating
         log.warning("trial %d was left running by a dead worker; retrying its parameters", trial.number)
+
+
+def retry_orphans(study: optuna.Study, max_n: int | None = None) -> list[int]:
+    """Retry the lost trials whose retry was never enqueued: the process that failed one died
+    (or lost the storage) between the state change and the enqueue, and nothing else would
+    retry a trial that is no longer RUNNING. A trial counts as orphaned at once when the process
+    that failed it is known dead, else once it has been failed for GRACE_PERIOD_S, so a live
+    process in that window is not raced. Call it under the slot lock (two callers would
+    otherwise both retry the same trial). At most ``max_n`` (the free trial slots: a retry the
+    study has no room for would wait forever). Returns the numbers retried."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get(RETRY_OF) for t in trials}
+    now = datetime.datetime.now()
+    numbers = []
+    if max_n is not None:  # retries already waiting take free slots too
+        max_n -= sum(t.state == TrialState.WAITING and t.user_attrs.get(RETRY_OF) is not None for t in trials)
+    for t in trials:
+        if max_n is not None and len(numbers) >= max_n:
+            break
+        if (t.state != TrialState.FAIL or FAILURE in t.user_attrs or t.user_attrs.get(RETRY_OF) is not None
+                or str(t.user_attrs.get(LOST, "")).startswith("surplus") or t.number in retried
+                or t.system_attrs.get("retried") or t.datetime_complete is None):
+            continue
+        failer_dead = tag_is_dead(str(t.user_attrs.get(LOST_BY, "?/?")))
+        if not failer_dead and (now - t.datetime_complete).total_seconds() < GRACE_PERIOD_S:
+            continue
+        log.info("trial %d was failed but its retry was never enqueued (its worker died meanwhile); retrying it",
+                 t.number)
+        retry_stale(study, t, announce=False)
+        numbers.append(t.number)
+    return numbers
 
 
 def recover_local_stale(study: optuna.Study) -> int:

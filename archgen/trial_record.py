@@ -40,6 +40,7 @@ FINAL_WEIGHT_DECAY = "final_weight_decay"
 # Where it ran, and what happened to it when its worker died.
 WORKER = "worker"
 LOST = "lost"
+LOST_BY = "lost_by"  # the worker tag of the process that failed a lost trial
 RETRY_OF = "retry_of"
 
 # Enqueued trials (grid plans, warm starts).

@@ -27,6 +27,7 @@ from archgen.liveness import (
     Heartbeat,
     fail_dead_trials,
     fail_lost_trial,
+    retry_orphans,
     slot_lock,
     slots_used,
     worker_tag,
@@ -175,8 +176,10 @@ def _claim_trial(settings: SearchSettings, study: optuna.Study, storage: optuna.
     with slot_lock(storage, settings.run_dir, settings.study) as lock:
         fail_dead_trials(study, unmarked, announce=False)  # the search's main process reports them
         limit = trial_limit(settings, study)
-        if limit is not None and slots_used(study) >= limit:
+        free = None if limit is None else limit - slots_used(study)
+        if free is not None and free <= 0:
             return None
+        retry_orphans(study, free)
         with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": ours is
             warnings.simplefilter("ignore", UserWarning)
             trial = study.ask()
