@@ -24,16 +24,18 @@ if TYPE_CHECKING:
     from costmodel.device_profile import DeviceProfile
 
 
-def cached_profile(batch_size: int = 1) -> DeviceProfile:
-    """This machine's cached CPU profile for 1 thread at ``batch_size``; ConstraintError when
-    there is none (run ``archgen calibrate``)."""
+def cached_profile(batch_size: int = 1, runtime: str = "torch") -> DeviceProfile:
+    """This machine's cached CPU profile for 1 thread at ``batch_size`` (``runtime`` torch or
+    onnxruntime); ConstraintError when there is none (run ``archgen calibrate``)."""
     from costmodel.device_profile import load_cached
 
-    profile = load_cached(device="cpu", threads=1, batch_size=batch_size)
+    profile = load_cached(device="cpu", threads=1, batch_size=batch_size, runtime=runtime)
     if profile is None:
+        flag = "" if runtime == "torch" else f" --runtime {runtime}"
         raise ConstraintError(
-            "--max-latency-ms needs a device profile for cpu, 1 thread, batch "
-            f"{batch_size}; run 'archgen calibrate --batch-size {batch_size}' first"
+            f"--max-latency-ms needs a device profile for cpu, {runtime}, 1 thread, batch "
+            f"{batch_size}; run 'archgen calibrate{flag} --batch-size {batch_size}' first, or give "
+            "--device-profile FILE"
         )
     return profile
 

@@ -38,18 +38,67 @@ def generator_networks(n: int, seed: int, max_macs: int = 100_000_000) -> list[l
     return out
 
 
+def recipe_networks(quick: bool, seed: int = 0) -> tuple[list[list[LayerGeom]], list[list[LayerGeom]]]:
+    """The calibration networks of the one recipe: costmodel's random plain CNNs and samples of
+    archgen's generator."""
+    from costmodel.calibration import calibration_networks
+
+    return (calibration_networks(quick, seed),
+            generator_networks(GENERATOR_NETWORKS[0 if quick else 1], seed=GENERATOR_SEED + seed))
+
+
 def calibrate_device(device: str = "cpu", threads: int = 1, batch_size: int = 32, quick: bool = False,
                      seed: int = 0, out: str | Path | None = None,
-                     progress: Callable[[str], None] | None = None) -> tuple[DeviceProfile, Path]:
-    """Measure ``device`` at ``threads`` and ``batch_size``, fit its profile and save it to
-    ``out``, else to the per-device cache. Returns the profile and where it was saved.
-    ``progress`` receives one line per step (default: logged)."""
-    from costmodel.calibration import calibrate
+                     progress: Callable[[str], None] | None = None, runtime: str = "torch",
+                     measurements_out: str | Path | None = None) -> tuple[DeviceProfile, Path]:
+    """Measure ``device`` in ``runtime`` at ``threads`` and ``batch_size``, fit its profile and
+    save it to ``out``, else to the per-device cache. Returns the profile and where it was
+    saved. ``measurements_out``: also keep the raw measurements (refit later with
+    ``--measurements``). ``progress`` receives one line per step (default: logged)."""
+    from costmodel.calibration import fit_measurements, measure_calibration
     from costmodel.device_profile import cache_path
 
-    extra = generator_networks(GENERATOR_NETWORKS[0 if quick else 1], seed=GENERATOR_SEED + seed)
-    profile = calibrate(device=device, threads=threads, batch_size=batch_size, quick=quick, seed=seed,
-                        extra_networks=extra, progress=progress)
+    networks, extra = recipe_networks(quick, seed)
+    measured = measure_calibration(device=device, threads=threads, batch_size=batch_size, quick=quick,
+                                   networks=networks, extra_networks=extra, seed=seed, runtime=runtime,
+                                   progress=progress)
+    if measurements_out is not None:
+        measured.save(measurements_out)
+    profile = fit_measurements(measured, seed, progress)
     path = profile.save(out if out is not None else cache_path(profile.context))
     log.info("saved %s", path)
     return profile, path
+
+
+def write_calibration_bundle(folder: str | Path, runtime: str = "onnxruntime", threads: int = 1,
+                             batch_size: int = 1, quick: bool = False, seed: int = 0,
+                             progress: Callable[[str], None] | None = None) -> Path:
+    """A calibration bundle (``costmodel.bundle``) of the one recipe's networks, to run on the
+    device the network will run on."""
+    from costmodel.bundle import write_bundle
+    from costmodel.calibration import default_repeats
+    from costmodel.measure import micro_benchmark_geoms
+    from costmodel.ort import PROTOCOL as ORT_PROTOCOL
+    from costmodel.profile import PROTOCOL
+
+    networks, extra = recipe_networks(quick, seed)
+    protocol = dict(PROTOCOL, quick=quick, seed=seed, n_networks=len(networks) + len(extra))
+    if runtime == "onnxruntime":
+        protocol.update(ORT_PROTOCOL)
+    return write_bundle(folder, networks + extra, micro_benchmark_geoms(quick, seed), runtime=runtime,
+                        threads=threads, batch_size=batch_size, repeats=default_repeats(quick, batch_size),
+                        protocol=protocol, progress=progress)
+
+
+def fit_measurements_file(path: str | Path, out: str | Path | None = None,
+                          progress: Callable[[str], None] | None = None) -> tuple[DeviceProfile, Path]:
+    """Fit the profile of the device that produced the measurements file at ``path`` (a
+    bundle's ``run.py`` output, or ``archgen calibrate --save-measurements``); save it to
+    ``out``, by default next to the measurements (``<name>.profile.json``)."""
+    from costmodel.calibration import fit_measurements
+    from costmodel.measurements import Measurements
+
+    measured = Measurements.load(path)
+    profile = fit_measurements(measured, progress=progress)
+    target = Path(out) if out is not None else Path(path).with_suffix(".profile.json")
+    return profile, profile.save(target)

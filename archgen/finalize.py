@@ -147,6 +147,9 @@ def finalize(settings: SearchSettings, study: optuna.Study, dataset: Dataset, pr
     spec = ArchSpec.from_dict(best.user_attrs[SPEC])
     model, refit = _final_model(settings, best, dataset, spec)
     onnx_diff = _export(run_dir / "best", spec, model)
+    from archgen.drift import warn_if_drifted
+
+    drift = warn_if_drifted(profile, settings.device, "finalize") if profile is not None else None
     meas_ms = _write_cost_table(run_dir / "best", spec, model, profile, settings)
 
     previous = _recorded_test(run_dir)
@@ -174,6 +177,8 @@ def finalize(settings: SearchSettings, study: optuna.Study, dataset: Dataset, pr
         EST_MS: best.user_attrs.get(EST_MS),
         MEAS_MS: meas_ms,
         "latency_batch": settings.latency_batch,
+        **latency_labels(profile, settings),
+        "machine_drift": None if drift is None else round(drift.ratio, 3),
         SPEC_NAME: spec.short_name(),
         SPEC_KEY: spec.key(),
         "onnx_max_abs_diff": onnx_diff,
@@ -230,12 +235,37 @@ def _export(best_dir: Path, spec: ArchSpec, model: nn.Module) -> float:
 def _write_cost_table(best_dir: Path, spec: ArchSpec, model: nn.Module, profile: DeviceProfile | None,
                       settings: SearchSettings) -> float | None:
     """``best/cost.csv``: the per-layer estimate of the model next to its measured per-layer time
-    at the latency batch, on the search's device; returns the measured whole-model time."""
+    at the latency batch, on the search's device, in the profile's runtime and thread count;
+    returns the measured whole-model time."""
     from archgen.pricing import estimate_and_measure
 
-    report = estimate_and_measure(spec, profile, settings.latency_batch, model=model, device=settings.device)
+    runtime = profile.runtime if profile is not None else "torch"
+    onnx = best_dir / "model.onnx"
+    threads = int(profile.context.get("threads") or 1) if profile is not None and not profile.is_default else 1
+    report = estimate_and_measure(spec, profile, settings.latency_batch, model=model, threads=threads,
+                                  device="cpu" if runtime == "onnxruntime" else settings.device,
+                                  runtime=runtime, onnx_path=onnx if runtime == "onnxruntime" else None)
     atomic_write_csv(best_dir / "cost.csv", report.table)
     return report.e2e_meas_ms
+
+
+def latency_labels(profile: DeviceProfile | None, settings: SearchSettings) -> dict[str, Any]:
+    """What the estimate and the local measurement are of: the profile's device (``est_on``),
+    this machine in the profile's runtime (``meas_on``), and whether those differ
+    (``meas_is_target`` false: the measurement is not of the device the estimate prices)."""
+    from costmodel.device_profile import cpu_model_name
+
+    if profile is None or profile.is_default:
+        return {"est_on": "built-in default profile (uncalibrated)", "meas_is_target": True,
+                "meas_on": f"this machine ({settings.device})"}
+    runtime = profile.runtime
+    device = "cpu" if runtime == "onnxruntime" else settings.device
+    here = cpu_model_name() if device == "cpu" else device
+    foreign = profile.is_foreign()
+    threads = int(profile.context.get("threads") or 1)
+    return {"est_on": profile.describe(), "meas_is_target": not foreign,
+            "meas_on": f"this machine ({here}, {runtime}, {threads} thread(s))"
+                       + (", not the profile's device" if foreign else "")}
 
 
 def _refit(settings: SearchSettings, trial: FrozenTrial, dataset: Dataset, spec: ArchSpec) -> nn.Module | None:

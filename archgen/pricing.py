@@ -7,6 +7,7 @@ its built network, and put the two side by side.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from archgen.costing import spec_geoms
@@ -28,14 +29,18 @@ def estimate_and_measure(
     device: str = "cpu",
     threads: int = 1,
     repeats: int = 15,
+    runtime: str = "torch",
+    onnx_path: str | Path | None = None,
 ) -> CostReport:
     """The per-layer cost estimate of ``spec`` at ``batch_size`` with ``profile`` (None: the
     built-in default), with the measured time of each layer (``meas_ms``, ``meas_iqr_ms``) and
     of the whole network (``e2e_meas_ms``) next to it.
 
     ``model`` is the network to time (default: ``spec`` built with seed 0); it is timed on
-    ``device`` with ``threads`` torch threads, the minimum of ``repeats`` calls on a random
-    batch, and is left there, in eval mode.
+    ``device`` with ``threads`` threads, the minimum of ``repeats`` calls on a random batch,
+    and is left there, in eval mode. ``runtime="onnxruntime"``: timed as its ONNX export
+    (``onnx_path`` if given, e.g. the exported ``model.onnx``) in ONNX Runtime on the CPU, per
+    layer from ONNX Runtime's node profiling.
     """
     import torch
 
@@ -47,6 +52,12 @@ def estimate_and_measure(
     if model is None:
         model = build_model(spec, seed=0)
     x = torch.randn(batch_size, *spec.input_shape)
-    measured = profile_module(model, x, device=device, threads=threads, repeats=repeats)
+    if runtime == "onnxruntime":
+        from costmodel.ort import profile_module_onnx
+
+        measured = profile_module_onnx(model.cpu().eval(), x, threads=threads, repeats=repeats,
+                                       onnx_path=onnx_path)
+    else:
+        measured = profile_module(model, x, device=device, threads=threads, repeats=repeats)
     model.train(False)
     return report.with_measurements(measured)

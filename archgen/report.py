@@ -250,8 +250,12 @@ def _test_rows(run: RunData, tm: dict[str, Any]) -> list[tuple[str, str]]:
             "Latency of the selected model",
             f"estimated {_fmt_num(tm.get(EST_MS), '.3f')} ms, "
             f"measured {_fmt_num(tm.get(MEAS_MS), '.3f')} ms"
-            + (f" (batch size {batch})" if batch is not None else ""),
+            + (f" (batch size {batch})" if batch is not None else "")
+            + ("" if tm.get("meas_is_target", True) else
+               f"; the measurement is of {tm.get('meas_on', 'this machine')}, not of the device the estimate is for"),
         ),
+        ("Latency priced for", str(tm.get("est_on") or run.config.get("latency_profile_device")
+                                   or run.config.get("latency_profile", "unknown"))),
     ]
 
 

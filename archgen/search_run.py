@@ -67,6 +67,9 @@ def run_search(settings: SearchSettings, progress: Progress | None = None) -> di
     (its ``best/spec.json``) and ``trials_csv``."""
     if settings.trials is None and settings.time_budget_s is None:
         settings = dataclasses.replace(settings, time_budget_s=DEFAULT_TIME_BUDGET_S)
+    from archgen.profiles import adopt_device_profile
+
+    settings = adopt_device_profile(settings)
     check_out_dir(settings.run_dir, "search")
     dataset, space = prepare(settings)
     fingerprint = split_fingerprint(dataset)
@@ -111,16 +114,21 @@ def run_search(settings: SearchSettings, progress: Progress | None = None) -> di
 
 
 def ensure_profile(settings: SearchSettings) -> None:
-    """Calibrate (quick mode, cached per device) when this machine has no profile yet, so the
-    latency estimates and budgets of the search are this machine's, not the built-in guess."""
+    """Calibrate (quick mode, cached per device and runtime) when this machine has no profile
+    yet, so the latency estimates and budgets of the search are this machine's, not the
+    built-in guess. Nothing to do with ``device_profile`` (the target's profile is given)."""
     from archgen.calibration import calibrate_device
     from costmodel.device_profile import load_cached
 
-    if not settings.calibrate or load_cached(settings.device, 1, settings.latency_batch) is not None:
+    if settings.device_profile is not None or not settings.calibrate:
         return
-    log.warning("no device profile for %s/1 thread/batch %d: calibrating (quick, about a minute)",
-                settings.device, settings.latency_batch)
-    calibrate_device(settings.device, threads=1, batch_size=settings.latency_batch, quick=True)
+    device = settings.device if settings.runtime == "torch" else "cpu"
+    if load_cached(device, 1, settings.latency_batch, settings.runtime) is not None:
+        return
+    log.warning("no device profile for %s/%s/1 thread/batch %d: calibrating (quick, about a minute)",
+                device, settings.runtime, settings.latency_batch)
+    calibrate_device(device, threads=1, batch_size=settings.latency_batch, quick=True,
+                     runtime=settings.runtime)
 
 
 def prepare(settings: SearchSettings) -> tuple[Dataset, dict[str, Param]]:
@@ -135,6 +143,9 @@ def prepare(settings: SearchSettings) -> tuple[Dataset, dict[str, Param]]:
             raise UserError(f"--device {settings.device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     dataset = load_data(settings)
     ensure_profile(settings)
+    from archgen.drift import warn_if_drifted
+
+    warn_if_drifted(load_profile(settings), settings.device, "before the latency screen")
     space = space_from_config(dataset.input_shape, settings.space)
     if settings.strategy == "manual":
         manual_configs(settings.manual, space)
@@ -230,12 +241,16 @@ def _remove_partial_files(run_dir: Path) -> None:
 
 
 def _write_config(settings: SearchSettings, fingerprint: str) -> None:
-    from costmodel.device_profile import load_cached
+    from archgen.worker import profile_choice
 
     d = settings.to_yaml_dict()
     d["split_fingerprint"] = fingerprint
-    d["latency_profile"] = ("calibrated" if load_cached(settings.device, 1, settings.latency_batch)
-                            else "built-in default (uncalibrated)")
+    choice = profile_choice(settings)
+    d["latency_profile"] = ("built-in default (uncalibrated)" if choice.is_default
+                            else "another device's profile" if choice.foreign else "calibrated")
+    d["latency_profile_device"] = choice.profile.describe()
+    if choice.path is not None:
+        d["latency_profile_path"] = str(choice.path)
     atomic_write_yaml(settings.run_dir / "config.yaml", d)
 
 

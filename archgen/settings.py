@@ -70,6 +70,13 @@ class SearchSettings:
     # Where trials train and where latency is calibrated, estimated and measured: "cpu" or
     # "cuda[:N]" (the device profile is this device's; the exported ONNX model is CPU-portable).
     device: str = "cpu"
+    # What the exported network will run in, for the latency screen and finalize's measurement:
+    # "torch" (PyTorch eager) or "onnxruntime" (its ONNX export in ONNX Runtime, CPU).
+    runtime: str = "torch"
+    # A device profile file (e.g. fitted from a calibration bundle run on the target device):
+    # the latency screen, the Pareto objective and the report price with it; its batch size and
+    # runtime are the search's. None: this machine's cached profile (calibrated when missing).
+    device_profile: str | None = None
     bayes_sampler: str = "tpe"
     grid_points: int = 3
     grid_params: tuple[str, ...] = ("lr", "base_filters", "stages")
@@ -132,6 +139,11 @@ def _check_values(s: SearchSettings) -> None:
         )
     if s.min_epochs > s.max_epochs:
         raise SearchConfigError(f"min_epochs={s.min_epochs} exceeds max_epochs={s.max_epochs}")
+    if s.runtime not in ("torch", "onnxruntime"):
+        raise SearchConfigError(f"runtime {excerpt(s.runtime)} must be 'torch' or 'onnxruntime'")
+    if s.runtime == "onnxruntime" and s.device != "cpu" and s.device_profile is None:
+        raise SearchConfigError("runtime onnxruntime is calibrated on the CPU; use --device cpu "
+                                "(trials may still train on a GPU with --device-profile FILE)")
     for name in ("val_frac", "test_frac"):
         if not 0 < getattr(s, name) < 1:
             raise SearchConfigError(f"{name}={getattr(s, name)!r} must be a fraction in (0, 1)")
@@ -172,7 +184,7 @@ _FLOAT_BOUNDS: dict[str, tuple[float, float]] = {
     "max_params": (1, 1e15), "max_memory_mb": (1, 1e9), "val_frac": (0, 1), "test_frac": (0, 1),
     "pbt_quantile": (0, 1),
 }
-_STR_FIELDS = ("data", "strategy", "objective", "study", "out", "device", "bayes_sampler")
+_STR_FIELDS = ("data", "strategy", "objective", "study", "out", "device", "bayes_sampler", "runtime")
 _BOOL_FIELDS = ("seeded_pruning", "prior_startup", "refine", "finalize", "refit", "calibrate", "warm_start")
 
 
@@ -186,6 +198,8 @@ def _check_types(s: SearchSettings) -> None:
             raise bad(name, "a non-empty string")
     if s.storage is not None and not isinstance(s.storage, str):
         raise bad("storage", "a database URL string")
+    if s.device_profile is not None and (not isinstance(s.device_profile, str) or not s.device_profile):
+        raise bad("device_profile", "a profile file path")
     for name in _BOOL_FIELDS:
         if not isinstance(getattr(s, name), bool):
             raise bad(name, "true or false")

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
     from archgen.data import Dataset
+    from archgen.profiles import ProfileChoice
     from costmodel.device_profile import DeviceProfile
 
 log = logging.getLogger(__name__)
@@ -77,12 +78,18 @@ def load_data(settings: SearchSettings) -> Dataset:
 
 
 def load_profile(settings: SearchSettings) -> DeviceProfile:
-    """The cached profile of the search's device (1 thread on a CPU) at the latency batch; the
-    built-in default when none is cached (recorded in config.yaml as uncalibrated)."""
-    from costmodel.device_profile import default_profile, load_cached
+    """The profile the search prices with (``archgen.profiles``): ``device_profile`` when given,
+    else this machine's cached one for the search's device and runtime (1 thread on a CPU) at
+    the latency batch; the built-in default when none is cached (recorded in config.yaml as
+    uncalibrated)."""
+    return profile_choice(settings).profile
 
-    profile = load_cached(device=settings.device, threads=1, batch_size=settings.latency_batch)
-    return profile if profile is not None else default_profile()
+
+def profile_choice(settings: SearchSettings) -> ProfileChoice:
+    from archgen.profiles import choose_profile
+
+    return choose_profile(settings.device_profile, device=settings.device, runtime=settings.runtime,
+                          threads=1, batch_size=settings.latency_batch)
 
 
 def trial_limit(settings: SearchSettings, study: optuna.Study) -> int | None:

@@ -46,6 +46,8 @@ TABLE: tuple[Activation, ...] = (
 CALIBRATED: tuple[str, ...] = tuple(a.name for a in TABLE[:4])
 BY_NAME: dict[str, Activation] = {a.name: a for a in TABLE}
 BY_TORCH_TYPE: dict[str, Activation] = {a.torch_type: a for a in TABLE}
+# The table as plain data for ``costmodel.runner`` (name -> (torch.nn class name, elementwise)).
+ACTIVATIONS: dict[str, tuple[str, bool]] = {a.name: (a.torch_type, a.elementwise) for a in TABLE}
 
 
 def module_for(name: str) -> nn.Module:

@@ -1,5 +1,8 @@
-"""``calibrate()``: measure this machine (``costmodel.measure``) and fit a device profile to the
-measurements (``costmodel.fit``), optionally saving it to the per-device cache."""
+"""``calibrate()``: measure this machine (``costmodel.measure`` for PyTorch, ``costmodel.ort``
+for ONNX Runtime) and fit a device profile to the measurements (``costmodel.fit``), optionally
+saving it to the per-device cache. ``measure_calibration`` stops after measuring (the
+measurements can be saved and fitted later, or come from another device's bundle run:
+``fit_measurements``)."""
 
 from __future__ import annotations
 
@@ -8,15 +11,100 @@ import math
 import random
 from collections.abc import Callable, Sequence
 
-from costmodel.device_profile import DeviceProfile, cache_path, current_context
+from costmodel.device_profile import RUNTIMES, DeviceProfile, cache_path, current_context
 from costmodel.errors import CostModelError
 from costmodel.fit import fit_profile
 from costmodel.geometry import LayerGeom
-from costmodel.measure import measure_micro, measure_networks, micro_benchmark_geoms
+from costmodel.measurements import Measurements
 from costmodel.netgen import random_plain_cnn
 from costmodel.profile import PROTOCOL, resolve_clock, resolve_device
 
 log = logging.getLogger(__name__)
+
+
+def calibration_networks(quick: bool, seed: int, n_networks: int | None = None) -> list[list[LayerGeom]]:
+    """The random plain CNNs a calibration measures (24 quick, 160 full)."""
+    rng = random.Random(seed)
+    count = n_networks or (24 if quick else 160)
+    return [random_plain_cnn(rng) for _ in range(count)]
+
+
+def default_repeats(quick: bool, batch_size: int) -> int:
+    """Timed rounds per network: more at small batch sizes, where a run is short and its noise
+    relatively large (and more rounds cost little)."""
+    if batch_size <= 4:
+        return 9 if quick else 21
+    return 5 if quick else 9
+
+
+def measure_calibration(
+    device: str = "cpu",
+    threads: int = 1,
+    batch_size: int = 32,
+    quick: bool = False,
+    networks: Sequence[Sequence[LayerGeom]] | None = None,
+    extra_networks: Sequence[Sequence[LayerGeom]] = (),
+    n_networks: int | None = None,
+    repeats: int | None = None,
+    seed: int = 0,
+    clock: str = "auto",
+    runtime: str = "torch",
+    progress: Callable[[str], None] | None = None,
+) -> Measurements:
+    """Measure what ``calibrate`` fits, here and now (see ``calibrate`` for the arguments)."""
+    from costmodel.measure import micro_benchmark_geoms
+
+    if runtime not in RUNTIMES:
+        raise CostModelError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
+    context = current_context(device, threads, batch_size, runtime=runtime)
+    dev = resolve_device(device)
+    say = progress or (lambda msg: log.info("%s", msg))
+    reps = repeats or default_repeats(quick, batch_size)
+    if reps < 1:
+        raise CostModelError(f"repeats={reps} must be >= 1")
+    if networks is None:
+        networks = calibration_networks(quick, seed, n_networks)
+    networks = [list(n) for n in networks] + [list(n) for n in extra_networks]
+    micro_geoms = micro_benchmark_geoms(quick, seed)
+    say(f"calibrating {context['device']} ({context['device_name']}), {runtime}, {threads} thread(s), "
+        f"batch {batch_size}: {len(micro_geoms)} micro-benchmarks, {len(networks)} networks, "
+        f"{reps} repeats")
+    if runtime == "onnxruntime":
+        from costmodel import ort
+
+        micro = ort.measure_micro(micro_geoms, batch_size, threads, reps, clock)
+        profiled = ort.measure_networks(networks, batch_size, threads, reps, clock, seed, say)
+        reference = ort.reference_ms(threads, clock)
+        timer = resolve_clock(clock, threads)
+    else:
+        from costmodel.measure import measure_micro, measure_networks, reference_ms
+
+        micro = measure_micro(micro_geoms, batch_size, dev, threads, reps, clock)
+        profiled = measure_networks(networks, batch_size, dev, threads, reps, clock, seed, say)
+        reference = reference_ms(dev, threads, clock)
+        timer = resolve_clock(clock, threads) if dev == "cpu" else "cuda-events"
+    protocol = dict(PROTOCOL, repeats=reps, quick=quick, n_networks=len(networks), clock=timer,
+                    n_micro=len(micro_geoms), seed=seed)
+    if runtime == "onnxruntime":
+        protocol.update(ort.PROTOCOL)
+    return Measurements(context=context, protocol=protocol, micro=micro, networks=profiled,
+                        reference_ms=reference)
+
+
+def fit_measurements(measurements: Measurements, seed: int = 0,
+                     progress: Callable[[str], None] | None = None) -> DeviceProfile:
+    """Fit a device profile to ``measurements`` (made here or on another device) and say how
+    good the fit is (out-of-fold over the calibration networks)."""
+    say = progress or (lambda msg: log.info("%s", msg))
+    if not measurements.networks:
+        raise CostModelError("the measurements hold no calibration network; nothing to fit")
+    profile = fit_profile(measurements.context, measurements.micro, measurements.networks,
+                          measurements.protocol, seed=seed, reference_ms=measurements.reference_ms)
+    q = profile.fit_quality.get("network_oof", {})
+    say(f"fit: calibration networks out of fold MAPE {100 * q.get('mape', math.nan):.1f}%, "
+        f"within 10% {100 * q.get('within_10pct', math.nan):.0f}%, "
+        f"within 5% {100 * q.get('within_5pct', math.nan):.0f}%")
+    return profile
 
 
 def calibrate(
@@ -32,44 +120,27 @@ def calibrate(
     clock: str = "auto",
     save_to_cache: bool = False,
     progress: Callable[[str], None] | None = None,
+    runtime: str = "torch",
 ) -> DeviceProfile:
     """Measure and fit a device profile for ``device`` at ``threads`` and ``batch_size``.
 
-    ``quick``: 24 random calibration networks and 5 repeats (under a minute on a 2-core Xeon);
-    otherwise 160 networks and 9 repeats (a few minutes). ``networks`` replaces the random
+    ``runtime``: ``torch`` (PyTorch eager) or ``onnxruntime`` (the calibration networks exported
+    to ONNX and run in an ``onnxruntime.InferenceSession``; CPU only).
+    ``quick``: 24 random calibration networks and 5 repeats (9 at batch sizes up to 4; under a
+    minute on a 2-core Xeon); otherwise 160 networks and 9 repeats (21 at batch sizes up to 4; a
+    few minutes). ``networks`` replaces the random
     calibration networks, ``extra_networks`` adds to them (e.g. samples of archgen's own
     generator, so the lookup table holds its layer configurations; never the networks the model
     is judged on). Networks are profiled interleaved, round by round, in chunks of
     ``costmodel.measure.CHUNK`` after ``costmodel.measure.WARMUP_S`` seconds of interleaved
     warm-up; ``clock`` as in ``costmodel.profile``. ``save_to_cache`` writes the profile to
     ``cache_path(context)``.
-    Raises ``CostModelError`` for an unknown device or CUDA without CUDA.
+    Raises ``CostModelError`` for an unknown device or runtime, or CUDA without CUDA.
     """
-    context = current_context(device, threads, batch_size)
-    dev = resolve_device(device)
-    say = progress or (lambda msg: log.info("%s", msg))
-    reps = repeats or (5 if quick else 9)
-    if reps < 1:
-        raise CostModelError(f"repeats={reps} must be >= 1")
-    rng = random.Random(seed)
-    if networks is None:
-        count = n_networks or (24 if quick else 160)
-        networks = [random_plain_cnn(rng) for _ in range(count)]
-    networks = [list(n) for n in networks] + [list(n) for n in extra_networks]
-    micro_geoms = micro_benchmark_geoms(quick, seed)
-    say(f"calibrating {context['device']} ({context['device_name']}), {threads} thread(s), "
-        f"batch {batch_size}: {len(micro_geoms)} micro-benchmarks, {len(networks)} networks, "
-        f"{reps} repeats")
-    micro = measure_micro(micro_geoms, batch_size, dev, threads, reps, clock)
-    profiled = measure_networks(networks, batch_size, dev, threads, reps, clock, seed, say)
-    protocol = dict(PROTOCOL, repeats=reps, quick=quick, n_networks=len(networks),
-                    clock=resolve_clock(clock, threads) if dev == "cpu" else "cuda-events",
-                    n_micro=len(micro_geoms), seed=seed)
-    profile = fit_profile(context, micro, profiled, protocol, seed=seed)
-    q = profile.fit_quality.get("network_oof", {})
-    say(f"fit: calibration networks out of fold MAPE {100 * q.get('mape', math.nan):.1f}%, "
-        f"within 10% {100 * q.get('within_10pct', math.nan):.0f}%")
+    measurements = measure_calibration(device, threads, batch_size, quick, networks, extra_networks,
+                                       n_networks, repeats, seed, clock, runtime, progress)
+    profile = fit_measurements(measurements, seed, progress)
     if save_to_cache:
-        path = profile.save(cache_path(context))
-        say(f"saved {path}")
+        path = profile.save(cache_path(profile.context))
+        (progress or (lambda msg: log.info("%s", msg)))(f"saved {path}")
     return profile

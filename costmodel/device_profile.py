@@ -25,12 +25,26 @@ from typing import TypedDict
 
 from costmodel.atomic import atomic_write_text
 from costmodel.errors import CostModelError
+from costmodel.measurements import RUNTIMES
 
 SCHEMA_VERSION = 1
 # Context fields that must match for a profile to be used.
-CONTEXT_KEYS = ("device", "device_name", "threads", "torch_version", "dtype", "batch_size")
-# device, device_name, threads, torch_version, dtype, batch_size, cpu_count, fingerprint
+CONTEXT_KEYS = ("device", "device_name", "runtime", "runtime_version", "threads", "dtype", "batch_size")
+# device, device_name, runtime, runtime_version, threads, torch_version, dtype, batch_size,
+# cpu_count, fingerprint (+ graph_optimization, executor for onnxruntime)
 Context = dict[str, str | int | None]
+
+
+def runtime_of(ctx: Context) -> str:
+    """The runtime a context names (profiles from before runtimes existed are torch ones)."""
+    return str(ctx.get("runtime") or "torch")
+
+
+def runtime_version_of(ctx: Context) -> str:
+    """The runtime's version: torch's for torch profiles, onnxruntime's for onnxruntime ones."""
+    if runtime_of(ctx) == "torch":
+        return str(ctx.get("torch_version"))
+    return str(ctx.get("runtime_version"))
 
 
 class TreeEnsemble(TypedDict):
@@ -66,12 +80,18 @@ class DeviceProfile:
     protocol: dict[str, object] = field(default_factory=dict)
     batch_scaling: str = "fixed"
     is_default: bool = False
+    # Time of the drift reference workload when the profile was fitted (None: not measured).
+    reference_ms: float | None = None
     created: str = ""
     schema_version: int = SCHEMA_VERSION
 
     @property
     def batch_size(self) -> int:
         return int(self.context["batch_size"])
+
+    @property
+    def runtime(self) -> str:
+        return runtime_of(self.context)
 
     @property
     def fingerprint(self) -> str:
@@ -81,9 +101,12 @@ class DeviceProfile:
         """One line naming the profile (used in reports)."""
         c = self.context
         kind = "built-in default profile (uncalibrated, rough)" if self.is_default else "device profile"
+        runtime = self.runtime
+        version = runtime_version_of(c)
+        name = "torch" if runtime == "torch" else "onnxruntime"
         return (
-            f"{kind}: {c.get('device')} {c.get('device_name')}, {c.get('threads')} thread(s), "
-            f"batch {c.get('batch_size')}, torch {c.get('torch_version')}, {c.get('dtype')}"
+            f"{kind}: {c.get('device')} {c.get('device_name')}, {name} {version}, "
+            f"{c.get('threads')} thread(s), batch {c.get('batch_size')}, {c.get('dtype')}"
         )
 
     def to_dict(self) -> dict[str, object]:
@@ -142,15 +165,33 @@ class DeviceProfile:
                 threads or int(ctx["threads"]),
                 batch_size or int(ctx["batch_size"]),
                 str(ctx.get("dtype", "float32")),
+                runtime=self.runtime,
             )
-        for key in CONTEXT_KEYS:
-            if str(ctx.get(key)) != str(current.get(key)):
+        mine = dict(ctx, runtime=self.runtime, runtime_version=runtime_version_of(ctx))
+        theirs = dict(current, runtime=runtime_of(current), runtime_version=runtime_version_of(current))
+        keys = [("torch_version" if k == "runtime_version" and self.runtime == "torch" else k)
+                for k in CONTEXT_KEYS]
+        for key in keys:
+            if str(mine.get(key)) != str(theirs.get(key)):
                 raise CostModelError(
-                    f"device profile was calibrated for {key}={ctx.get(key)!r} but this run has "
-                    f"{key}={current.get(key)!r}; recalibrate with `archgen calibrate "
-                    f"--device {current.get('device')} --threads {current.get('threads')} "
-                    f"--batch-size {current.get('batch_size')}`"
+                    f"device profile was calibrated for {key}={mine.get(key)!r} but this run has "
+                    f"{key}={theirs.get(key)!r}; recalibrate with `archgen calibrate "
+                    f"--device {current.get('device')} --runtime {runtime_of(current)} "
+                    f"--threads {current.get('threads')} --batch-size {current.get('batch_size')}`"
                 )
+
+    def is_foreign(self, current: Context | None = None) -> bool:
+        """True when this profile was made for another device, runtime or software version than
+        this machine's (it still prices networks: for the device it was made on)."""
+        if self.is_default:
+            return False
+        if str(self.context.get("dtype", "float32")) != "float32":  # measured here: float32 only
+            return True
+        try:
+            self.check_context(current=current)
+        except (CostModelError, KeyError, TypeError, ValueError):
+            return True
+        return False
 
 
 def cpu_model_name() -> str:
@@ -165,14 +206,20 @@ def cpu_model_name() -> str:
 
 
 def current_context(
-    device: str = "cpu", threads: int = 1, batch_size: int = 32, dtype: str = "float32"
+    device: str = "cpu", threads: int = 1, batch_size: int = 32, dtype: str = "float32",
+    runtime: str = "torch",
 ) -> Context:
     """The context a profile made here and now would hold for (imports torch)."""
     import torch
 
     from costmodel.profile import resolve_device
 
+    if runtime not in RUNTIMES:
+        raise CostModelError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
     dev = resolve_device(device)
+    if runtime == "onnxruntime" and dev != "cpu":
+        raise CostModelError("the onnxruntime runtime is measured on the CPU (CPUExecutionProvider); "
+                             "use --device cpu")
     if dev == "cpu":
         name = cpu_model_name()
     else:
@@ -183,18 +230,27 @@ def current_context(
         "device": "cpu" if dev == "cpu" else "cuda",
         "device_name": name,
         "threads": int(threads),
+        "runtime": runtime,
+        "runtime_version": torch.__version__,
         "torch_version": torch.__version__,
         "dtype": dtype,
         "batch_size": int(batch_size),
         "cpu_count": os.cpu_count(),
     }
+    if runtime == "onnxruntime":
+        from costmodel.ort import runtime_context
+
+        ctx.update(runtime_context())
     ctx["fingerprint"] = context_fingerprint(ctx)
     return ctx
 
 
 def device_fingerprint(ctx: Context) -> str:
     """Hash of what identifies the device and software (not threads or batch size)."""
-    raw = "|".join(str(ctx.get(k)) for k in ("device", "device_name", "torch_version", "dtype"))
+    parts = [str(ctx.get(k)) for k in ("device", "device_name", "torch_version", "dtype")]
+    if runtime_of(ctx) != "torch":  # torch profiles keep the fingerprints they always had
+        parts.append(f"{runtime_of(ctx)} {runtime_version_of(ctx)}")
+    raw = "|".join(parts)
     slug = "".join(ch if ch.isalnum() else "-" for ch in str(ctx.get("device_name")).lower())
     slug = "-".join(part for part in slug.split("-") if part)[:40]
     return f"{ctx.get('device')}-{slug}-{hashlib.sha1(raw.encode()).hexdigest()[:10]}"
@@ -214,19 +270,21 @@ def cache_root() -> Path:
 
 def cache_path(ctx: Context) -> Path:
     """Where the profile for ``ctx`` is cached: one directory per device fingerprint."""
+    prefix = "profile" if runtime_of(ctx) == "torch" else f"profile-{runtime_of(ctx)}"
     return (
         cache_root()
         / device_fingerprint(ctx)
-        / f"profile-t{ctx['threads']}-b{ctx['batch_size']}.json"
+        / f"{prefix}-t{ctx['threads']}-b{ctx['batch_size']}.json"
     )
 
 
-def load_cached(device: str = "cpu", threads: int = 1, batch_size: int = 32) -> DeviceProfile | None:
-    """The cached profile for this device/threads/batch size, or None when there is none.
+def load_cached(device: str = "cpu", threads: int = 1, batch_size: int = 32,
+                runtime: str = "torch") -> DeviceProfile | None:
+    """The cached profile for this device/runtime/threads/batch size, or None when there is none.
 
     A cached file that is unreadable or from another context raises ``CostModelError``.
     """
-    ctx = current_context(device, threads, batch_size)
+    ctx = current_context(device, threads, batch_size, runtime=runtime)
     path = cache_path(ctx)
     if not path.exists():
         return None

@@ -41,6 +41,7 @@ from costmodel.modeldef import (
     linear_ms,
     network_overhead_ms,
     op_class,
+    priced_layers,
     residual_features,
     seed_t_k_ms,
     tree_base_class,
@@ -98,6 +99,7 @@ class _Compiled:
     per_layer_ms: float
     batch_size: int
     linear: bool
+    runtime: str
 
 
 def compile_profile(profile: DeviceProfile) -> _Compiled:
@@ -115,6 +117,7 @@ def compile_profile(profile: DeviceProfile) -> _Compiled:
         per_layer_ms=float(profile.network.get("per_layer_ms", 0.0)),
         batch_size=profile.batch_size,
         linear=profile.batch_scaling == "linear",
+        runtime=profile.runtime,
     )
 
 
@@ -187,8 +190,14 @@ def estimate_layers_ms(
 ) -> tuple[list[float], float]:
     """Per-layer ``est_ms`` (network scale applied) and the per-network overhead in ms."""
     _, comp, factor = _resolve(profile, batch_size)
-    per_layer = [_corrected_layer_ms(_layer_raw_ms(g, comp, factor), comp) for g in geoms]
+    per_layer = [0.0 if g is None else _corrected_layer_ms(_layer_raw_ms(g, comp, factor), comp)
+                 for g in _priced(geoms, comp)]
     return per_layer, network_overhead_ms(comp.c0_ms, sum(per_layer))
+
+
+def _priced(geoms: Sequence[LayerGeom], comp: _Compiled) -> Sequence[LayerGeom | None]:
+    """The layers as the profile's runtime runs them (``modeldef.priced_layers``)."""
+    return geoms if comp.runtime == "torch" else priced_layers(geoms, comp.runtime)
 
 
 def estimate_total_ms(
@@ -197,8 +206,9 @@ def estimate_total_ms(
     """Fast path: the calibrated end-to-end estimate in ms (no DataFrame)."""
     _, comp, factor = _resolve(profile, batch_size)
     total = 0.0
-    for g in geoms:
-        total += _corrected_layer_ms(_layer_raw_ms(g, comp, factor), comp)
+    for g in _priced(geoms, comp):
+        if g is not None:
+            total += _corrected_layer_ms(_layer_raw_ms(g, comp, factor), comp)
     return total + network_overhead_ms(comp.c0_ms, total)
 
 

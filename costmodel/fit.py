@@ -19,6 +19,7 @@ a whole, every layer measured *in context* (see ``costmodel.measure``). What is 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import random
 from collections import defaultdict
@@ -31,13 +32,16 @@ from costmodel.device_profile import Context, DeviceProfile, TreeEnsemble
 from costmodel.errors import CostModelError
 from costmodel.estimator import estimate_total_ms
 from costmodel.geometry import LayerGeom
+from costmodel.measurements import Network, Sample
 from costmodel.modeldef import (
     RESIDUAL_CLAMP,
     TREE_CLAMP,
     fit_classes,
     fused_activation_ms,
+    grouped_samples,
     linear_features,
     linear_ms,
+    priced_layers,
     residual_features,
     seed_units,
     t_k_classes,
@@ -48,22 +52,21 @@ from costmodel.modeldef import (
 if TYPE_CHECKING:
     from sklearn.ensemble import GradientBoostingRegressor
 
-# (layer geometry, measured ms) pairs.
-Sample = tuple[LayerGeom, float]
-# A profiled calibration network: (geoms, per-layer in-context ms, end-to-end ms).
-Network = tuple[Sequence[LayerGeom], Sequence[float], float]
 MIN_CLASS_SAMPLES = 6
 MIN_TREE_SAMPLES = 30
 TREE_PARAMS = {"n_estimators": 60, "max_depth": 4, "learning_rate": 0.15, "subsample": 0.8}
 RIDGE_LAMBDA = 0.3
+# Times below this (ms) count as this much where the fit divides by a time or takes its log:
+# ONNX Runtime reports whole microseconds, and a layer it fused away measures 0.
+FLOOR_MS = 5e-4
 
 
 def _nnls_relative(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Non-negative least squares minimising the relative error of ``x @ coef`` against y."""
     from scipy.optimize import nnls
 
-    w = 1.0 / np.maximum(y, 1e-9)
-    coef, _ = nnls(x * w[:, None], np.ones_like(y))
+    w = 1.0 / np.maximum(y, FLOOR_MS)
+    coef, _ = nnls(x * w[:, None], y * w)
     return coef
 
 
@@ -103,7 +106,7 @@ def fit_layers(
         generic = cls in ("conv", "act", "dense", "bn", "gap", "dropout") or cls.startswith("pool")
         if len(rows) < MIN_CLASS_SAMPLES and not generic:
             continue
-        y = np.array([_strip_activation(g, t, act_elem_ms) for g, t in rows])
+        y = np.maximum([_strip_activation(g, t, act_elem_ms) for g, t in rows], FLOOR_MS)
         x = np.array([linear_features(g) for g, _ in rows], dtype=float)
         if cls.startswith("conv") or cls == "dense":
             coef = _nnls_relative(x, y)
@@ -151,7 +154,7 @@ def fit_trees(
                 break
             base.append(linear_ms((c["c"], c["a"], c["b"]), g))
         else:
-            y = np.array([_strip_activation(g, t, act_elem_ms) for g, t in rows])
+            y = np.maximum([_strip_activation(g, t, act_elem_ms) for g, t in rows], FLOOR_MS)
             x = np.array([tree_features(g) for g, _ in rows])
             r = np.log(np.maximum(y, 1e-9) / np.maximum(np.array(base), 1e-9))
             model = GradientBoostingRegressor(random_state=seed, **TREE_PARAMS).fit(x, r)
@@ -207,6 +210,7 @@ def fit_profile(
     seed: int = 0,
     use_trees: bool = True,
     use_table: bool = True,
+    reference_ms: float | None = None,
 ) -> DeviceProfile:
     """Fit a profile from isolated micro-benchmarks and profiled calibration networks.
 
@@ -216,7 +220,8 @@ def fit_profile(
         raise CostModelError("calibration needs at least one profiled network")
     # Batch size here is the profile's; estimates are per sample * (B / B0) with B0 == B.
     act_elem = fit_act_elem(micro)
-    in_context: list[Sample] = [(g, t) for geoms, meas, _ in networks for g, t in zip(geoms, meas)]
+    runtime = str(context.get("runtime") or "torch")
+    in_context = _in_context(networks, runtime)
     samples = list(in_context) + [s for s in micro if s[0].op != "conv" and s[0].op != "dense"]
     coeffs, weights, quality = fit_layers(samples, act_elem)
     trees, tq = fit_trees(in_context, coeffs, act_elem, seed) if use_trees else ({}, {})
@@ -231,8 +236,7 @@ def fit_profile(
     oof_sum = [0.0] * len(networks)
     for f in range(k):
         held = set(order[f::k])
-        train = [s for i, n in enumerate(networks) if i not in held or k == 1
-                 for s in zip(n[0], n[1])]
+        train = _in_context([n for i, n in enumerate(networks) if i not in held or k == 1], runtime)
         train_samples = train + [s for s in micro if s[0].op not in ("conv", "dense")]
         c_f, w_f, _ = fit_layers(train_samples, act_elem)
         tr_f, _ = fit_trees(train, c_f, act_elem, seed) if use_trees else ({}, {})
@@ -241,7 +245,7 @@ def fit_profile(
         for i in held:
             oof_sum[i] = estimate_total_ms(networks[i][0], prof_f)
     e2e = np.array([n[2] for n in networks])
-    n_layers = np.array([float(len(n[0])) for n in networks])
+    n_layers = np.array([float(sum(p is not None for p in priced_layers(n[0], runtime))) for n in networks])
     x = np.array([[1.0, s, k] for s, k in zip(oof_sum, n_layers)])
     c0, scale, per_layer = 0.0, float(np.median(e2e / np.maximum(x[:, 1], 1e-9))), 0.0
     if len(networks) >= 8:
@@ -259,12 +263,18 @@ def fit_profile(
     err = np.abs(pred - e2e) / e2e
     quality["network_oof"] = {
         "n": len(networks), "mape": float(err.mean()), "within_10pct": float((err < 0.1).mean()),
+        "within_5pct": float((err < 0.05).mean()),
         "p95_abs_pct": float(np.percentile(err, 95)) if len(err) else 0.0,
     }
     quality["table_entries"] = len(table)
     quality["baselines"] = fit_baselines(networks)
-    return _make(context, coeffs, weights, trees, table, t_k, act_elem, network, quality,
-                 protocol)
+    return dataclasses.replace(_make(context, coeffs, weights, trees, table, t_k, act_elem, network,
+                                     quality, protocol), reference_ms=reference_ms)
+
+
+def _in_context(networks: Sequence[Network], runtime: str) -> list[Sample]:
+    """The priced layers of the networks as training samples (fused groups as one layer)."""
+    return [s for geoms, meas, _ in networks for s in grouped_samples(geoms, meas, runtime)]
 
 
 def fit_baselines(networks: Sequence[Network]) -> dict[str, float]:
@@ -307,7 +317,7 @@ def _fit_t_k(samples: Sequence[Sample]) -> dict[str, float]:
     ratios: dict[str, list[float]] = defaultdict(list)
     for g, t in samples:
         npnf = g.n_p * g.n_f
-        if npnf > 0:
+        if npnf > 0 and t > 0:
             for cls in t_k_classes(g):
                 ratios[cls].append(t / npnf)
     # argmin sum((tk*x - y)/y)^2 = sum(x/y) / sum((x/y)^2) over samples; with r = y/x this is

@@ -18,80 +18,46 @@ torch is imported inside the functions that need it.
 from __future__ import annotations
 
 import random
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from costmodel.activations import CALIBRATED, module_for
+from costmodel import timing
+from costmodel.activations import ACTIVATIONS, CALIBRATED
 from costmodel.errors import CostModelError
 from costmodel.geometry import LayerGeom
+from costmodel.measurements import geom_to_dict
 from costmodel.profile import Timing, profile_modules, resolve_device, time_fn
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from costmodel.fit import Network, Sample
+    from costmodel.measurements import Network, Sample
 
 # Networks profiled interleaved at a time: bounds memory (all models and inputs stay alive) and
 # fixes the cache regime (how many other models run between two runs of one model).
-CHUNK = 40
+CHUNK = timing.CHUNK
 # Interleaved warm-up per chunk (seconds): freshly built models run slower at first
 # (docs/benchmarks.md, "Cost model accuracy").
-WARMUP_S = 5.0
+WARMUP_S = timing.WARMUP_S
 # Activations a quick calibration measures (a full one measures all of ``CALIBRATED``).
 QUICK_ACTIVATIONS = CALIBRATED[:2]
 
 
 def module_from_geoms(geoms: list[LayerGeom]) -> nn.Sequential:
-    """A ``torch.nn.Sequential`` realising ``geoms`` in order (a flatten is inserted before the
-    first dense layer). Used to measure calibration layers and networks."""
-    from torch import nn
-
-    layers: list[tuple[str, nn.Module]] = []
-    flat = False
-    for g in geoms:
-        if g.op == "dense" and not flat:
-            layers.append((f"flatten{len(layers)}", nn.Flatten()))
-            flat = True
-        name = g.name.replace(".", "_") or f"l{len(layers)}"
-        layers.append((name, _module_for_layer(g, flat)))
-        if g.op in ("conv", "dense") and g.activation:
-            layers.append((f"{name}_act", _activation_module(g)))
-        if g.op == "gap" and not flat:
-            layers.append((f"flatten{len(layers)}", nn.Flatten()))
-            flat = True
-    model = nn.Sequential(OrderedDict(layers))
-    model.eval()
-    return model
-
-
-def _activation_module(g: LayerGeom) -> nn.Module:
+    """A ``torch.nn.Sequential`` realising ``geoms`` in order (``costmodel.timing.build_module``:
+    a flatten before the first dense layer, one nested ``Sequential`` per run of layers with the
+    same dotted prefix, the way archgen builds its networks). Used to measure calibration
+    layers and networks."""
     try:
-        return module_for(g.activation or "relu")
-    except KeyError:
-        raise CostModelError(f"layer {g.name!r}: unknown activation {g.activation!r}") from None
+        return timing.build_module([geom_to_dict(g) for g in geoms], ACTIVATIONS)[0]
+    except timing.MeasureError as exc:
+        raise CostModelError(str(exc)) from None
 
 
-def _module_for_layer(g: LayerGeom, flat: bool) -> nn.Module:
-    """The module of one layer (its fused activation not included)."""
-    from torch import nn
-
-    if g.op == "conv":
-        return nn.Conv2d(g.c_in, g.c_out, g.kernel, g.stride, g.padding, groups=g.groups,
-                         bias=g.bias)
-    if g.op == "dense":
-        return nn.Linear(g.c_in, g.c_out, bias=g.bias)
-    if g.op == "pool":
-        cls = nn.MaxPool2d if g.mode == "max" else nn.AvgPool2d
-        return cls(g.kernel, g.stride, g.padding)
-    if g.op == "bn":
-        return nn.BatchNorm2d(g.c_out) if not flat else nn.BatchNorm1d(g.c_out)
-    if g.op == "gap":
-        return nn.AdaptiveAvgPool2d(1)
-    if g.op == "dropout":
-        return nn.Dropout(0.5)
-    return _activation_module(g)  # act
+def module_paths(geoms: list[LayerGeom]) -> dict[str, int]:
+    """Module path -> layer index for a network built by ``module_from_geoms``."""
+    return timing.module_paths([g.name for g in geoms])
 
 
 def input_for(geoms: list[LayerGeom], batch_size: int, device: str = "cpu") -> torch.Tensor:
@@ -160,3 +126,29 @@ def measure_networks(networks: Sequence[list[LayerGeom]], batch_size: int, devic
             profiled.append((list(mp.geoms), list(mp.meas_ms), mp.e2e_ms))
         say(f"profiled {len(profiled)}/{len(networks)} networks")
     return profiled
+
+
+# The drift reference workload: a small fixed network whose time the profile keeps, re-timed
+# later to tell a model error from a machine in another state (load, frequency scaling).
+REFERENCE_GEOMS = (
+    LayerGeom("ref.conv1", "conv", 3, 32, 64, 64, 64, 64, 3, 1, 1, activation="relu"),
+    LayerGeom("ref.pool1", "pool", 32, 32, 64, 64, 32, 32, 2, 2, bias=False),
+    LayerGeom("ref.conv2", "conv", 32, 64, 32, 32, 32, 32, 3, 1, 1, activation="relu"),
+    LayerGeom("ref.pool2", "pool", 64, 64, 32, 32, 16, 16, 2, 2, bias=False),
+    LayerGeom("ref.gap", "gap", 64, 64, 16, 16, 1, 1, bias=False, mode="avg"),
+    LayerGeom("ref.fc", "dense", 64, 10, 1, 1, 1, 1),
+)
+REFERENCE_REPEATS = 30
+
+
+def reference_ms(device: str = "cpu", threads: int = 1, clock: str = "auto") -> float:
+    """The drift reference workload's time here and now (minimum of ``REFERENCE_REPEATS``
+    calls at batch 1)."""
+    import torch
+
+    device = resolve_device(device)
+    torch.manual_seed(0)
+    mod = module_from_geoms(list(REFERENCE_GEOMS)).to(device)
+    x = input_for(list(REFERENCE_GEOMS), 1, device)
+    with torch.no_grad():
+        return time_fn(lambda: mod(x), device, threads, REFERENCE_REPEATS, 5, clock).min_ms

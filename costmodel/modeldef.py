@@ -17,7 +17,8 @@ Per layer, at the profile's batch size ``B0`` (``factor = B / B0``, 1 for a cali
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 
 from costmodel.activations import CALIBRATED
 from costmodel.geometry import LayerGeom
@@ -148,3 +149,69 @@ def seed_t_k_ms(g: LayerGeom, t_k_ms: Mapping[str, float]) -> float:
 def seed_units(geoms: Iterable[LayerGeom]) -> int:
     """Textbook work of a network: sum of N_p x N_f over its conv and dense layers."""
     return sum(g.n_p * g.n_f for g in geoms if g.op in ("conv", "dense"))
+
+
+# Activations ONNX Runtime's CPU graph optimizations fuse into the conv (or Gemm) before them
+# (ConvActivationFusion: Relu, Sigmoid, Tanh, LeakyRelu, HardSigmoid, and Clip for relu6 and
+# hardtanh); any other runs as its own node.
+ORT_FUSED_ACTIVATIONS = frozenset({"relu", "sigmoid", "tanh", "leaky_relu", "hardsigmoid", "relu6", "hardtanh"})
+
+
+def fusion_heads(geoms: Sequence[LayerGeom], runtime: str = "torch") -> list[int]:
+    """Per layer, the index of the layer it runs fused into (itself when it runs on its own).
+
+    PyTorch eager runs every layer on its own. ONNX Runtime (graph optimizations on) folds a
+    batch norm into the convolution right before it (dropout between them is dropped at
+    export) when that convolution has no activation of its own, fuses a standalone activation
+    of ``ORT_FUSED_ACTIVATIONS`` into the convolution or dense layer (with its folded batch
+    norm) right before it, and drops dropout: those layers are members of the group whose first
+    layer (the head) carries their time."""
+    heads = list(range(len(geoms)))
+    if runtime != "onnxruntime":
+        return heads
+    for i, g in enumerate(geoms):
+        if i == 0:
+            continue
+        head = heads[i - 1]
+        h = geoms[head]
+        between = [geoms[j].op for j in range(head + 1, i)]
+        open_head = h.op in ("conv", "dense") and not h.activation and "act" not in between
+        if g.op == "dropout":
+            heads[i] = head
+        elif g.op == "bn" and h.op == "conv" and not h.activation and set(between) <= {"dropout"}:
+            heads[i] = head
+        elif g.op == "act" and open_head and g.activation in ORT_FUSED_ACTIVATIONS:
+            heads[i] = head
+    return heads
+
+
+def priced_layers(geoms: Sequence[LayerGeom], runtime: str = "torch") -> list[LayerGeom | None]:
+    """Per layer, the geometry the model prices: the layer itself, or for a fusion group's head
+    the fused layer (its members' activation and folded batch norm in it); None for a member,
+    whose time is its head's."""
+    heads = fusion_heads(geoms, runtime)
+    out: list[LayerGeom | None] = list(geoms)
+    for i, head in enumerate(heads):
+        if head == i:
+            continue
+        out[i] = None
+        fused = out[head]
+        g = geoms[i]
+        if g.op == "bn" and fused is not None:
+            out[head] = replace(fused, bias=True)
+        elif g.op == "act" and fused is not None:
+            out[head] = replace(fused, activation=g.activation)
+    return out
+
+
+def grouped_samples(geoms: Sequence[LayerGeom], times: Sequence[float],
+                    runtime: str = "torch") -> list[tuple[LayerGeom, float]]:
+    """Measured per-layer times as training samples of ``priced_layers``: a fusion group's
+    members' times added to its head's (ONNX Runtime attributes a fused node to whichever
+    layer its name comes from)."""
+    heads = fusion_heads(geoms, runtime)
+    priced = priced_layers(geoms, runtime)
+    total = [0.0] * len(geoms)
+    for i, t in enumerate(times):
+        total[heads[i]] += t
+    return [(p, total[i]) for i, p in enumerate(priced) if p is not None]

@@ -17,17 +17,22 @@ Timing protocol (recorded in every device profile, see ``PROTOCOL``):
 * Whole models: timed end-to-end without hooks and, interleaved call by call, with
   boundary hooks on every leaf module; a layer's time runs from its first leaf call's start to
   the next layer's first start, so per-layer times telescope to the hooked end-to-end time.
+  Every timed call, hooked or not, directly follows a call of the same model (an untimed one,
+  then the hooked one): the steady state of a model run again and again. Without it,
+  interleaving many models leaves each one's weights cold: at batch 1 end-to-end times came out
+  about 10% higher than calibration's, and the hooked layer times carried a cold-cache cost
+  the network correction could not remove (docs/benchmarks.md, "Cost model accuracy").
 """
 
 from __future__ import annotations
 
 import contextlib
 import statistics
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from costmodel import timing
 from costmodel.errors import CostModelError
 from costmodel.geometry import LayerGeom, trace_module
 
@@ -94,30 +99,18 @@ def resolve_device(device: str) -> str:
 
 
 CLOCKS = ("auto", "wall", "thread")
-
-
-def resolve_clock(clock: str, threads: int) -> str:
-    """``auto`` is ``thread`` at one thread and ``wall`` otherwise."""
-    if clock == "auto":
-        return "thread" if threads == 1 else "wall"
-    return clock
+resolve_clock = timing.resolve_clock  # ``auto`` is ``thread`` at one thread, else ``wall``
 
 
 def cpu_timer(clock: str, threads: int) -> Callable[[], float]:
     """The CPU timer for ``clock``: ``wall`` is ``time.perf_counter``; ``thread`` is
     ``time.thread_time`` (CPU time of the calling thread: immune to the core being lent to other
     processes, valid only when torch computes in this one thread, i.e. ``threads == 1``);
-    ``auto`` picks ``thread`` at one thread, else ``wall``."""
-    clock = resolve_clock(clock, threads)
-    if clock == "wall":
-        return time.perf_counter
-    if clock == "thread":
-        if threads != 1:
-            raise CostModelError(
-                f"clock='thread' measures one thread's CPU time; it needs threads=1, not {threads}"
-            )
-        return time.thread_time
-    raise CostModelError(f"unknown clock {clock!r}; use one of {', '.join(CLOCKS)}")
+    ``auto`` picks ``thread`` at one thread, else ``wall`` (``costmodel.runner``)."""
+    try:
+        return timing.cpu_timer(clock, threads)
+    except timing.MeasureError as exc:
+        raise CostModelError(str(exc)) from None
 
 
 @contextlib.contextmanager
@@ -242,124 +235,37 @@ def profile_modules(pairs: list[tuple[nn.Module, torch.Tensor]], device: str = "
         raise CostModelError(f"repeats={repeats} must be >= 1")
     timer = cpu_timer(clock, threads)
     with fixed_threads(threads), torch.no_grad():
-        timers = [_ModelTimer(m, x, device, timer, per_layer) for m, x in pairs]
-        # Interleaved like the timed rounds, for at least ``warmup_s``: freshly built models run
-        # slower at first (docs/benchmarks.md, "Cost model accuracy").
-        start = time.perf_counter()
-        rounds = 0
-        while rounds < max(warmup, PROTOCOL["warmup_min"]) or (
-            time.perf_counter() - start < warmup_s
-        ):
-            for t in timers:
-                t.warm(1)
-            rounds += 1
-        for t in timers:
-            t.warm_hooks()
-        for _ in range(repeats):
-            for t in timers:
-                t.run_round()
+        timers = [_model_timer(m, x, device, timer, per_layer) for m, x in pairs]
+        try:
+            timing.run_interleaved(timers, repeats, warmup, warmup_s)
+        except timing.MeasureError as exc:
+            raise CostModelError(str(exc)) from None
     clock_name = resolve_clock(clock, threads) if device == "cpu" else "cuda-events"
     return [t.result(threads, repeats, clock_name) for t in timers]
 
 
-class _ModelTimer:
-    """Per-layer (boundary hooks) and end-to-end timing of one model."""
+def _model_timer(module: nn.Module, example_input: torch.Tensor, device: str,
+                 timer: Callable[[], float], per_layer: bool = True) -> _ModelTimer:
+    module = module.to(device).eval()
+    x = example_input.to(device)
+    geoms, _ = trace_module(module, x)
+    if not geoms:
+        raise CostModelError("the module has no layer the cost model can price")
+    return _ModelTimer(module, x, geoms, device, timer, per_layer)
 
-    def __init__(self, module: nn.Module, example_input: torch.Tensor, device: str,
-                 timer: Callable[[], float], per_layer: bool = True) -> None:
-        import torch
 
-        self.with_layers = per_layer
-        self.torch = torch
-        self.module = module.to(device).eval()
-        self.x = example_input.to(device)
-        self.geoms, _ = trace_module(self.module, self.x)
-        if not self.geoms:
-            raise CostModelError("the module has no layer the cost model can price")
+class _ModelTimer(timing.TorchTimer):
+    """``costmodel.timing.TorchTimer`` for any module: its layers are those tracing finds."""
+
+    def __init__(self, module: nn.Module, x: torch.Tensor, geoms: list[LayerGeom], device: str,
+                 timer: Callable[[], float], per_layer: bool) -> None:
+        super().__init__(module, x, [g.calls[0] for g in geoms], device, timer, per_layer,
+                         last_call=max(c for g in geoms for c in g.calls))
+        self.geoms = geoms
         self.device = device
-        self.cuda = device != "cpu"
-        self.timer = timer
-        self.boundaries = {g.calls[0] for g in self.geoms}
-        self.last_call = max(c for g in self.geoms for c in g.calls)
-        self.leaves = [m for m in module.modules() if next(iter(m.children()), None) is None]
-        self.stamps: list[Stamp] = []
-        self.counter = 0
-        self.per_layer: list[list[float]] = []
-        self.e2e: list[float] = []
-
-    def _stamp(self) -> Stamp:
-        if self.cuda:
-            ev = self.torch.cuda.Event(enable_timing=True)
-            ev.record()
-            return ev
-        return self.timer()
-
-    def _pre_hook(self, mod: nn.Module, inputs: tuple[object, ...]) -> None:
-        if self.counter in self.boundaries:
-            self.stamps.append(self._stamp())
-
-    def _post_hook(self, mod: nn.Module, inputs: tuple[object, ...], output: object) -> None:
-        if self.counter == self.last_call:
-            self.stamps.append(self._stamp())
-        self.counter += 1
-
-    def warm(self, n: int) -> None:
-        for _ in range(n):
-            self.module(self.x)
-        if self.cuda:
-            self.torch.cuda.synchronize()
-
-    def warm_hooks(self) -> None:
-        if self.with_layers:
-            self._hooked()  # the hook path too
-
-    def _hooked(self) -> list[float]:
-        handles = []
-        try:
-            for leaf in self.leaves:
-                handles.append(leaf.register_forward_pre_hook(self._pre_hook))
-                handles.append(leaf.register_forward_hook(self._post_hook))
-            self.stamps = []
-            self.counter = 0
-            self.module(self.x)
-        finally:
-            for h in handles:
-                h.remove()
-        st = self.stamps
-        if self.cuda:
-            self.torch.cuda.synchronize()
-            durations = [a.elapsed_time(b) for a, b in zip(st, st[1:])]
-        else:
-            durations = [(b - a) * 1e3 for a, b in zip(st, st[1:])]
-        if len(durations) != len(self.geoms):
-            raise CostModelError(
-                f"profiling saw {len(durations)} layers but tracing found {len(self.geoms)}; "
-                "the module's forward is not deterministic"
-            )
-        return durations
-
-    def _plain(self) -> float:
-        if self.cuda:
-            start = self.torch.cuda.Event(enable_timing=True)
-            end = self.torch.cuda.Event(enable_timing=True)
-            start.record()
-            self.module(self.x)
-            end.record()
-            self.torch.cuda.synchronize()
-            return start.elapsed_time(end)
-        t0 = self.timer()
-        self.module(self.x)
-        return (self.timer() - t0) * 1e3
-
-    def run_round(self) -> None:
-        if self.with_layers:
-            self.per_layer.append(self._hooked())
-        self.e2e.append(self._plain())
 
     def result(self, threads: int, repeats: int, clock: str) -> ModelProfile:
-        columns = [list(col) for col in zip(*self.per_layer)]
-        meas = tuple(min(col) for col in columns)
-        iqr = tuple(q[1] - q[0] for q in (_quartiles(col) for col in columns))
+        meas, iqr = (tuple(v) for v in self.layer_min_ms())
         e2e = Timing.from_samples(self.e2e)
         return ModelProfile(
             geoms=tuple(self.geoms), meas_ms=meas, meas_iqr_ms=iqr, e2e_ms=e2e.min_ms,

@@ -41,10 +41,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from costmodel.calibration import calibrate  # noqa: E402
+from costmodel.calibration import fit_measurements, measure_calibration  # noqa: E402
 from costmodel.estimator import compile_profile, estimate, estimate_total_ms  # noqa: E402
 from costmodel.geometry import LayerGeom  # noqa: E402
 from costmodel.measure import CHUNK, WARMUP_S  # noqa: E402
+from costmodel.measurements import Measurements, geom_from_dict, geom_to_dict  # noqa: E402
 from costmodel.modeldef import seed_units  # noqa: E402
 from costmodel.netgen import random_plain_cnn  # noqa: E402
 
@@ -64,6 +65,7 @@ def metrics(pred: list[float], meas: list[float]) -> dict[str, float]:
         "mape_pct": float(100 * err.mean()),
         "p95_abs_err_pct": float(100 * np.percentile(err, 95)),
         "within_10pct": float(100 * (err <= 0.10).mean()),
+        "within_5pct": float(100 * (err <= 0.05).mean()),
     }
 
 
@@ -124,12 +126,15 @@ def calibration_extra(held_keys: set[str], quick: bool) -> list[list[LayerGeom]]
 
 
 def measure(modules: list, geoms: list[list[LayerGeom]], batch: int, threads: int, device: str,
-            repeats: int) -> tuple[list[float], list[float], list[float]]:
+            repeats: int, runtime: str = "torch") -> tuple[list[float], list[float], list[float]]:
     """(reference, pass A, pass B): 2 x ``repeats`` rounds over all networks, interleaved;
     A = minimum over odd rounds, B = over even rounds, reference = minimum over all."""
     import torch
 
     from costmodel.profile import profile_modules
+
+    if runtime == "onnxruntime":
+        return measure_ort(modules, geoms, batch, threads, repeats)
 
     torch.manual_seed(0)
     pairs = []
@@ -145,17 +150,48 @@ def measure(modules: list, geoms: list[list[LayerGeom]], batch: int, threads: in
     return [p.e2e_ms for p in out], a, b
 
 
+def measure_ort(modules: list, geoms: list[list[LayerGeom]], batch: int, threads: int,
+                repeats: int) -> tuple[list[float], list[float], list[float]]:
+    """``measure`` in ONNX Runtime: each held-out module exported as ``archgen export`` does."""
+    import tempfile
+
+    import torch
+
+    from costmodel import ort
+
+    torch.manual_seed(0)
+    samples: list[list[float]] = []
+    for start in range(0, len(modules), CHUNK):
+        with tempfile.TemporaryDirectory() as tmp:
+            items = []
+            for i, (m, g) in enumerate(zip(modules[start:start + CHUNK], geoms[start:start + CHUNK])):
+                x = torch.randn(batch, g[0].c_in, g[0].h_in, g[0].w_in)
+                items.append((ort.export(m, x, Path(tmp) / f"h{i}.onnx"), x.numpy(), {}, len(g)))
+            samples += [s for _, _, s in ort.time_networks(items, threads, 2 * repeats, args_clock,
+                                                           per_layer=False, warmup_s=WARMUP_S)]
+    return [min(s) for s in samples], [min(s[0::2]) for s in samples], [min(s[1::2]) for s in samples]
+
+
 def layer_sum_check(modules: list, geoms: list, batch: int, threads: int, device: str,
-                    repeats: int) -> dict[str, float]:
+                    repeats: int, runtime: str = "torch") -> dict[str, float]:
+    """How per-layer measured times add up to the end-to-end time (what ``archgen profile``
+    prints), per network: |sum of layers / end-to-end - 1|."""
     import torch
 
     from costmodel.profile import profile_modules
 
     pairs = [(m, torch.randn(batch, g[0].c_in, g[0].h_in, g[0].w_in))
              for m, g in zip(modules, geoms)]
-    out = profile_modules(pairs, device, threads, repeats, 2, args_clock, warmup_s=WARMUP_S)
+    if runtime == "onnxruntime":
+        from costmodel.ort import profile_module_onnx
+
+        out = [profile_module_onnx(m.eval(), x, threads=threads, repeats=repeats, clock=args_clock)
+               for m, x in pairs]
+    else:
+        out = profile_modules(pairs, device, threads, repeats, 2, args_clock, warmup_s=WARMUP_S)
     dev = [abs(p.layer_sum_ms / p.e2e_ms - 1) * 100 for p in out]
-    return {"n": len(dev), "median_abs_pct": statistics.median(dev),
+    return {"runtime": runtime, "n": len(dev), "median_abs_pct": statistics.median(dev),
+            "within_10pct": 100.0 * sum(d <= 10 for d in dev) / len(dev),
             "p90_abs_pct": float(np.percentile(dev, 90)),
             "within_5pct": 100.0 * sum(d <= 5 for d in dev) / len(dev)}
 
@@ -194,7 +230,7 @@ def throughput(geoms: list[list[LayerGeom]], modules: list, profile, n_fvcore: i
             "ratio_report_vs_fvcore": frame / fvc, "profile_compile_ms": compile_ms}
 
 
-def run_config(batch: int, threads: int, args: argparse.Namespace, nets: tuple) -> dict:
+def run_config(batch: int, threads: int, runtime: str, args: argparse.Namespace, nets: tuple) -> dict:
     geoms, modules, names = nets
     t0 = time.perf_counter()
     held_keys = set(names)
@@ -203,13 +239,53 @@ def run_config(batch: int, threads: int, args: argparse.Namespace, nets: tuple) 
     overlap = sum(tuple(g.config_key() for g in n) in held_configs for n in extra)
     if overlap:
         raise SystemExit(f"{overlap} calibration networks equal held-out ones; fix the seeds")
-    profile = calibrate(device=args.device, threads=threads, batch_size=batch, quick=args.quick,
-                        extra_networks=extra, n_networks=args.calib_networks, clock=args.clock,
-                        progress=lambda m: log.info("%s", m))
+    measured = measure_calibration(device=args.device, threads=threads, batch_size=batch,
+                                   quick=args.quick, extra_networks=extra,
+                                   n_networks=args.calib_networks, clock=args.clock, runtime=runtime,
+                                   progress=lambda m: log.info("%s", m))
     calib_s = time.perf_counter() - t0
-    log.info("b%d t%d: calibrated in %.0f s; measuring %d held-out networks", batch, threads,
-             calib_s, len(geoms))
-    meas_ref, meas_a, meas_b = measure(modules, geoms, batch, threads, args.device, args.repeats)
+    log.info("b%d t%d %s: calibration measured in %.0f s; measuring %d held-out networks", batch,
+             threads, runtime, calib_s, len(geoms))
+    meas_ref, meas_a, meas_b = measure(modules, geoms, batch, threads, args.device, args.repeats,
+                                       runtime)
+    # The machine's state after the held-out measurement against calibration's (archgen.drift)
+    if runtime == "onnxruntime":
+        from costmodel.ort import reference_ms
+        ref_after = reference_ms(threads, args.clock)
+    else:
+        from costmodel.measure import reference_ms
+        ref_after = reference_ms(args.device, threads, args.clock)
+    log.info("reference workload: %.4f ms at calibration, %.4f ms after the held-out networks",
+             measured.reference_ms or float("nan"), ref_after)
+    if args.dump:
+        dump = {"calibration": measured.to_dict(), "calibration_s": calib_s, "reference_after_ms": ref_after,
+                "held_out": {"geoms": [[geom_to_dict(g) for g in n] for n in geoms], "names": names,
+                             "ref": meas_ref, "a": meas_a, "b": meas_b}}
+        Path(f"{args.dump}.b{batch}t{threads}{'' if runtime == 'torch' else '-ort'}.json").write_text(
+            json.dumps(dump))
+    result = evaluate(measured, calib_s, geoms, meas_ref, meas_a, meas_b)
+    drift = ref_after / measured.reference_ms if measured.reference_ms else None
+    result["reference_drift"] = drift
+    if drift:  # the model prices the machine as it was at calibration; rescaled to its state now
+        d = "(d) calibrated (table + trees + network correction)"
+        result["metrics"]["(d) calibrated, x reference-workload drift"] = metrics(
+            [p * drift for p in result["pred"][d]], meas_ref)
+    return result
+
+
+def replay(path: str) -> dict:
+    """``run_config`` from a ``--dump`` file: refit and evaluate without measuring."""
+    d = json.loads(Path(path).read_text())
+    held = d["held_out"]
+    geoms = [[geom_from_dict(g, "held-out") for g in n] for n in held["geoms"]]
+    return evaluate(Measurements.from_dict(d["calibration"]), d["calibration_s"], geoms,
+                    held["ref"], held["a"], held["b"])
+
+
+def evaluate(measured: Measurements, calib_s: float, geoms: list, meas_ref: list, meas_a: list,
+             meas_b: list) -> dict:
+    profile = fit_measurements(measured, progress=lambda m: log.info("%s", m))
+    batch, threads = profile.batch_size, int(profile.context["threads"])
     base = profile.fit_quality["baselines"]
     macs = [sum(g.macs for g in n) for n in geoms]
     preds = {
@@ -228,7 +304,7 @@ def run_config(batch: int, threads: int, args: argparse.Namespace, nets: tuple) 
     hits = sum(g.config_key() in profile.table for n in geoms for g in n)
     total_layers = sum(len(n) for n in geoms)
     return {
-        "batch_size": batch, "threads": threads, "calibration_s": calib_s,
+        "batch_size": batch, "threads": threads, "runtime": profile.runtime, "calibration_s": calib_s,
         "calibration_networks": profile.protocol.get("n_networks"),
         "calibration_oof": profile.fit_quality.get("network_oof"), "metrics": rows,
         "table_hit_share": hits / total_layers, "median_meas_ms": statistics.median(meas_ref),
@@ -275,18 +351,21 @@ def write_markdown(results: list[dict], tp: dict | None, sums: dict | None, args
              f"B = over even rounds ({args.repeats} runs each; B against A = noise floor); "
              f"torch.set_num_threads fixed; CPU clock `{args.clock}` (auto: the computing "
              "thread's CPU time `time.thread_time` at 1 thread, `perf_counter` at 2 threads; "
-             "CUDA: events); the machine was shared with other agents' jobs "
-             "during the run (timings pinned with taskset, other load not controlled)", ""]
+             "CUDA: events); other load on the machine was not controlled "
+             "(timings pinned with taskset)", ""]
     for r in results:
-        lines += [f"### batch {r['batch_size']}, {r['threads']} thread(s)", "",
+        lines += [f"### {r['runtime']}, batch {r['batch_size']}, {r['threads']} thread(s)", "",
                   f"calibration: {r['calibration_s']:.0f} s, {r['calibration_networks']} "
                   f"networks; held-out median latency {r['median_meas_ms']:.2f} ms; "
-                  f"layer-table hit share {100 * r['table_hit_share']:.0f}%", "",
-                  "| predictor | Kendall tau | MAPE % | P95 abs err % | within +-10% |",
-                  "|---|---|---|---|---|"]
+                  f"layer-table hit share {100 * r['table_hit_share']:.0f}%"
+                  + (f"; reference workload after the held-out networks / at calibration: "
+                     f"{r['reference_drift']:.3f}" if r.get("reference_drift") else ""), "",
+                  "| predictor | Kendall tau | MAPE % | P95 abs err % | within +-10% | within +-5% |",
+                  "|---|---|---|---|---|---|"]
         for name, m in r["metrics"].items():
             lines.append(f"| {name} | {m['kendall_tau']:.3f} | {m['mape_pct']:.1f} | "
-                         f"{m['p95_abs_err_pct']:.1f} | {m['within_10pct']:.0f}% |")
+                         f"{m['p95_abs_err_pct']:.1f} | {m['within_10pct']:.0f}% | "
+                         f"{m['within_5pct']:.0f}% |")
         lines.append("")
     if tp:
         lines += ["### Pricing throughput (same held-out networks, 1 thread)", "",
@@ -300,11 +379,11 @@ def write_markdown(results: list[dict], tp: dict | None, sums: dict | None, args
                   "", f"Compiling a profile for the fast path (once per profile): "
                   f"{tp['profile_compile_ms']:.0f} ms.", ""]
     if sums:
-        lines += ["### Per-layer profiled times vs end-to-end", "",
+        lines += [f"### Per-layer profiled times vs end-to-end ({sums['runtime']})", "",
                   f"{sums['n']} held-out networks, batch {args.sum_batch}: |sum of per-layer "
                   f"minima / end-to-end minimum - 1| median {sums['median_abs_pct']:.1f}%, "
-                  f"90th percentile {sums['p90_abs_pct']:.1f}%, within 5%: "
-                  f"{sums['within_5pct']:.0f}% of networks.", ""]
+                  f"90th percentile {sums['p90_abs_pct']:.1f}%, within 10%: "
+                  f"{sums['within_10pct']:.0f}%, within 5%: {sums['within_5pct']:.0f}% of networks.", ""]
     return "\n".join(lines)
 
 
@@ -313,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--networks", type=int, default=120, help="held-out networks (default 120)")
     p.add_argument("--configs", default=None,
-                   help="comma list of bBtT, default b32t1,b32t2,b1t1 (cpu) / b32t1,b1t1 (cuda)")
+                   help="comma list of bBtT[-onnxruntime], default b32t1,b32t2,b1t1 (cpu) / b32t1,b1t1 (cuda)")
     p.add_argument("--repeats", type=int, default=9,
                    help="timed runs per network and pass (two interleaved passes)")
     p.add_argument("--quick", action="store_true", help="quick calibration")
@@ -323,10 +402,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-throughput", action="store_true")
     p.add_argument("--no-layer-sum", action="store_true")
     p.add_argument("--sum-batch", type=int, default=32)
+    p.add_argument("--sum-runtime", choices=("torch", "onnxruntime"), default="torch",
+                   help="runtime of the per-layer sum check (archgen profile --runtime)")
+    p.add_argument("--sum-networks", type=int, default=30)
     p.add_argument("--clock", default="auto", choices=("auto", "wall", "thread"),
                    help="CPU clock: auto = thread CPU time at 1 thread, perf_counter otherwise")
     p.add_argument("--out", default="docs/_bench_costmodel.md")
     p.add_argument("--json", default=None, help="also write raw figures as JSON")
+    p.add_argument("--dump", default=None,
+                   help="also write each configuration's raw measurements to DUMP.bBtT[-ort].json")
+    p.add_argument("--replay", default=None, nargs="+",
+                   help="refit and evaluate --dump files instead of measuring")
     args = p.parse_args(argv)
     args.argv = ["python", "scripts/bench_costmodel.py", *(argv or sys.argv[1:])]
     global args_clock
@@ -334,19 +420,28 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     configs = args.configs or ("b32t1,b32t2,b1t1" if args.device == "cpu" else "b32t1,b1t1")
     info = machine()
+    if args.replay:
+        results = [replay(path) for path in args.replay]
+        text = write_markdown(results, None, None, args, info)
+        Path(args.out).write_text(text + "\n")
+        print(text)
+        return 0
     nets = held_out_networks(args.networks)
     log.info("%d held-out networks ready", len(nets[0]))
     results = []
-    for cfg in configs.split(","):
-        batch, threads = (int(v) for v in cfg.strip()[1:].split("t"))
-        results.append(run_config(batch, threads, args, nets))
+    for cfg in filter(None, configs.split(",")):  # --configs none: only the checks below
+        if cfg == "none":
+            continue
+        cfg, _, runtime = cfg.strip().partition("-")
+        batch, threads = (int(v) for v in cfg[1:].split("t"))
+        results.append(run_config(batch, threads, runtime or "torch", args, nets))
         text = write_markdown(results, None, None, args, info)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text + "\n")  # partial results survive an interruption
-    tp = None if args.no_throughput else throughput(nets[0], nets[1], results[0]["profile"], 20)
-    n_sum = min(30, len(nets[0]))
+    tp = None if args.no_throughput or not results else throughput(nets[0], nets[1], results[0]["profile"], 20)
+    n_sum = min(args.sum_networks, len(nets[0]))
     sums = None if args.no_layer_sum else layer_sum_check(
-        nets[1][:n_sum], nets[0][:n_sum], args.sum_batch, 1, args.device, args.repeats)
+        nets[1][:n_sum], nets[0][:n_sum], args.sum_batch, 1, args.device, args.repeats, args.sum_runtime)
     text = write_markdown(results, tp, sums, args, info)
     Path(args.out).write_text(text + "\n")
     print(text)

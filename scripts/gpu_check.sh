@@ -4,11 +4,12 @@
 # Run from the repository root with OUT set to an empty folder:
 #     OUT=/some/dir bash scripts/gpu_check.sh
 # Needs torch with CUDA already installed; everything else comes from the working tree
-# (PYTHONPATH=.). Runs in under 6 minutes and writes every figure to $OUT as text/JSON/markdown:
+# (PYTHONPATH=.). Runs in under 10 minutes and writes every figure to $OUT as text/JSON/markdown:
 #   env.txt, nvidia-smi.txt       the machine, library versions
 #   pytest_cuda.txt               the @pytest.mark.cuda tests of costmodel
 #   calibrate_quick.txt/.json     `archgen calibrate --device cuda --quick` (time, profile)
 #   bench_cuda.md/.json           held-out benchmark on CUDA (batch 32 and 1)
+#   bench_cpu_t4.md/.json         held-out benchmark at 4 CPU threads, torch and onnxruntime
 #   SUMMARY.txt                   exit status of each step
 set -u
 : "${OUT:?set OUT to the folder for the results}"
@@ -54,5 +55,15 @@ if [ "$LEFT" -gt 60 ]; then
         --configs b32t1,b1t1 --repeats 9 --out "$OUT/bench_cuda.md" --json "$OUT/bench_cuda.json"
 else
     summary "bench_cuda: skipped, only $LEFT s left"
+fi
+# Multi-thread CPU accuracy needs free cores, which a GPU host has (16): 4 threads on cores 2-5,
+# torch and (when installed) onnxruntime, batch 1 (issue 12, item 4).
+LEFT=$(( 560 - ($(date +%s) - START) ))
+if [ "$LEFT" -gt 120 ]; then
+    run_step bench_cpu_threads "$LEFT" taskset -c 2-5 python3 scripts/bench_costmodel.py --device cpu \
+        --networks 60 --configs b1t4,b1t4-onnxruntime --repeats 9 --no-throughput --no-layer-sum \
+        --out "$OUT/bench_cpu_t4.md" --json "$OUT/bench_cpu_t4.json"
+else
+    summary "bench_cpu_threads: skipped, only $LEFT s left"
 fi
 summary "total: $(( $(date +%s) - START )) s"

@@ -1,46 +1,108 @@
-"""``archgen calibrate``: fit this machine's device profile and cache it (or write --out)."""
+"""``archgen calibrate``: fit this machine's device profile and cache it (or write --out); write
+a calibration bundle for another device (--bundle); fit a profile from a bundle's measurements
+(--measurements); check that the machine still runs as when its profile was fitted (--check)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from archgen.cli import argtypes as at
+from archgen.errors import UserError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("calibrate", help="measure this device and fit its cost-model profile")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--threads", type=at.threads_int, default=1, metavar="T", help="torch threads (default 1)")
-    p.add_argument("--batch-size", type=at.batch_int, default=32, metavar="B")
+    p.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch",
+                   help="what networks run in: PyTorch eager or their ONNX export in ONNX Runtime "
+                        "(CPU; default torch)")
+    p.add_argument("--threads", type=at.threads_int, default=1, metavar="T",
+                   help="intra-op threads (default 1)")
+    p.add_argument("--batch-size", type=at.batch_int, default=None, metavar="B",
+                   help="batch size (default 32; with --check: the cached profile with the smallest one)")
     p.add_argument("--quick", action="store_true", help="fewer networks and repeats (< 1 min)")
     p.add_argument("--seed", type=at.seed_int, default=0, help="seed of the calibration networks")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="write the profile here instead of the per-device cache")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
+    p.add_argument("--bundle", default=None, metavar="DIR",
+                   help="do not measure here: write a calibration bundle to run on the target "
+                        "device (python run.py --out measurements.json)")
+    p.add_argument("--measurements", default=None, metavar="FILE",
+                   help="do not measure here: fit the profile of the device that produced FILE "
+                        "(a bundle's run.py output); written to --out, else next to FILE")
+    p.add_argument("--save-measurements", default=None, metavar="FILE",
+                   help="also keep the raw measurements (refit later with --measurements)")
+    p.add_argument("--check", action="store_true",
+                   help="re-time the reference workload and say whether this machine runs as when "
+                        "its profile was fitted (no calibration)")
+    p.add_argument("--device-profile", default=None, metavar="FILE",
+                   help="with --check: the profile to check (default: the cached one)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from archgen.calibration import calibrate_device
-
+    if sum(bool(v) for v in (args.bundle, args.measurements, args.check)) > 1:
+        raise UserError("give one of --bundle, --measurements and --check")
+    if args.check:
+        return _check(args)
+    args.batch_size = args.batch_size or 32
     if args.out:
-        from pathlib import Path
-
         from archgen.rundir import check_out_file
 
         check_out_file(Path(args.out), force=args.force)
+    say = lambda msg: sys.stderr.write(msg + "\n")  # noqa: E731
     start = time.perf_counter()
-    profile, path = calibrate_device(
-        device=args.device, threads=args.threads, batch_size=args.batch_size, quick=args.quick,
-        seed=args.seed, out=args.out or None, progress=lambda msg: sys.stderr.write(msg + "\n"),
-    )
+    if args.bundle:
+        from archgen.calibration import write_calibration_bundle
+
+        if Path(args.bundle).exists():
+            raise UserError(f"--bundle {args.bundle}: exists; give a new folder")
+        folder = write_calibration_bundle(args.bundle, args.runtime, args.threads, args.batch_size, args.quick,
+                                          args.seed, progress=say)
+        say(f"wrote the calibration bundle in {time.perf_counter() - start:.0f} s; copy {folder} to the "
+            "target device and run there: python run.py --out measurements.json")
+        sys.stdout.write(f"{folder}\n")
+        return 0
+    if args.measurements:
+        from archgen.calibration import fit_measurements_file
+        from archgen.rundir import check_out_file
+
+        if not args.out:
+            check_out_file(Path(args.measurements).with_suffix(".profile.json"), force=args.force)
+        profile, path = fit_measurements_file(args.measurements, args.out, progress=say)
+    else:
+        from archgen.calibration import calibrate_device
+
+        if args.runtime == "onnxruntime" and args.device != "cpu":
+            raise UserError("--runtime onnxruntime calibrates the CPU; use --device cpu")
+        profile, path = calibrate_device(
+            device=args.device, threads=args.threads, batch_size=args.batch_size, quick=args.quick,
+            seed=args.seed, out=args.out or None, progress=say, runtime=args.runtime,
+            measurements_out=args.save_measurements)
     q = profile.fit_quality.get("network_oof", {})
-    sys.stderr.write(
-        f"calibrated in {time.perf_counter() - start:.0f} s; calibration networks (out of fold): "
-        f"MAPE {100 * q.get('mape', float('nan')):.1f}%, within 10% "
-        f"{100 * q.get('within_10pct', float('nan')):.0f}%\n"
-    )
+    say(f"{'fitted' if args.measurements else 'calibrated'} in {time.perf_counter() - start:.0f} s: "
+        f"{profile.describe()}; calibration networks (out of fold): MAPE "
+        f"{100 * q.get('mape', float('nan')):.1f}%, within 10% {100 * q.get('within_10pct', float('nan')):.0f}%, "
+        f"within 5% {100 * q.get('within_5pct', float('nan')):.0f}%")
     sys.stdout.write(f"{path}\n")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from archgen.drift import check_drift
+    from archgen.profiles import choose_profile
+
+    choice = choose_profile(args.device_profile, device=args.device, runtime=args.runtime, threads=args.threads,
+                            batch_size=args.batch_size)
+    if choice.is_default:
+        raise UserError(f"no device profile to check: {choice.note}")
+    report = check_drift(choice.profile, args.device)
+    if report is None:
+        sys.stdout.write(f"nothing to compare: {choice.note} holds no reference time of this machine\n")
+        return 0
+    sys.stdout.write(report.line() + "\n")
     return 0

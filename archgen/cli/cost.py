@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from costmodel.device_profile import DeviceProfile
+    from archgen.profiles import ProfileChoice
 
 import argparse
 import sys
@@ -14,36 +14,44 @@ from archgen.cli import argtypes as at
 from archgen.errors import UserError
 
 FORMATS = ("table", "csv", "json", "markdown")
-
+RUNTIMES = ("torch", "onnxruntime")  # costmodel.device_profile.RUNTIMES (no costmodel import here)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cost", help="per-layer cost table of a spec (seed form and calibrated)")
     p.add_argument("spec", metavar="SPEC", help="spec file (JSON or YAML)")
     p.add_argument("--batch-size", type=at.batch_int, default=None, metavar="B",
-                   help="batch size (default: the profile's; the built-in profile's is 1)")
-    p.add_argument("--device-profile", default=None, metavar="FILE",
-                   help="device profile JSON (default: the cached CPU profile for the batch "
-                        "size, else the built-in uncalibrated profile)")
-    p.add_argument("--threads", type=at.threads_int, default=1, metavar="T",
-                   help="thread count of the cached profile to look up (default 1)")
+                   help="batch size (default: the profile's; the cached profile with the smallest "
+                        "batch size when there are several)")
+    add_profile_args(p)
     p.add_argument("--format", choices=FORMATS, default="table")
     p.set_defaults(func=run)
 
 
-def resolve_profile(path: str | None, batch_size: int | None, threads: int = 1,
-                    device: str = "cpu") -> DeviceProfile | None:
-    """The profile for the cost/profile commands: ``--device-profile`` FILE (checked against
-    this machine), else the cached one for (device, threads, batch size), else None (built-in)."""
-    from costmodel.device_profile import DeviceProfile, load_cached
+def add_profile_args(p: argparse.ArgumentParser, threads_help: str = "thread count of the cached "
+                     "profile to look up (default 1)") -> None:
+    """--device-profile, --runtime and --threads: which profile prices the network."""
+    p.add_argument("--device-profile", default=None, metavar="FILE",
+                   help="device profile JSON, from this machine or another device (default: this "
+                        "machine's cached profile, else the built-in uncalibrated one)")
+    p.add_argument("--runtime", choices=RUNTIMES, default="torch",
+                   help="what the network runs in: PyTorch eager or its ONNX export in ONNX "
+                        "Runtime (default torch; a --device-profile names its own)")
+    p.add_argument("--threads", type=at.threads_int, default=1, metavar="T", help=threads_help)
 
-    if path:
-        profile = DeviceProfile.load(path)
-        profile.check_context(batch_size=batch_size)
-        return profile
-    if batch_size is None:
-        return load_cached(device, threads, 32) or None
-    return load_cached(device, threads, batch_size)
+
+def resolve_profile(args: argparse.Namespace, batch_size: int | None, device: str = "cpu") -> ProfileChoice:
+    """The profile for cost/profile/generate (``archgen.profiles.choose_profile``), its note
+    written to stderr."""
+    from archgen.profiles import choose_profile
+
+    choice = choose_profile(args.device_profile, device=device, runtime=args.runtime,
+                            threads=args.threads, batch_size=batch_size)
+    if args.device_profile and choice.profile.runtime != args.runtime and args.runtime != "torch":
+        raise UserError(f"--runtime {args.runtime}: the profile {args.device_profile} is a "
+                        f"{choice.profile.runtime} profile")
+    sys.stderr.write(f"profile: {choice.note}\n")
+    return choice
 
 
 def check_batch_size(batch_size: int | None) -> None:
@@ -59,10 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_batch_size(args.batch_size)
     spec = load_spec(args.spec)
-    profile = resolve_profile(args.device_profile, args.batch_size, args.threads)
-    report = estimate(spec_geoms(spec), profile, args.batch_size)
+    choice = resolve_profile(args, args.batch_size)
+    report = estimate(spec_geoms(spec), choice.profile, args.batch_size)
     sys.stdout.write(render(report, args.format) + "\n")
-    if report.is_default_profile and args.format != "json":
-        sys.stderr.write("note: built-in uncalibrated profile; run `archgen calibrate` for real "
-                         "numbers\n")
     return 0

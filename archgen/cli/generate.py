@@ -24,8 +24,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-macs", type=at.positive_float, default=None, metavar="X")
     p.add_argument("--max-params", type=at.positive_float, default=None, metavar="X")
     p.add_argument("--max-latency-ms", type=at.positive_float, default=None, metavar="X",
-                   help="calibrated estimate budget (uses the cached device profile)")
-    p.add_argument("--batch-size", type=at.batch_int, default=1, help="batch size for --max-latency-ms")
+                   help="calibrated estimate budget (this machine's cached device profile, or "
+                        "--device-profile FILE from the device the network will run on)")
+    p.add_argument("--batch-size", type=at.batch_int, default=None,
+                   help="batch size for --max-latency-ms (default: the profile's, else 1)")
+    p.add_argument("--device-profile", default=None, metavar="FILE",
+                   help="device profile JSON for --max-latency-ms, e.g. one fitted from a "
+                        "calibration bundle run on the target device")
+    p.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch",
+                   help="runtime of the cached profile to look up (default torch)")
     p.add_argument("--format", choices=("table", "json", "jsonl"), default="table")
     p.add_argument("--out", default=None, metavar="PATH", help="write to PATH instead of stdout")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
@@ -61,11 +68,24 @@ def run(args: argparse.Namespace) -> int:
         rules = RuleSet.with_rules_off(args.disable, growth=args.growth, stacking=args.stacking, init=args.init)
     except ConstraintError as exc:
         raise UserError(f"--disable: {exc}") from None
-    profile = None if args.max_latency_ms is None else cached_profile(args.batch_size)  # read once
-    latency = None if profile is None else latency_estimator(args.batch_size, profile)
+    profile = None
+    batch_size = args.batch_size or 1
+    if args.max_latency_ms is not None:  # read once
+        if args.device_profile:
+            from archgen.profiles import choose_profile
+
+            choice = choose_profile(args.device_profile, batch_size=args.batch_size)
+            profile = choice.profile
+            sys.stderr.write(f"profile: {choice.note}\n")
+            batch_size = args.batch_size or profile.batch_size
+        else:
+            profile = cached_profile(batch_size, runtime=args.runtime)
+    elif args.device_profile:
+        raise UserError("--device-profile prices candidates for --max-latency-ms; give --max-latency-ms too")
+    latency = None if profile is None else latency_estimator(batch_size, profile)
     specs = generate(shape, args.classes, args.n, args.seed, rules=rules, max_macs=args.max_macs,
                      max_params=args.max_params, max_latency_ms=args.max_latency_ms,
-                     batch_size=args.batch_size, profile=profile)
+                     batch_size=batch_size, profile=profile)
     if len(specs) < args.n:
         sys.stderr.write(f"archgen generate: note: only {len(specs)} distinct candidates meet the constraints\n")
     rows = []

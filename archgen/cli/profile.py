@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from archgen.cli import argtypes as at
-from archgen.cli.cost import FORMATS, check_batch_size
+from archgen.cli.cost import FORMATS, add_profile_args, check_batch_size
+from archgen.errors import UserError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,9 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=at.batch_int, default=32, metavar="B")
     p.add_argument("--repeats", type=at.int_in(1, 100_000), default=15, metavar="R",
                    help="timed runs; the minimum is reported (default 15)")
-    p.add_argument("--threads", type=at.threads_int, default=1, metavar="T", help="torch threads (default 1)")
-    p.add_argument("--device-profile", default=None, metavar="FILE",
-                   help="device profile JSON (default: the cached one for device/threads/batch)")
+    add_profile_args(p, "threads the network runs with (torch or onnxruntime intra-op; default 1)")
     p.add_argument("--plot", default=None, metavar="PNG", help="write a per-layer bar chart")
     p.add_argument("--force", action="store_true", help="replace an existing --plot file")
     p.add_argument("--format", choices=FORMATS, default="table")
@@ -41,10 +40,20 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     spec = load_spec(args.spec)
     check_fits_in_memory(spec, args.batch_size, device)
-    profile = resolve_profile(args.device_profile, args.batch_size, args.threads,
-                              "cpu" if device == "cpu" else "cuda")
-    report = estimate_and_measure(spec, profile, args.batch_size, device=device,
-                                  threads=args.threads, repeats=args.repeats)
+    choice = resolve_profile(args, args.batch_size, "cpu" if device == "cpu" else "cuda")
+    runtime = choice.profile.runtime if args.device_profile else args.runtime
+    if runtime == "onnxruntime" and device != "cpu":
+        raise UserError("--runtime onnxruntime measures on the CPU; use --device cpu")
+    if choice.foreign:
+        sys.stderr.write(f"note: the measured column is of this machine ({runtime}), the estimates "
+                         "of the profile's device\n")
+    from archgen.drift import check_drift
+
+    drift = None if args.device_profile and choice.foreign else check_drift(choice.profile, device)
+    if drift is not None and not drift.ok:
+        sys.stderr.write(f"warning: {drift.line()}\n")
+    report = estimate_and_measure(spec, choice.profile, args.batch_size, device=device,
+                                  threads=args.threads, repeats=args.repeats, runtime=runtime)
     sys.stdout.write(render(report, args.format) + "\n")
     if args.plot:
         path = plot_layers(report, args.plot)

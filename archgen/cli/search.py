@@ -20,6 +20,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-latency-ms", type=at.positive_float, default=None, metavar="X")
     p.add_argument("--latency-batch", type=at.batch_int, default=None, metavar="B",
                    help="batch size the latency budget and estimates refer to (default 1)")
+    p.add_argument("--device-profile", default=None, metavar="FILE",
+                   help="price candidates with this device profile, e.g. one fitted from a "
+                        "calibration bundle run on the device the network will run on "
+                        "(its batch size and runtime become the search's)")
+    p.add_argument("--runtime", default=None, choices=("torch", "onnxruntime"),
+                   help="what the exported network runs in: torch (default) or onnxruntime "
+                        "(latency screen and measurement of model.onnx in ONNX Runtime)")
     p.add_argument("--objective", default=None, help="accuracy (default) | pareto")
     p.add_argument("--max-epochs", type=at.int_in(1, 10_000), default=None, metavar="E")
     p.add_argument("--storage", default=None, metavar="URL", help="e.g. postgresql://user@host:5432/db")
@@ -55,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         k: getattr(args, k)
         for k in ("data", "strategy", "trials", "time_budget_s", "max_latency_ms", "objective",
                   "storage", "study", "workers", "seed", "threads", "out", "finalize", "calibrate", "refit",
-                  "device")
+                  "device", "device_profile", "runtime")
     }
     cli["latency_batch"] = args.latency_batch
     cli["max_epochs"] = args.max_epochs
@@ -65,19 +72,28 @@ def run(args: argparse.Namespace) -> int:
         progress.close()
     summary, out = result.summary, result.run_dir
     if "test_acc" in summary:
-        meas = summary.get("meas_ms")
         print(
             f"best: {summary['spec_name']}  val_acc {summary['val_acc']:.4f}  "
             f"test_acc {summary['test_acc']:.4f} (n={summary['n']}, "
             + _openings_text(summary)
             + (f"; refit on train+val, {summary['refit']['epochs']} epochs" if summary.get("refit") else "")
             + ")  "
-            f"latency est {summary['est_ms']:.3f} ms / measured {meas:.3f} ms at batch {summary['latency_batch']}"
+            + _latency_text(summary)
         )
         print(f"results: {out}/  (trials.csv, best/spec.json, best/model.onnx, test_metrics.json, report.html)")
     else:
         print(f"trials recorded in the study; run directory {out}/")
     return 0
+
+
+def _latency_text(summary: dict) -> str:
+    est, meas, batch = summary.get("est_ms"), summary.get("meas_ms"), summary["latency_batch"]
+    est_text = "-" if est is None else f"{est:.3f} ms"
+    meas_text = "-" if meas is None else f"{meas:.3f} ms"
+    if summary.get("meas_is_target", True):
+        return f"latency est {est_text} / measured {meas_text} at batch {batch}"
+    return (f"latency est {est_text} at batch {batch} on the profile's device; measured here "
+            f"{meas_text} ({summary.get('meas_on')}: not the target)")
 
 
 def _openings_text(summary: dict) -> str:

@@ -58,17 +58,28 @@ def test_cost_bad_inputs_exit_2(run_cli, spec_file: Path, tmp_path: Path) -> Non
     assert code == 2 and "argument --batch-size: 0 must be an integer" in err
 
 
-def test_cost_refuses_foreign_profile(run_cli, spec_file: Path, tmp_path: Path) -> None:
-    from costmodel.device_profile import DeviceProfile, current_context
+def test_cost_prices_with_another_machines_profile_and_says_so(run_cli, spec_file: Path, tmp_path: Path) -> None:
+    """A profile from the device the network will run on prices for that device (its
+    estimates), named as another machine's on stderr."""
+    from costmodel.device_profile import DeviceProfile, current_context, default_profile
 
     ctx = current_context("cpu", 1, 32)
     ctx["device_name"] = "Another CPU 9000"
-    prof = DeviceProfile(context=ctx, coeffs={"conv": {"c": 0.1, "a": 0.0, "b": 0.0}},
-                         t_k_ms={})
+    base = default_profile()
+    prof = DeviceProfile(context=ctx, coeffs={k: {n: 2 * v for n, v in c.items()} for k, c in base.coeffs.items()},
+                         t_k_ms=dict(base.t_k_ms), act_elem_ms={k: 2 * v for k, v in base.act_elem_ms.items()})
     path = prof.save(tmp_path / "foreign.json")
-    code, out, err = run_cli("cost", str(spec_file), "--device-profile", str(path))
-    assert code == 2 and out == ""
-    assert "device_name='Another CPU 9000'" in err and len(err.strip().splitlines()) == 1
+    code, out, err = run_cli("cost", str(spec_file), "--device-profile", str(path), "--format", "json")
+    assert code == 0, err
+    assert "another machine's profile" in err and "Another CPU 9000" in err
+    d = json.loads(out)
+    assert d["batch_size"] == 32 and "Another CPU 9000" in d["profile"] and not d["is_default_profile"]
+    code, out2, _ = run_cli("cost", str(spec_file), "--batch-size", "1", "--format", "json")
+    # the foreign profile holds twice the built-in coefficients (its own batch size, 32, is
+    # its unit), so every layer costs twice the built-in profile's batch-1 price
+    builtin = json.loads(out2)
+    assert builtin["is_default_profile"]
+    assert [a["est_ms"] for a in d["layers"]] == pytest.approx([2 * b["est_ms"] for b in builtin["layers"]])
 
 
 def test_profile_predicted_next_to_measured(run_cli, spec_file: Path, tmp_path: Path) -> None:

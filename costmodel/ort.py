@@ -1,0 +1,182 @@
+"""ONNX Runtime as a runtime: networks exported to ONNX and timed in an
+``onnxruntime.InferenceSession`` (CPU execution provider), per layer from ONNX Runtime's own
+profiling. The timing itself is ``costmodel.timing_ort``'s (the code a calibration bundle runs on
+the target device).
+
+Protocol (recorded in the profile, ``PROTOCOL``): opset 17 with a dynamic batch axis (as
+``archgen export`` writes ``model.onnx``); ``intra_op_num_threads`` fixed, the sequential
+executor, graph optimizations at ``ORT_ENABLE_ALL`` (what a deployment gets by default: constant
+folding, conv + activation fusion, NCHWc layouts). End to end: the clock around
+``session.run``, minimum over the runs, runs interleaved across networks, each timed run right
+after a run of the same network. Per layer: a second session with profiling on, run in the same
+rounds; each node's duration (whole microseconds) goes to the layer whose module the node came
+from, nodes ONNX Runtime added (layout reorders) to the layer before them. Which layers run
+fused (a conv with its batch norm and activation) is the cost model's business
+(``costmodel.modeldef.fusion_heads``): it prices a fused group as one layer, however ONNX
+Runtime names the fused node.
+
+onnxruntime and torch are imported inside the functions (torch only to export).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from costmodel import timing, timing_ort
+from costmodel.errors import CostModelError
+from costmodel.geometry import LayerGeom
+from costmodel.modeldef import fusion_heads
+from costmodel.profile import PROTOCOL as TORCH_PROTOCOL
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from costmodel.measurements import Network, Sample
+    from costmodel.profile import ModelProfile
+
+OPSET = 17
+PROTOCOL = {
+    "runtime": "onnxruntime",
+    "opset": OPSET,
+    "graph_optimization": timing_ort.GRAPH_OPTIMIZATION,
+    "executor": "sequential",
+    "per_layer": "onnxruntime node profiling (whole microseconds), mean of the lower half of runs",
+    "statistic": TORCH_PROTOCOL["statistic"],
+}
+
+
+def _checked(fn: Callable[[], object]) -> object:
+    try:
+        return fn()
+    except timing.MeasureError as exc:
+        raise CostModelError(str(exc)) from None
+
+
+def runtime_context() -> dict[str, str]:
+    """What an onnxruntime profile's context adds to the device's."""
+    ort = _checked(timing_ort._onnxruntime)
+    return {"runtime": "onnxruntime", "runtime_version": ort.__version__,
+            "graph_optimization": timing_ort.GRAPH_OPTIMIZATION, "executor": "sequential",
+            "provider": "CPUExecutionProvider"}
+
+
+def export(module: nn.Module, example: torch.Tensor, path: str | os.PathLike[str]) -> Path:
+    """Export ``module`` as ``archgen export`` does (opset 17, dynamic batch axis)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (example,), str(path), dynamo=False, input_names=["input"],
+                          output_names=["output"], opset_version=OPSET,
+                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    return Path(path)
+
+
+def export_geoms(geoms: Sequence[LayerGeom], batch_size: int, path: str | os.PathLike[str]) -> np.ndarray:
+    """Export the network of ``geoms`` (``costmodel.measure.module_from_geoms``) to ``path``;
+    returns an input for it."""
+    from costmodel.measure import input_for, module_from_geoms
+
+    x = input_for(list(geoms), batch_size)
+    export(module_from_geoms(list(geoms)), x, path)
+    return x.numpy()
+
+
+def time_networks(items: Sequence[tuple[Path, np.ndarray, Mapping[str, int], int]], threads: int,
+                  repeats: int, clock: str, per_layer: bool = True, warmup: int = 2,
+                  warmup_s: float = 0.0) -> list[tuple[list[float], list[float], list[float]]]:
+    """``costmodel.timing_ort.time_ort_networks`` with costmodel's errors."""
+    if not isinstance(threads, int) or threads < 1:
+        raise CostModelError(f"threads={threads!r} must be a positive integer")
+    return _checked(lambda: timing_ort.time_ort_networks(items, threads, repeats, clock, per_layer, warmup,
+                                                     warmup_s))
+
+
+def _time_geoms(networks: Sequence[Sequence[LayerGeom]], batch_size: int, threads: int, repeats: int,
+                clock: str, per_layer: bool = True, warmup_s: float = 0.0,
+                seed: int = 0) -> list[tuple[list[float], list[float], list[float]]]:
+    import torch
+
+    from costmodel.measure import module_paths
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        items = []
+        for i, geoms in enumerate(networks):
+            path = Path(tmp) / f"net{i}.onnx"
+            x = export_geoms(geoms, batch_size, path)
+            items.append((path, x, module_paths(list(geoms)), len(geoms)))
+        return time_networks(items, threads, repeats, clock, per_layer, warmup_s=warmup_s)
+
+
+def measure_networks(networks: Sequence[Sequence[LayerGeom]], batch_size: int, threads: int,
+                     repeats: int, clock: str, seed: int, say: Callable[[str], None]) -> list[Network]:
+    """The calibration networks in ONNX Runtime, in chunks as ``costmodel.measure`` does."""
+    out: list[Network] = []
+    for start in range(0, len(networks), timing.CHUNK):
+        part = networks[start:start + timing.CHUNK]
+        for geoms, (layers, _, e2e) in zip(part, _time_geoms(part, batch_size, threads, repeats, clock,
+                                                             warmup_s=timing.WARMUP_S, seed=seed + start)):
+            out.append((list(geoms), layers, min(e2e)))
+        say(f"profiled {len(out)}/{len(networks)} networks (onnxruntime)")
+    return out
+
+
+def measure_micro(geoms: Sequence[LayerGeom], batch_size: int, threads: int, repeats: int,
+                  clock: str) -> list[Sample]:
+    """Each micro-benchmark layer as a one-layer ONNX model: its node time (as in networks)."""
+    out: list[Sample] = []
+    for start in range(0, len(geoms), timing.CHUNK):
+        part = geoms[start:start + timing.CHUNK]
+        timed = _time_geoms([[g] for g in part], batch_size, threads, repeats, clock)
+        out += [(g, layers[0]) for g, (layers, _, _) in zip(part, timed)]
+    return out
+
+
+def reference_ms(threads: int = 1, clock: str = "auto") -> float:
+    """The drift reference workload (``costmodel.measure.REFERENCE_GEOMS``) in ONNX Runtime."""
+    from costmodel.measure import REFERENCE_GEOMS, REFERENCE_REPEATS
+
+    timed = _time_geoms([list(REFERENCE_GEOMS)], 1, threads, REFERENCE_REPEATS, clock, per_layer=False)
+    return min(timed[0][2])
+
+
+def profile_module_onnx(module: nn.Module, example: torch.Tensor, threads: int = 1, repeats: int = 15,
+                        clock: str = "auto", onnx_path: str | os.PathLike[str] | None = None,
+                        warmup_s: float = 0.5) -> ModelProfile:
+    """``costmodel.profile.profile_module`` in ONNX Runtime: ``module`` exported (or
+    ``onnx_path``, an export of it) and timed end to end and per layer; the layers are those
+    ``costmodel.geometry.trace_module`` finds, so they line up with ``estimate``'s."""
+    from costmodel.geometry import trace_module
+    from costmodel.profile import ModelProfile, Timing, resolve_clock
+
+    geoms, calls = trace_module(module, example)
+    if not geoms:
+        raise CostModelError("the module has no layer the cost model can price")
+    layer_of_path = {calls[c].path: i for i, g in enumerate(geoms) for c in g.calls}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(onnx_path) if onnx_path is not None else export(module, example, Path(tmp) / "m.onnx")
+        item = (path, example.numpy(), layer_of_path, len(geoms))
+        layers, layer_iqr, samples = time_networks([item], threads, repeats, clock, warmup_s=warmup_s)[0]
+    # A fused group's time on its head, whichever member its node is named after: the rows of
+    # the measurement line up with the estimate's (which prices the head, 0 for the members).
+    heads = fusion_heads(geoms, "onnxruntime")
+    grouped = [0.0] * len(geoms)
+    for i, t in enumerate(layers):
+        grouped[heads[i]] += t
+    layers = grouped
+    layer_iqr = [q if heads[i] == i else 0.0 for i, q in enumerate(layer_iqr)]
+    e2e = Timing.from_samples(samples)
+    return ModelProfile(
+        geoms=tuple(geoms), meas_ms=tuple(layers), meas_iqr_ms=tuple(layer_iqr), e2e_ms=e2e.min_ms,
+        e2e_iqr_ms=e2e.iqr_ms, hooked_total_ms=sum(layers), device="cpu", threads=threads,
+        batch_size=int(example.shape[0]), repeats=repeats,
+        clock=f"onnxruntime, {resolve_clock(clock, threads)}", e2e_samples_ms=tuple(samples))

@@ -1,0 +1,174 @@
+"""Measure a calibration bundle where the network will run: the bundle's ``run.py``.
+
+``costmodel.bundle`` writes a bundle (the calibration networks' geometries, their ONNX exports
+for onnxruntime, and this file with ``costmodel.timing`` and ``costmodel.timing_ort`` next to
+it); on the target device::
+
+    python run.py --out measurements.json        # in the bundle's directory
+
+measures the bundle's networks with the timing protocol of a local calibration (the same code)
+and writes the measurements file that ``archgen calibrate --measurements FILE`` fits a device
+profile to. Standalone: the Python standard library, numpy, and torch *or* onnxruntime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__:
+    from costmodel import timing, timing_ort
+else:  # run.py in a calibration bundle, next to timing.py and timing_ort.py
+    import timing
+    import timing_ort
+
+BUNDLE_FORMAT = "archgen-bundle"
+MEASUREMENTS_FORMAT = "archgen-measurements"
+VERSION = 1
+# The files of a bundle's runner: this one (as run.py) and what it imports.
+FILES = ("timing.py", "timing_ort.py")
+
+
+def device_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown-cpu"
+
+
+def target_context(bundle: Mapping[str, Any], threads: int) -> dict[str, Any]:
+    """The context of the measurements: this device, the bundle's runtime, threads, batch."""
+    runtime = bundle["runtime"]
+    ctx: dict[str, Any] = {"device": "cpu", "device_name": device_name(), "runtime": runtime,
+                           "threads": threads, "dtype": "float32", "batch_size": int(bundle["batch_size"]),
+                           "cpu_count": os.cpu_count(), "machine": platform.machine(),
+                           "python": platform.python_version()}
+    if runtime == "onnxruntime":
+        ort = timing_ort._onnxruntime()
+        ctx.update(runtime_version=ort.__version__, graph_optimization=timing_ort.GRAPH_OPTIMIZATION,
+                   executor="sequential", provider="CPUExecutionProvider")
+    else:
+        import torch
+
+        ctx.update(runtime_version=torch.__version__, torch_version=torch.__version__)
+    return ctx
+
+
+def _chunks(n: int) -> Iterator[range]:
+    for start in range(0, n, timing.CHUNK):
+        yield range(start, min(n, start + timing.CHUNK))
+
+
+def measure_bundle(folder: str | os.PathLike[str], threads: int | None = None, repeats: int | None = None,
+                   say: Callable[[str], None] = lambda m: None, warmup_s: float = timing.WARMUP_S) -> dict[str, Any]:
+    """Measure a bundle's networks here; returns the measurements document."""
+    folder = Path(folder)
+    bundle = json.loads((folder / "bundle.json").read_text())
+    if bundle.get("format") != BUNDLE_FORMAT or bundle.get("version") != VERSION:
+        raise timing.MeasureError(f"{folder}: not an archgen calibration bundle of version {VERSION}")
+    threads = threads or int(bundle["threads"])
+    repeats = repeats or int(bundle["repeats"])
+    batch = int(bundle["batch_size"])
+    clock = "auto"
+    groups = {"micro": [[g] for g in bundle["micro"]], "networks": bundle["networks"],
+              "reference": [bundle["reference"]]}
+    timed: dict[str, list[tuple[list[float], float]]] = {}
+    for key, nets in groups.items():
+        timed[key] = []
+        for part in _chunks(len(nets)):
+            # the reference workload at batch 1, as a local profile times it (archgen.drift)
+            timed[key] += _measure_part(folder, bundle, key, part, [nets[i] for i in part],
+                                        batch if key != "reference" else 1, threads,
+                                        repeats if key != "reference" else 30, clock,
+                                        warmup_s if key == "networks" else 0.0)
+            if key == "networks":
+                say(f"measured {len(timed[key])}/{len(nets)} networks")
+    protocol = dict(bundle.get("protocol", {}), repeats=repeats, clock=timing.resolve_clock(clock, threads),
+                    measured_by="bundle run.py")
+    return {
+        "format": MEASUREMENTS_FORMAT, "version": VERSION, "context": target_context(bundle, threads),
+        "protocol": protocol,
+        "micro": [{"geom": g, "ms": layers[0]} for g, (layers, _) in zip(bundle["micro"], timed["micro"])],
+        "networks": [{"geoms": n, "layers_ms": layers, "e2e_ms": e2e}
+                     for n, (layers, e2e) in zip(bundle["networks"], timed["networks"])],
+        "reference_ms": timed["reference"][0][1],
+    }
+
+
+def _measure_part(folder: Path, bundle: Mapping[str, Any], key: str, indices: range, nets: list[list[dict]],
+                  batch: int, threads: int, repeats: int, clock: str,
+                  warmup_s: float) -> list[tuple[list[float], float]]:
+    """Time one chunk. Networks: per layer and end to end. Micro-benchmarks: in ONNX Runtime
+    their node time (as in networks, and as a local calibration takes it), in torch the whole
+    one-layer module's time (as ``costmodel.measure.measure_micro``). The reference: end to end."""
+    per_layer = key == "networks" or (key == "micro" and bundle["runtime"] == "onnxruntime")
+    if bundle["runtime"] == "onnxruntime":
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        items = []
+        for i, geoms in zip(indices, nets):
+            g0 = geoms[0]
+            shape = (batch, g0["c_in"]) if g0["op"] == "dense" else (batch, g0["c_in"], g0["h_in"], g0["w_in"])
+            items.append((folder / "models" / f"{key}{i}.onnx", rng.standard_normal(shape).astype(np.float32),
+                          timing.module_paths([g.get("name", "") for g in geoms]), len(geoms)))
+        out = timing_ort.time_ort_networks(items, threads, repeats, clock, per_layer=per_layer, warmup_s=warmup_s)
+        return [(layers, min(e2e)) for layers, _, e2e in out]
+    import torch
+
+    activations = {k: tuple(v) for k, v in bundle["activations"].items()}
+    torch.manual_seed(0)
+    with timing.torch_threads(threads), torch.no_grad():
+        timers = []
+        for geoms in nets:
+            module, firsts = timing.build_module(geoms, activations)
+            timers.append(timing.TorchTimer(module, timing.random_input(geoms[0], batch), firsts, "cpu",
+                                     timing.cpu_timer(clock, threads), per_layer))
+        timing.run_interleaved(timers, repeats, 2, warmup_s)
+    return [(t.layer_min_ms()[0] if per_layer else [min(t.e2e)], min(t.e2e)) for t in timers]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Measure an archgen calibration bundle on this device.")
+    p.add_argument("--out", default="measurements.json", help="measurements file to write")
+    p.add_argument("--bundle", default=str(Path(__file__).resolve().parent), help="bundle directory")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the bundle's)")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per network (default: the bundle's)")
+    p.add_argument("--warmup-s", type=float, default=timing.WARMUP_S,
+                   help=f"interleaved warm-up per chunk of networks, seconds (default {timing.WARMUP_S:g})")
+    args = p.parse_args(argv)
+    for name in ("threads", "repeats"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1")
+    start = time.perf_counter()
+    tmp = Path(args.out).with_name(f".{Path(args.out).name}.tmp")
+    try:
+        doc = measure_bundle(args.bundle, args.threads, args.repeats, lambda m: sys.stderr.write(m + "\n"),
+                             args.warmup_s)
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, args.out)
+    except ImportError as exc:
+        sys.stderr.write(f"run.py: this bundle needs the Python package {exc.name or exc} (pip install it)\n")
+        return 2
+    except Exception as exc:  # one line for the user, whatever broke (a file, onnxruntime, torch)
+        tmp.unlink(missing_ok=True)
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        sys.stderr.write(f"run.py: {type(exc).__name__}: {text}\n"[:500])
+        return 2
+    sys.stderr.write(f"measured {len(doc['networks'])} networks in {time.perf_counter() - start:.0f} s; wrote "
+                     f"{args.out}; bring it back and run: archgen calibrate --measurements {Path(args.out).name}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,153 @@
+"""ONNX Runtime timing, standalone like ``costmodel.timing`` (numpy and onnxruntime, imported
+inside the functions; no torch): sessions as the protocol fixes them (sequential executor,
+``intra_op_num_threads`` fixed, graph optimizations on), end-to-end times around
+``session.run``, per-layer times from ONNX Runtime's node profiling (whole microseconds; the
+mean of the lower half of the runs), each node attributed to the layer its module path names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__:
+    from costmodel.timing import MeasureError, cpu_timer, iqr, lower_half_mean, run_interleaved
+else:  # in a calibration bundle, next to timing.py
+    from timing import MeasureError, cpu_timer, iqr, lower_half_mean, run_interleaved
+
+GRAPH_OPTIMIZATION = "all"
+
+
+def _onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise MeasureError("the onnxruntime runtime needs the onnxruntime package (pip install onnxruntime)") from None
+    return onnxruntime
+
+
+def ort_session(path: str | os.PathLike[str], threads: int = 1, profile_prefix: str | None = None,
+                optimization: str = GRAPH_OPTIMIZATION) -> Any:
+    """An InferenceSession as the protocol fixes it (``profile_prefix``: node profiling on)."""
+    ort = _onnxruntime()
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = {
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    }[optimization]
+    so.log_severity_level = 3
+    if profile_prefix is not None:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def module_path(node_name: str) -> str | None:
+    """The dotted module path an exported node came from (``/s1/conv1/Conv`` -> ``s1.conv1``;
+    ``fused /fc1/Gemm`` -> ``fc1``), None for a node ONNX Runtime made up (``ReorderOutput``)."""
+    name = node_name[len("fused "):] if node_name.startswith("fused ") else node_name
+    if not name.startswith("/") or name.count("/") < 2:
+        return None
+    return ".".join(name[1:].rsplit("/", 1)[0].split("/"))
+
+
+def node_layers(node_names: Sequence[str], layer_of_path: Mapping[str, int]) -> list[int]:
+    """The layer each node (in execution order) is attributed to: its module's layer, else the
+    layer of the node before it (the first layer for nodes before any known one)."""
+    known = [layer_of_path.get(module_path(n) or "") for n in node_names]
+    last = next((k for k in known if k is not None), 0)
+    out = []
+    for k in known:
+        last = k if k is not None else last
+        out.append(last)
+    return out
+
+
+def parse_profile(path: str | os.PathLike[str]) -> list[list[tuple[str, float]]]:
+    """ONNX Runtime's profile file -> per run, the ``(node name, ms)`` of its kernels in order."""
+    events = json.loads(Path(path).read_text())
+    # A run's node events come before its model_run event in the file: group them by time.
+    spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
+                   if e.get("cat") == "Session" and e.get("name") == "model_run")
+    runs: list[list[tuple[str, float]]] = [[] for _ in spans]
+    for e in events:
+        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time"):
+            continue
+        for i, (a, b) in enumerate(spans):
+            if a <= e["ts"] <= b:
+                runs[i].append((e["name"][: -len("_kernel_time")], e["dur"] / 1e3))
+                break
+    return runs
+
+
+class OrtTimer:
+    """End-to-end and per-layer timing of one exported network (the per-layer times from a
+    second session with profiling on, run in the same rounds)."""
+
+    def __init__(self, path: str | os.PathLike[str], x: Any, layer_of_path: Mapping[str, int],
+                 n_layers: int, threads: int, timer: Callable[[], float], prefix: str | None) -> None:
+        self.plain = ort_session(path, threads)
+        self.profiled = ort_session(path, threads, prefix) if prefix is not None else None
+        self.feed = {self.plain.get_inputs()[0].name: x}
+        self.layer_of_path = dict(layer_of_path)
+        self.n_layers = n_layers
+        self.timer = timer
+        self.e2e: list[float] = []
+
+    def warm(self) -> None:
+        self.plain.run(None, self.feed)
+
+    def run_round(self) -> None:
+        if self.profiled is not None:  # in pairs: the second of each is recorded (warm weights)
+            self.profiled.run(None, self.feed)
+            self.profiled.run(None, self.feed)
+        self.plain.run(None, self.feed)  # timed right after a run of itself
+        t0 = self.timer()
+        self.plain.run(None, self.feed)
+        self.e2e.append((self.timer() - t0) * 1e3)
+
+    def layer_ms(self, skip_runs: int = 1) -> tuple[list[float], list[float]]:
+        """Per layer: the mean of the lower half of its per-run sums, and their IQR (of the
+        recorded runs: the second of each pair, its weights warm from the first)."""
+        if self.profiled is None:
+            return [], []
+        runs = [r for r in parse_profile(self.profiled.end_profiling())[skip_runs:][1::2] if r]
+        if not runs:
+            raise MeasureError("onnxruntime's profile holds no run")
+        per_layer: list[list[float]] = [[] for _ in range(self.n_layers)]
+        for run in runs:
+            sums = [0.0] * self.n_layers
+            for k, (_, ms) in zip(node_layers([n for n, _ in run], self.layer_of_path), run):
+                sums[k] += ms
+            for k, v in enumerate(sums):
+                per_layer[k].append(v)
+        return [lower_half_mean(v) for v in per_layer], [iqr(v) for v in per_layer]
+
+
+def time_ort_networks(items: Sequence[tuple[Any, Any, Mapping[str, int], int]], threads: int, repeats: int,
+                      clock: str, per_layer: bool = True, warmup: int = 2,
+                      warmup_s: float = 0.0) -> list[tuple[list[float], list[float], list[float]]]:
+    """Time exported networks interleaved: per network ``(per-layer ms, per-layer IQR ms,
+    end-to-end samples ms)``. Each item: ``(onnx path, input array, layer index by module
+    path, number of layers)``."""
+    timer = cpu_timer(clock, threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        timers = [OrtTimer(p, x, paths, n, threads, timer, os.path.join(tmp, f"prof{i}") if per_layer else None)
+                  for i, (p, x, paths, n) in enumerate(items)]
+        run_interleaved(timers, 0, warmup, warmup_s)
+        for t in timers:  # the profiled session's own warm-up run, dropped from its profile
+            if t.profiled is not None:
+                t.profiled.run(None, t.feed)
+        for _ in range(repeats):
+            for t in timers:
+                t.run_round()
+        return [(*t.layer_ms(), list(t.e2e)) for t in timers]

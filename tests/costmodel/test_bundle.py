@@ -1,0 +1,168 @@
+"""Calibration bundles: written here, measured by their run.py in a process that imports
+neither archgen nor costmodel (nor torch, for ONNX Runtime), fitted back here, used to price."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from costmodel.bundle import write_bundle
+from costmodel.calibration import fit_measurements
+from costmodel.errors import CostModelError
+from costmodel.estimator import estimate_total_ms
+from costmodel.measure import micro_benchmark_geoms
+from costmodel.measurements import Measurements
+from costmodel.netgen import random_plain_cnn
+
+REPO = Path(__file__).resolve().parents[2]
+# run.py in a clean process: these imports fail there, so the runner must not need them.
+BLOCKED = {"onnxruntime": ("archgen", "costmodel", "torch"), "torch": ("archgen", "costmodel")}
+
+
+def _networks(n: int) -> list:
+    rng = random.Random(7)
+    return [random_plain_cnn(rng, max_macs=2_000_000) for _ in range(n)]
+
+
+def _run_bundle(folder: Path, out: Path, runtime: str) -> subprocess.CompletedProcess:
+    blocked = "".join(f"sys.modules[{m!r}] = None; " for m in BLOCKED[runtime])
+    code = (f"import sys, runpy; {blocked}sys.argv = ['run.py', '--out', {str(out)!r}, '--repeats', '3', "
+            f"'--warmup-s', '0']; runpy.run_path('run.py', run_name='__main__')")
+    # cwd is the bundle, outside the repository: the packages are not importable from there anyway
+    return subprocess.run([sys.executable, "-c", code], cwd=folder, capture_output=True, text=True,
+                          timeout=300, env={"PATH": "/usr/bin:/bin", "PYTHONNOUSERSITE": "1"})
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "torch"])
+def test_bundle_round_trip(tmp_path: Path, runtime: str) -> None:
+    networks = _networks(8)
+    micro = micro_benchmark_geoms(quick=True)[:12]
+    folder = write_bundle(tmp_path / "bundle", networks, micro, runtime=runtime, batch_size=2, repeats=3)
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == (["README.txt", "bundle.json", "models", "run.py", "timing.py", "timing_ort.py"]
+                     if runtime == "onnxruntime" else ["README.txt", "bundle.json", "run.py", "timing.py",
+                                                       "timing_ort.py"])
+    if runtime == "onnxruntime":
+        assert len(list((folder / "models").glob("*.onnx"))) == len(networks) + len(micro) + 1
+    assert "python run.py --out measurements.json" in (folder / "README.txt").read_text()
+
+    out = tmp_path / "measurements.json"
+    done = _run_bundle(folder, out, runtime)
+    assert done.returncode == 0, done.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert doc["context"]["runtime"] == runtime and doc["context"]["batch_size"] == 2
+    assert doc["reference_ms"] > 0
+
+    measured = Measurements.load(out)
+    assert len(measured.networks) == len(networks) and len(measured.micro) == len(micro)
+    for (geoms, layers, e2e), want in zip(measured.networks, networks):
+        assert [g.config_key() for g in geoms] == [g.config_key() for g in want]
+        assert len(layers) == len(geoms) and e2e > 0 and all(t >= 0 for t in layers)
+    profile = fit_measurements(measured)
+    assert profile.runtime == runtime and profile.batch_size == 2
+    assert profile.reference_ms == pytest.approx(doc["reference_ms"])
+    assert profile.fit_quality["network_oof"]["n"] == len(networks)
+    # The fitted profile prices networks: the calibration networks' estimates are within a
+    # factor of two of their measured times.
+    for geoms, _, e2e in measured.networks:
+        est = estimate_total_ms(geoms, profile)
+        assert 0.5 * e2e < est < 2.0 * e2e
+
+
+def test_bundle_goes_into_a_new_folder(tmp_path: Path) -> None:
+    (tmp_path / "b").mkdir()
+    with pytest.raises(CostModelError, match="exists"):
+        write_bundle(tmp_path / "b", _networks(1), [], runtime="torch")
+    with pytest.raises(CostModelError, match="unknown runtime"):
+        write_bundle(tmp_path / "c", _networks(1), [], runtime="tflite")
+    assert not (tmp_path / "c").exists()
+
+
+def test_run_py_refuses_a_folder_that_is_not_a_bundle(tmp_path: Path) -> None:
+    (tmp_path / "bundle.json").write_text(json.dumps({"format": "something else"}))
+    done = subprocess.run([sys.executable, str(REPO / "costmodel" / "runner.py"), "--bundle", str(tmp_path),
+                           "--out", str(tmp_path / "m.json")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "not an archgen calibration bundle" in done.stderr
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_cli_bundle_then_measurements(tmp_path: Path, monkeypatch) -> None:
+    """archgen calibrate --bundle writes the one recipe's networks; --measurements fits them and
+    --device-profile prices with the result."""
+    monkeypatch.setenv("ARCHGEN_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "bundle"
+    done = subprocess.run([sys.executable, "-m", "archgen", "calibrate", "--bundle", str(folder), "--quick",
+                           "--runtime", "torch", "--batch-size", "1"], capture_output=True, text=True,
+                          timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    bundle = json.loads((folder / "bundle.json").read_text())
+    assert len(bundle["networks"]) == 32 and bundle["batch_size"] == 1 and bundle["runtime"] == "torch"
+    # A measurements file as run.py would write it, made from two networks only (fast).
+    bundle["networks"] = bundle["networks"][:6]
+    bundle["micro"] = bundle["micro"][:10]
+    (folder / "bundle.json").write_text(json.dumps(bundle))
+    out = tmp_path / "m.json"
+    assert _run_bundle(folder, out, "torch").returncode == 0
+    profile_path = tmp_path / "target.json"
+    done = subprocess.run([sys.executable, "-m", "archgen", "calibrate", "--measurements", str(out), "--out",
+                           str(profile_path)], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == str(profile_path)
+    assert "within 10%" in done.stderr
+    # without --out the profile goes next to the measurements, never over an existing file
+    done = subprocess.run([sys.executable, "-m", "archgen", "calibrate", "--measurements", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0 and done.stdout.strip() == str(tmp_path / "m.profile.json")
+    before = (tmp_path / "m.profile.json").read_bytes()
+    done = subprocess.run([sys.executable, "-m", "archgen", "calibrate", "--measurements", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 2 and "exists" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "m.profile.json").read_bytes() == before
+    done = subprocess.run([sys.executable, "-m", "archgen", "cost", str(REPO / "examples" / "digits_cnn.json"),
+                           "--device-profile", str(profile_path), "--format", "json"],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["batch_size"] == 1 and report["total_est_ms"] > 0
+    assert not report["is_default_profile"]
+
+
+CTX = '{"batch_size": 1, "threads": 1, "device": "cpu", "device_name": "Cortex-A72", "runtime": "onnxruntime"}'
+CONV = ('{"name": "a", "op": "conv", "c_in": 1, "c_out": 2, "h_in": 4, "w_in": 4, "h_out": 4, '
+        '"w_out": 4}')
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("{", "not valid JSON"),
+    ('{"format": "x"}', "not an archgen measurements file"),
+    ('{"format": "archgen-measurements", "version": 1, "context": ' + CTX + ', "micro": [], '
+     '"networks": [{"geoms": [], "layers_ms": [], "e2e_ms": 1}]}', "0 layer times for 0 layers"),
+    ('{"format": "archgen-measurements", "version": 1, "context": ' + CTX + ', "micro": [], '
+     '"networks": [{"geoms": [' + CONV + '], "layers_ms": [-1], "e2e_ms": 1}]}', "a time must be a finite number >= 0"),
+    ('{"format": "archgen-measurements", "version": 1, "context": ' + CTX + ', "micro": [], '
+     '"networks": [{"geoms": [{"name": "a", "op": "warp"}], "layers_ms": [1], "e2e_ms": 1}]}', "networks"),
+    ('{"format": "archgen-measurements", "version": 1, "context": {"batch_size": 1}, "micro": [], '
+     '"networks": []}', "context.threads must be a positive integer"),
+    ('{"format": "archgen-measurements", "version": 1, "context": ' + CTX.replace("onnxruntime", "tflite")
+     + ', "micro": [], "networks": []}', "context.runtime must be one of"),
+    ('{"format": "archgen-measurements", "version": 1, "context": ' + CTX + ', "protocol": 3, "micro": [], '
+     '"networks": []}', "protocol"),
+    ('{"format": "archgen-measurements", "version": 1, "context": ' + CTX + ', "micro": [], "networks": [], '
+     '"reference_ms": 0}', "reference_ms must be above 0"),
+])
+def test_bad_measurements_files_are_one_clear_error(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "m.json"
+    path.write_text(text)
+    with pytest.raises(CostModelError, match=message):
+        Measurements.load(path)
+
+
+def test_no_networks_nothing_to_fit() -> None:
+    with pytest.raises(CostModelError, match="no calibration network"):
+        fit_measurements(Measurements(context={"batch_size": 1}))
