@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Generator networks added to the calibration networks (quick mode, full mode).
-GENERATOR_NETWORKS = (8, 80)
+GENERATOR_NETWORKS = (12, 84)
 # Their seeds start here (plus the calibration seed), apart from the calibration networks'.
 GENERATOR_SEED = 10_000
 
@@ -29,7 +29,8 @@ def generator_networks(n: int, seed: int, max_macs: int = 100_000_000) -> list[l
     from archgen.costing import spec_geoms
     from archgen.generator import Budget, sample_specs
 
-    shapes = ((1, 28, 28), (3, 32, 32), (3, 64, 64), (3, 96, 96))
+    # from digits-sized inputs (8x8, the default dataset) to the larger ones a search prices
+    shapes = ((1, 8, 8), (3, 16, 16), (1, 28, 28), (3, 32, 32), (3, 64, 64), (3, 96, 96))
     per_shape = max(1, n // len(shapes))
     out = []
     for i, shape in enumerate(shapes):

@@ -116,16 +116,10 @@ def cpu_timer(clock: str, threads: int) -> Callable[[], float]:
 @contextlib.contextmanager
 def fixed_threads(threads: int) -> Iterator[None]:
     """Run the block with ``torch.set_num_threads(threads)``; restore the old count after."""
-    import torch
-
     if not isinstance(threads, int) or threads < 1:
         raise CostModelError(f"threads={threads!r} must be a positive integer")
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with timing.torch_threads(threads):
         yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def time_fn(fn: Callable[[], object], device: str = "cpu", threads: int = 1, repeats: int = 15,

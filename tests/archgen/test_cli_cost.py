@@ -7,19 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-SPEC = {
-    "schema_version": 1, "input_shape": [1, 28, 28], "num_classes": 10,
-    "layers": [
-        {"op": "conv", "filters": 8, "kernel": 5, "stride": 1, "padding": "same", "activation": "relu"},
-        {"op": "pool", "mode": "max", "kernel": 2, "stride": 2},
-        {"op": "conv", "filters": 16, "kernel": 3, "stride": 1, "padding": "same", "activation": "relu"},
-        {"op": "pool", "mode": "max", "kernel": 2, "stride": 2},
-        {"op": "dense", "units": 32, "activation": "relu"},
-    ],
-    "init": {"scheme": "lecun_uniform"},
-}
-NAMES = ["s1.conv1", "s1.pool", "s2.conv1", "s2.pool", "fc1", "classifier"]
+from spec_helpers import NAMES, SPEC
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from spec_helpers import empty_cache
 
 from costmodel.device_profile import DeviceProfile, cache_root, current_context
 
@@ -43,9 +44,7 @@ def relabel(profile: DeviceProfile, **changes: object) -> DeviceProfile:
 
 @pytest.fixture(autouse=True)
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "cache"
-    monkeypatch.setenv("ARCHGEN_CACHE", str(root))
-    return root
+    return empty_cache(tmp_path, monkeypatch)
 
 
 @pytest.fixture

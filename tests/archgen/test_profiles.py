@@ -12,31 +12,17 @@ import json
 from pathlib import Path
 
 import pytest
+from spec_helpers import NAMES, SPEC, empty_cache
 
 from archgen.errors import UserError
 from archgen.profiles import cached_batch_sizes, choose_profile
 from costmodel.device_profile import DeviceProfile, cache_path, current_context, default_profile
 
-SPEC = {
-    "schema_version": 1, "input_shape": [1, 28, 28], "num_classes": 10,
-    "layers": [
-        {"op": "conv", "filters": 8, "kernel": 5, "stride": 1, "padding": "same", "activation": "relu"},
-        {"op": "pool", "mode": "max", "kernel": 2, "stride": 2},
-        {"op": "conv", "filters": 16, "kernel": 3, "stride": 1, "padding": "same", "activation": "relu"},
-        {"op": "pool", "mode": "max", "kernel": 2, "stride": 2},
-        {"op": "dense", "units": 32, "activation": "relu"},
-    ],
-    "init": {"scheme": "lecun_uniform"},
-}
-NAMES = ["s1.conv1", "s1.pool", "s2.conv1", "s2.pool", "fc1", "classifier"]
-
 
 @pytest.fixture(autouse=True)
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty profile cache of our own for every test."""
-    root = tmp_path / "cache"
-    monkeypatch.setenv("ARCHGEN_CACHE", str(root))
-    return root
+    return empty_cache(tmp_path, monkeypatch)
 
 
 @pytest.fixture

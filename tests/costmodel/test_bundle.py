@@ -102,7 +102,7 @@ def test_cli_bundle_then_measurements(tmp_path: Path, monkeypatch) -> None:
                           timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr[-2000:]
     bundle = json.loads((folder / "bundle.json").read_text())
-    assert len(bundle["networks"]) == 32 and bundle["batch_size"] == 1 and bundle["runtime"] == "torch"
+    assert len(bundle["networks"]) == 36 and bundle["batch_size"] == 1 and bundle["runtime"] == "torch"
     # A measurements file as run.py would write it, made from two networks only (fast).
     bundle["networks"] = bundle["networks"][:6]
     bundle["micro"] = bundle["micro"][:10]
