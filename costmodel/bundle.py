@@ -101,12 +101,13 @@ def _export_models(models: Path, micro: Sequence[LayerGeom], networks: Sequence[
     import torch
 
     from costmodel.measure import REFERENCE_GEOMS
-    from costmodel.ort import export_geoms
+    from costmodel.ort import export_geoms, write_probes
 
     models.mkdir()
+    write_probes(models)
     torch.manual_seed(0)
     groups = {"micro": [[g] for g in micro], "networks": list(networks), "reference": [list(REFERENCE_GEOMS)]}
     for key, nets in groups.items():
         for i, geoms in enumerate(nets):
             export_geoms(geoms, batch_size, models / f"{key}{i}.onnx")
-    say(f"exported {len(micro) + len(networks) + 1} ONNX models")
+    say(f"exported {len(micro) + len(networks) + 3} ONNX models")

@@ -46,7 +46,8 @@ PROTOCOL = {
     "opset": OPSET,
     "graph_optimization": timing_ort.GRAPH_OPTIMIZATION,
     "executor": "sequential",
-    "per_layer": "onnxruntime node profiling (whole microseconds), mean of the lower half of runs",
+    "per_layer": "onnxruntime node profiling (whole microseconds), less the profiler's cost per node "
+                 "(measured on chains of Relu nodes), mean of the lower half of runs",
     "statistic": TORCH_PROTOCOL["statistic"],
 }
 
@@ -90,14 +91,41 @@ def export_geoms(geoms: Sequence[LayerGeom], batch_size: int, path: str | os.Pat
     return x.numpy()
 
 
+def write_probes(folder: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """The profiler probes (``timing_ort.PROBE_NODES``): chains of Relu nodes on a [batch, 4]
+    input, named as one layer (``/probe/...``)."""
+    from onnx import TensorProto, helper, save
+
+    paths = []
+    for n in timing_ort.PROBE_NODES:
+        nodes = [helper.make_node("Relu", [f"t{i}"], [f"t{i + 1}"], name=f"/probe/Relu_{i}") for i in range(n)]
+        graph = helper.make_graph(nodes, "probe", [helper.make_tensor_value_info("t0", TensorProto.FLOAT, ["batch", 4])],
+                                  [helper.make_tensor_value_info(f"t{n}", TensorProto.FLOAT, ["batch", 4])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+        model.ir_version = 8
+        path = Path(folder) / f"probe{n}.onnx"
+        save(model, str(path))
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def node_overhead_ms(threads: int = 1, clock: str = "auto") -> float:
+    """ONNX Runtime's profiler cost per node, measured here and now on the probes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        short, long = write_probes(tmp)
+        return float(_checked(lambda: timing_ort.profiler_overhead_ms(short, long, threads, clock)))
+
+
 def time_networks(items: Sequence[tuple[Path, np.ndarray, Mapping[str, int], int]], threads: int,
                   repeats: int, clock: str, per_layer: bool = True, warmup: int = 2,
                   warmup_s: float = 0.0) -> list[tuple[list[float], list[float], list[float]]]:
-    """``costmodel.timing_ort.time_ort_networks`` with costmodel's errors."""
+    """``costmodel.timing_ort.time_ort_networks`` with costmodel's errors; per-layer times
+    less the profiler's cost per node (``node_overhead_ms``, measured first)."""
     if not isinstance(threads, int) or threads < 1:
         raise CostModelError(f"threads={threads!r} must be a positive integer")
+    overhead = node_overhead_ms(threads, clock) if per_layer else 0.0
     return _checked(lambda: timing_ort.time_ort_networks(items, threads, repeats, clock, per_layer, warmup,
-                                                     warmup_s))
+                                                         warmup_s, overhead))
 
 
 def _time_geoms(networks: Sequence[Sequence[LayerGeom]], batch_size: int, threads: int, repeats: int,

@@ -122,7 +122,12 @@ def _measure_part(folder: Path, bundle: Mapping[str, Any], key: str, indices: ra
             shape = (batch, g0["c_in"]) if g0["op"] == "dense" else (batch, g0["c_in"], g0["h_in"], g0["w_in"])
             items.append((folder / "models" / f"{key}{i}.onnx", rng.standard_normal(shape).astype(np.float32),
                           timing.module_paths([g.get("name", "") for g in geoms]), len(geoms)))
-        out = timing_ort.time_ort_networks(items, threads, repeats, clock, per_layer=per_layer, warmup_s=warmup_s)
+        overhead = 0.0
+        if per_layer:  # the profiler's own cost per node, from the bundle's probes
+            short, long = (folder / "models" / f"probe{n}.onnx" for n in timing_ort.PROBE_NODES)
+            overhead = timing_ort.profiler_overhead_ms(short, long, threads, clock)
+        out = timing_ort.time_ort_networks(items, threads, repeats, clock, per_layer=per_layer, warmup_s=warmup_s,
+                                           node_overhead_ms=overhead)
         return [(layers, min(e2e)) for layers, _, e2e in out]
     import torch
 

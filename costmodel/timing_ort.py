@@ -94,7 +94,9 @@ class OrtTimer:
     second session with profiling on, run in the same rounds)."""
 
     def __init__(self, path: str | os.PathLike[str], x: Any, layer_of_path: Mapping[str, int],
-                 n_layers: int, threads: int, timer: Callable[[], float], prefix: str | None) -> None:
+                 n_layers: int, threads: int, timer: Callable[[], float], prefix: str | None,
+                 node_overhead_ms: float = 0.0) -> None:
+        self.node_overhead_ms = node_overhead_ms
         self.plain = ort_session(path, threads)
         self.profiled = ort_session(path, threads, prefix) if prefix is not None else None
         self.feed = {self.plain.get_inputs()[0].name: x}
@@ -117,7 +119,8 @@ class OrtTimer:
 
     def layer_ms(self, skip_runs: int = 1) -> tuple[list[float], list[float]]:
         """Per layer: the mean of the lower half of its per-run sums, and their IQR (of the
-        recorded runs: the second of each pair, its weights warm from the first)."""
+        recorded runs: the second of each pair, its weights warm from the first). Each node's
+        duration less the profiler's own cost per node (``node_overhead_ms``)."""
         if self.profiled is None:
             return [], []
         runs = [r for r in parse_profile(self.profiled.end_profiling())[skip_runs:][1::2] if r]
@@ -127,21 +130,23 @@ class OrtTimer:
         for run in runs:
             sums = [0.0] * self.n_layers
             for k, (_, ms) in zip(node_layers([n for n, _ in run], self.layer_of_path), run):
-                sums[k] += ms
+                sums[k] += max(ms - self.node_overhead_ms, 0.0)
             for k, v in enumerate(sums):
                 per_layer[k].append(v)
         return [lower_half_mean(v) for v in per_layer], [iqr(v) for v in per_layer]
 
 
 def time_ort_networks(items: Sequence[tuple[Any, Any, Mapping[str, int], int]], threads: int, repeats: int,
-                      clock: str, per_layer: bool = True, warmup: int = 2,
-                      warmup_s: float = 0.0) -> list[tuple[list[float], list[float], list[float]]]:
+                      clock: str, per_layer: bool = True, warmup: int = 2, warmup_s: float = 0.0,
+                      node_overhead_ms: float = 0.0) -> list[tuple[list[float], list[float], list[float]]]:
     """Time exported networks interleaved: per network ``(per-layer ms, per-layer IQR ms,
     end-to-end samples ms)``. Each item: ``(onnx path, input array, layer index by module
-    path, number of layers)``."""
+    path, number of layers)``. ``node_overhead_ms``: the profiler's cost per node
+    (``profiler_overhead_ms``), taken off every node's duration."""
     timer = cpu_timer(clock, threads)
     with tempfile.TemporaryDirectory() as tmp:
-        timers = [OrtTimer(p, x, paths, n, threads, timer, os.path.join(tmp, f"prof{i}") if per_layer else None)
+        timers = [OrtTimer(p, x, paths, n, threads, timer, os.path.join(tmp, f"prof{i}") if per_layer else None,
+                           node_overhead_ms)
                   for i, (p, x, paths, n) in enumerate(items)]
         run_interleaved(timers, 0, warmup, warmup_s)
         for t in timers:  # the profiled session's own warm-up run, dropped from its profile
@@ -151,3 +156,25 @@ def time_ort_networks(items: Sequence[tuple[Any, Any, Mapping[str, int], int]], 
             for t in timers:
                 t.run_round()
         return [(*t.layer_ms(), list(t.e2e)) for t in timers]
+
+
+# The profiler probes: chains of PROBE_NODES[0] and PROBE_NODES[1] Relu nodes on a [batch, 4]
+# input (``costmodel.ort.write_probes`` writes them; a bundle carries them).
+PROBE_NODES = (1, 21)
+
+
+def profiler_overhead_ms(short: str | os.PathLike[str], long: str | os.PathLike[str], threads: int = 1,
+                         clock: str = "auto", repeats: int = 30) -> float:
+    """What ONNX Runtime's profiler adds to each node's reported duration: per extra node of
+    the long probe, its reported duration less what it adds to the end-to-end time (a Relu on
+    four numbers costs a fraction of a microsecond; the profiler reports 1.5-2 us)."""
+    import numpy as np
+
+    x = np.zeros((1, 4), dtype=np.float32)
+    paths = {"probe": 0}
+    (s_layers, _, s_e2e), (l_layers, _, l_e2e) = time_ort_networks(
+        [(short, x, paths, 1), (long, x, paths, 1)], threads, repeats, clock)
+    extra = PROBE_NODES[1] - PROBE_NODES[0]
+    reported = (l_layers[0] - s_layers[0]) / extra
+    real = (min(l_e2e) - min(s_e2e)) / extra
+    return max(reported - max(real, 0.0), 0.0)

@@ -264,6 +264,11 @@ def run_config(batch: int, threads: int, runtime: str, args: argparse.Namespace,
         Path(f"{args.dump}.b{batch}t{threads}{'' if runtime == 'torch' else '-ort'}.json").write_text(
             json.dumps(dump))
     result = evaluate(measured, calib_s, geoms, meas_ref, meas_a, meas_b)
+    if args.second_pass:  # the held-out set measured again, minutes later: drift between sessions
+        meas_2, _, _ = measure(modules, geoms, batch, threads, args.device, args.repeats, runtime)
+        result["metrics"]["noise floor across passes: second pass against the first"] = metrics(meas_2, meas_ref)
+        result["metrics"]["(d) calibrated, against the second pass"] = metrics(
+            result["pred"]["(d) calibrated (table + trees + network correction)"], meas_2)
     drift = ref_after / measured.reference_ms if measured.reference_ms else None
     result["reference_drift"] = drift
     if drift:  # the model prices the machine as it was at calibration; rescaled to its state now
@@ -411,6 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="also write raw figures as JSON")
     p.add_argument("--dump", default=None,
                    help="also write each configuration's raw measurements to DUMP.bBtT[-ort].json")
+    p.add_argument("--second-pass", action="store_true",
+                   help="measure the held-out networks a second time after the first pass, and report "
+                        "their agreement (drift between measurement sessions)")
     p.add_argument("--replay", default=None, nargs="+",
                    help="refit and evaluate --dump files instead of measuring")
     args = p.parse_args(argv)

@@ -48,7 +48,7 @@ def test_bundle_round_trip(tmp_path: Path, runtime: str) -> None:
                      if runtime == "onnxruntime" else ["README.txt", "bundle.json", "run.py", "timing.py",
                                                        "timing_ort.py"])
     if runtime == "onnxruntime":
-        assert len(list((folder / "models").glob("*.onnx"))) == len(networks) + len(micro) + 1
+        assert len(list((folder / "models").glob("*.onnx"))) == len(networks) + len(micro) + 3  # + 2 probes
     assert "python run.py --out measurements.json" in (folder / "README.txt").read_text()
 
     out = tmp_path / "measurements.json"
