@@ -23,14 +23,19 @@ GENERATOR_NETWORKS = (12, 84)
 GENERATOR_SEED = 10_000
 
 
-def generator_networks(n: int, seed: int, max_macs: int = 100_000_000) -> list[list[LayerGeom]]:
+# Generator networks added at the search's own input shape (quick mode: the search's calibration).
+OWN_SHAPE_NETWORKS = 8
+
+
+def generator_networks(n: int, seed: int, max_macs: int = 100_000_000,
+                       shapes: tuple[tuple[int, int, int], ...] | None = None) -> list[list[LayerGeom]]:
     """Layer geometries of ``n`` specs from archgen's own generator over a few input shapes, so
     the profile's lookup table holds the layer configurations the search will price."""
     from archgen.costing import spec_geoms
     from archgen.generator import Budget, sample_specs
 
     # from digits-sized inputs (8x8, the default dataset) to the larger ones a search prices
-    shapes = ((1, 8, 8), (3, 16, 16), (1, 28, 28), (3, 32, 32), (3, 64, 64), (3, 96, 96))
+    shapes = shapes or ((1, 8, 8), (3, 16, 16), (1, 28, 28), (3, 32, 32), (3, 64, 64), (3, 96, 96))
     per_shape = max(1, n // len(shapes))
     out = []
     for i, shape in enumerate(shapes):
@@ -39,27 +44,35 @@ def generator_networks(n: int, seed: int, max_macs: int = 100_000_000) -> list[l
     return out
 
 
-def recipe_networks(quick: bool, seed: int = 0) -> tuple[list[list[LayerGeom]], list[list[LayerGeom]]]:
+def recipe_networks(quick: bool, seed: int = 0, input_shape: tuple[int, int, int] | None = None,
+                    ) -> tuple[list[list[LayerGeom]], list[list[LayerGeom]]]:
     """The calibration networks of the one recipe: costmodel's random plain CNNs and samples of
-    archgen's generator."""
+    archgen's generator (``input_shape``: also ``OWN_SHAPE_NETWORKS`` of that shape, the data a
+    search will price)."""
     from costmodel.calibration import calibration_networks
 
-    return (calibration_networks(quick, seed),
-            generator_networks(GENERATOR_NETWORKS[0 if quick else 1], seed=GENERATOR_SEED + seed))
+    extra = generator_networks(GENERATOR_NETWORKS[0 if quick else 1], seed=GENERATOR_SEED + seed)
+    if input_shape is not None:
+        extra += generator_networks(OWN_SHAPE_NETWORKS, seed=GENERATOR_SEED + 100 + seed,
+                                    shapes=(tuple(input_shape),))
+    return calibration_networks(quick, seed), extra
 
 
 def calibrate_device(device: str = "cpu", threads: int = 1, batch_size: int = 32, quick: bool = False,
                      seed: int = 0, out: str | Path | None = None,
                      progress: Callable[[str], None] | None = None, runtime: str = "torch",
-                     measurements_out: str | Path | None = None) -> tuple[DeviceProfile, Path]:
+                     measurements_out: str | Path | None = None,
+                     input_shape: tuple[int, int, int] | None = None) -> tuple[DeviceProfile, Path]:
     """Measure ``device`` in ``runtime`` at ``threads`` and ``batch_size``, fit its profile and
     save it to ``out``, else to the per-device cache. Returns the profile and where it was
     saved. ``measurements_out``: also keep the raw measurements (refit later with
-    ``--measurements``). ``progress`` receives one line per step (default: logged)."""
+    ``--measurements``). ``input_shape``: also generator networks of that input shape (the
+    search's automatic calibration passes its data's). ``progress`` receives one line per step
+    (default: logged)."""
     from costmodel.calibration import fit_measurements, measure_calibration
     from costmodel.device_profile import cache_path
 
-    networks, extra = recipe_networks(quick, seed)
+    networks, extra = recipe_networks(quick, seed, input_shape)
     measured = measure_calibration(device=device, threads=threads, batch_size=batch_size, quick=quick,
                                    networks=networks, extra_networks=extra, seed=seed, runtime=runtime,
                                    progress=progress)

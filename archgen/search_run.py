@@ -113,7 +113,7 @@ def run_search(settings: SearchSettings, progress: Progress | None = None) -> di
 # -- before the run directory is written --------------------------------------------------------
 
 
-def ensure_profile(settings: SearchSettings) -> None:
+def ensure_profile(settings: SearchSettings, input_shape: tuple[int, int, int] | None = None) -> None:
     """Calibrate (quick mode, cached per device and runtime) when this machine has no profile
     yet, so the latency estimates and budgets of the search are this machine's, not the
     built-in guess. Nothing to do with ``device_profile`` (the target's profile is given)."""
@@ -128,7 +128,7 @@ def ensure_profile(settings: SearchSettings) -> None:
     log.warning("no device profile for %s/%s/1 thread/batch %d: calibrating (quick, about a minute)",
                 device, settings.runtime, settings.latency_batch)
     calibrate_device(device, threads=1, batch_size=settings.latency_batch, quick=True,
-                     runtime=settings.runtime)
+                     runtime=settings.runtime, input_shape=input_shape)
 
 
 def prepare(settings: SearchSettings) -> tuple[Dataset, dict[str, Param]]:
@@ -142,7 +142,7 @@ def prepare(settings: SearchSettings) -> tuple[Dataset, dict[str, Param]]:
         if index >= torch.cuda.device_count():
             raise UserError(f"--device {settings.device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     dataset = load_data(settings)
-    ensure_profile(settings)
+    ensure_profile(settings, dataset.input_shape)
     from archgen.drift import warn_if_drifted
 
     warn_if_drifted(load_profile(settings), settings.device, "before the latency screen")

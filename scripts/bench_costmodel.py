@@ -51,6 +51,7 @@ from costmodel.netgen import random_plain_cnn  # noqa: E402
 
 log = logging.getLogger("bench_costmodel")
 SHAPES = ((1, 28, 28), (3, 32, 32), (3, 64, 64), (3, 96, 96))
+SMALL_SHAPES = ((1, 8, 8), (3, 16, 16))  # digits-sized inputs, with --small-inputs
 MAX_MACS = 100_000_000
 args_clock = "auto"
 
@@ -347,7 +348,8 @@ def write_markdown(results: list[dict], tp: dict | None, sums: dict | None, args
              + f"; torch {info['torch']}, python {info['python']}",
              f"* command: `{' '.join(args.argv)}` (CPU affinity {info['affinity']})",
              f"* held-out networks: {args.networks} (3/4 archgen generator specs, half of them "
-             f"with R2 off; 1/4 random plain CNNs; <= {MAX_MACS / 1e6:.0f}M MACs per sample; "
+             f"with R2 off, inputs {', '.join('x'.join(map(str, sh)) for sh in SHAPES)}; 1/4 random plain "
+             f"CNNs; <= {MAX_MACS / 1e6:.0f}M MACs per sample; "
              "none used in calibration)",
              f"* protocol: {2 * args.repeats} rounds over all networks, interleaved round by "
              f"round (in chunks of {CHUNK} networks after {WARMUP_S:.0f} s of interleaved "
@@ -416,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="also write raw figures as JSON")
     p.add_argument("--dump", default=None,
                    help="also write each configuration's raw measurements to DUMP.bBtT[-ort].json")
+    p.add_argument("--small-inputs", action="store_true",
+                   help="generator specs (held out and calibration) also at 8x8 and 16x16 inputs")
     p.add_argument("--second-pass", action="store_true",
                    help="measure the held-out networks a second time after the first pass, and report "
                         "their agreement (drift between measurement sessions)")
@@ -423,8 +427,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="refit and evaluate --dump files instead of measuring")
     args = p.parse_args(argv)
     args.argv = ["python", "scripts/bench_costmodel.py", *(argv or sys.argv[1:])]
-    global args_clock
+    global args_clock, SHAPES
     args_clock = args.clock
+    if args.small_inputs:
+        SHAPES = SMALL_SHAPES + SHAPES
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     configs = args.configs or ("b32t1,b32t2,b1t1" if args.device == "cpu" else "b32t1,b1t1")
     info = machine()
