@@ -28,7 +28,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from costmodel import runner
+import costmodel.runner as runner
 from costmodel.activations import ACTIVATIONS
 from costmodel.device_profile import RUNTIMES
 from costmodel.errors import CostModelError

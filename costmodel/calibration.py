@@ -70,7 +70,7 @@ def measure_calibration(
         f"batch {batch_size}: {len(micro_geoms)} micro-benchmarks, {len(networks)} networks, "
         f"{reps} repeats")
     if runtime == "onnxruntime":
-        from costmodel import ort
+        import costmodel.ort as ort
 
         micro = ort.measure_micro(micro_geoms, batch_size, threads, reps, clock)
         profiled = ort.measure_networks(networks, batch_size, threads, reps, clock, seed, say)

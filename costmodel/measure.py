@@ -21,7 +21,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from costmodel import timing
+import costmodel.timing as timing
 from costmodel.activations import ACTIVATIONS, CALIBRATED
 from costmodel.errors import CostModelError
 from costmodel.geometry import LayerGeom

@@ -26,7 +26,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from costmodel import timing, timing_ort
+import costmodel.timing as timing
+import costmodel.timing_ort as timing_ort
 from costmodel.errors import CostModelError
 from costmodel.geometry import LayerGeom
 from costmodel.modeldef import fusion_heads
@@ -118,19 +119,22 @@ def node_overhead_ms(threads: int = 1, clock: str = "auto") -> float:
 
 def time_networks(items: Sequence[tuple[Path, np.ndarray, Mapping[str, int], int]], threads: int,
                   repeats: int, clock: str, per_layer: bool = True, warmup: int = 2,
-                  warmup_s: float = 0.0) -> list[tuple[list[float], list[float], list[float]]]:
+                  warmup_s: float = 0.0, overhead: float | None = None,
+                  ) -> list[tuple[list[float], list[float], list[float]]]:
     """``costmodel.timing_ort.time_ort_networks`` with costmodel's errors; per-layer times
-    less the profiler's cost per node (``node_overhead_ms``, measured first)."""
+    less the profiler's cost per node (``overhead``; by default ``node_overhead_ms``, measured
+    first)."""
     if not isinstance(threads, int) or threads < 1:
         raise CostModelError(f"threads={threads!r} must be a positive integer")
-    overhead = node_overhead_ms(threads, clock) if per_layer else 0.0
+    if overhead is None:
+        overhead = node_overhead_ms(threads, clock) if per_layer else 0.0
     return _checked(lambda: timing_ort.time_ort_networks(items, threads, repeats, clock, per_layer, warmup,
                                                          warmup_s, overhead))
 
 
 def _time_geoms(networks: Sequence[Sequence[LayerGeom]], batch_size: int, threads: int, repeats: int,
-                clock: str, per_layer: bool = True, warmup_s: float = 0.0,
-                seed: int = 0) -> list[tuple[list[float], list[float], list[float]]]:
+                clock: str, per_layer: bool = True, warmup_s: float = 0.0, seed: int = 0,
+                overhead: float | None = None) -> list[tuple[list[float], list[float], list[float]]]:
     import torch
 
     from costmodel.measure import module_paths
@@ -142,17 +146,19 @@ def _time_geoms(networks: Sequence[Sequence[LayerGeom]], batch_size: int, thread
             path = Path(tmp) / f"net{i}.onnx"
             x = export_geoms(geoms, batch_size, path)
             items.append((path, x, module_paths(list(geoms)), len(geoms)))
-        return time_networks(items, threads, repeats, clock, per_layer, warmup_s=warmup_s)
+        return time_networks(items, threads, repeats, clock, per_layer, warmup_s=warmup_s, overhead=overhead)
 
 
 def measure_networks(networks: Sequence[Sequence[LayerGeom]], batch_size: int, threads: int,
                      repeats: int, clock: str, seed: int, say: Callable[[str], None]) -> list[Network]:
     """The calibration networks in ONNX Runtime, in chunks as ``costmodel.measure`` does."""
     out: list[Network] = []
+    overhead = node_overhead_ms(threads, clock)  # once for all chunks
     for start in range(0, len(networks), timing.CHUNK):
         part = networks[start:start + timing.CHUNK]
         for geoms, (layers, _, e2e) in zip(part, _time_geoms(part, batch_size, threads, repeats, clock,
-                                                             warmup_s=timing.WARMUP_S, seed=seed + start)):
+                                                             warmup_s=timing.WARMUP_S, seed=seed + start,
+                                                             overhead=overhead)):
             out.append((list(geoms), layers, min(e2e)))
         say(f"profiled {len(out)}/{len(networks)} networks (onnxruntime)")
     return out
@@ -162,9 +168,10 @@ def measure_micro(geoms: Sequence[LayerGeom], batch_size: int, threads: int, rep
                   clock: str) -> list[Sample]:
     """Each micro-benchmark layer as a one-layer ONNX model: its node time (as in networks)."""
     out: list[Sample] = []
+    overhead = node_overhead_ms(threads, clock)  # once for all chunks
     for start in range(0, len(geoms), timing.CHUNK):
         part = geoms[start:start + timing.CHUNK]
-        timed = _time_geoms([[g] for g in part], batch_size, threads, repeats, clock)
+        timed = _time_geoms([[g] for g in part], batch_size, threads, repeats, clock, overhead=overhead)
         out += [(g, layers[0]) for g, (layers, _, _) in zip(part, timed)]
     return out
 

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from costmodel import timing
+import costmodel.timing as timing
 from costmodel.errors import CostModelError
 from costmodel.geometry import LayerGeom, trace_module
 
@@ -65,15 +65,7 @@ class Timing:
     def from_samples(cls, samples_ms: list[float]) -> Timing:
         if not samples_ms:
             raise CostModelError("no timing samples; use repeats >= 1")
-        q = _quartiles(samples_ms)
-        return cls(min(samples_ms), statistics.median(samples_ms), q[1] - q[0], tuple(samples_ms))
-
-
-def _quartiles(values: list[float]) -> tuple[float, float]:
-    if len(values) < 2:
-        return values[0], values[0]
-    qs = statistics.quantiles(values, n=4, method="inclusive")
-    return qs[0], qs[2]
+        return cls(min(samples_ms), statistics.median(samples_ms), timing.iqr(samples_ms), tuple(samples_ms))
 
 
 def resolve_device(device: str) -> str:

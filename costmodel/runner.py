@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 if __package__:
-    from costmodel import timing, timing_ort
+    import costmodel.timing as timing
+    import costmodel.timing_ort as timing_ort
 else:  # run.py in a calibration bundle, next to timing.py and timing_ort.py
     import timing
     import timing_ort
@@ -82,6 +83,10 @@ def measure_bundle(folder: str | os.PathLike[str], threads: int | None = None, r
     clock = "auto"
     groups = {"micro": [[g] for g in bundle["micro"]], "networks": bundle["networks"],
               "reference": [bundle["reference"]]}
+    overhead = 0.0
+    if bundle["runtime"] == "onnxruntime":  # the profiler's own cost per node, from the bundle's probes
+        short, long = (folder / "models" / f"probe{n}.onnx" for n in timing_ort.PROBE_NODES)
+        overhead = timing_ort.profiler_overhead_ms(short, long, threads, clock)
     timed: dict[str, list[tuple[list[float], float]]] = {}
     for key, nets in groups.items():
         timed[key] = []
@@ -90,7 +95,7 @@ def measure_bundle(folder: str | os.PathLike[str], threads: int | None = None, r
             timed[key] += _measure_part(folder, bundle, key, part, [nets[i] for i in part],
                                         batch if key != "reference" else 1, threads,
                                         repeats if key != "reference" else 30, clock,
-                                        warmup_s if key == "networks" else 0.0)
+                                        warmup_s if key == "networks" else 0.0, overhead)
             if key == "networks":
                 say(f"measured {len(timed[key])}/{len(nets)} networks")
     protocol = dict(bundle.get("protocol", {}), repeats=repeats, clock=timing.resolve_clock(clock, threads),
@@ -106,8 +111,8 @@ def measure_bundle(folder: str | os.PathLike[str], threads: int | None = None, r
 
 
 def _measure_part(folder: Path, bundle: Mapping[str, Any], key: str, indices: range, nets: list[list[dict]],
-                  batch: int, threads: int, repeats: int, clock: str,
-                  warmup_s: float) -> list[tuple[list[float], float]]:
+                  batch: int, threads: int, repeats: int, clock: str, warmup_s: float,
+                  overhead: float) -> list[tuple[list[float], float]]:
     """Time one chunk. Networks: per layer and end to end. Micro-benchmarks: in ONNX Runtime
     their node time (as in networks, and as a local calibration takes it), in torch the whole
     one-layer module's time (as ``costmodel.measure.measure_micro``). The reference: end to end."""
@@ -122,12 +127,8 @@ def _measure_part(folder: Path, bundle: Mapping[str, Any], key: str, indices: ra
             shape = (batch, g0["c_in"]) if g0["op"] == "dense" else (batch, g0["c_in"], g0["h_in"], g0["w_in"])
             items.append((folder / "models" / f"{key}{i}.onnx", rng.standard_normal(shape).astype(np.float32),
                           timing.module_paths([g.get("name", "") for g in geoms]), len(geoms)))
-        overhead = 0.0
-        if per_layer:  # the profiler's own cost per node, from the bundle's probes
-            short, long = (folder / "models" / f"probe{n}.onnx" for n in timing_ort.PROBE_NODES)
-            overhead = timing_ort.profiler_overhead_ms(short, long, threads, clock)
         out = timing_ort.time_ort_networks(items, threads, repeats, clock, per_layer=per_layer, warmup_s=warmup_s,
-                                           node_overhead_ms=overhead)
+                                           node_overhead_ms=overhead if per_layer else 0.0)
         return [(layers, min(e2e)) for layers, _, e2e in out]
     import torch
 
