@@ -21,3 +21,8 @@ class DataError(UserError):
 
 class SearchConfigError(UserError):
     """A search configuration (strategy, grid/manual YAML, storage URL) that is invalid."""
+
+
+class NothingTrainedError(UserError):
+    """A search that ended without a trained trial to select (a budget too short, every candidate
+    screened out or failed); the message says why and, where the budget was the cause, what would work."""

@@ -18,6 +18,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from archgen.errors import NothingTrainedError
 from archgen.fsio import atomic_torch_save, atomic_write_csv, atomic_write_json
 from archgen.rundata import pareto_front
 from archgen.space import Param
@@ -27,7 +28,9 @@ from archgen.trial_record import (
     BALANCE_CV_BEFORE,
     BEST_EPOCH,
     DURATION_S,
+    EPOCH_BUDGET,
     EPOCHS,
+    EST_EPOCH_S,
     EST_MS,
     FAILURE,
     MACS,
@@ -45,6 +48,7 @@ from archgen.trial_record import (
     TEST_LOSS,
     VAL_ACC,
     VAL_LOSS,
+    WORKER,
     epoch_of,
 )
 
@@ -58,9 +62,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ATTR_COLUMNS = (
-    VAL_ACC, VAL_LOSS, EST_MS, MACS, PARAMS, EPOCHS, DURATION_S, SPEC_KEY, SPEC_NAME,
-    REJECTED, FAILURE, PRUNED, STOPPED, BALANCE_CV_BEFORE, BALANCE_CV_AFTER, STRATEGY,
-    PBT_GENERATION,
+    VAL_ACC, VAL_LOSS, EST_MS, MACS, PARAMS, EPOCHS, EPOCH_BUDGET, EST_EPOCH_S, DURATION_S, SPEC_KEY,
+    SPEC_NAME, REJECTED, FAILURE, PRUNED, STOPPED, BALANCE_CV_BEFORE, BALANCE_CV_AFTER, STRATEGY,
+    PBT_GENERATION, WORKER,
 )
 TEST_OPENINGS = "test_openings.jsonl"
 
@@ -128,6 +132,35 @@ def select_best(study: optuna.Study, settings: SearchSettings) -> FrozenTrial | 
                                     -t.user_attrs.get(EST_MS, 0.0)))
 
 
+def nothing_trained_message(study: optuna.Study, settings: SearchSettings) -> str:
+    """Why no trial can be selected, and what budget would work where the budget was the cause."""
+    from archgen.objective import trial_share
+
+    trials = study.get_trials(deepcopy=False)
+    budget = settings.time_budget_s
+    slow = [t.user_attrs[EST_EPOCH_S] for t in trials if EST_EPOCH_S in t.user_attrs]
+    if budget and slow:
+        need = settings.min_epochs * min(slow) / trial_share(settings)
+        if need > budget * 0.9 or not [t for t in trials if REJECTED not in t.user_attrs]:
+            return (f"nothing could be trained in --time-budget {budget:g} s: the fastest candidate drawn "
+                    f"needs ~{min(slow):.1f} s per epoch here; use --time-budget {max(need * 1.5, budget * 2):.0f} "
+                    "or more, or narrow the space")
+    failed = [t.user_attrs[FAILURE] for t in trials if FAILURE in t.user_attrs]
+    if failed:
+        return (f"nothing could be selected: all {len(failed)} trained trial(s) failed, e.g. {failed[0]} "
+                "(see trials.csv)")
+    rejected = [t.user_attrs[REJECTED] for t in trials if REJECTED in t.user_attrs]
+    if rejected:
+        return (f"nothing could be trained: all {len(rejected)} candidate(s) were screened out before "
+                f"training, e.g. {rejected[0]}")
+    if settings.max_latency_ms is not None and [t for t in trials if t.state == TrialState.COMPLETE]:
+        return f"nothing could be selected: no trained trial meets --max-latency-ms {settings.max_latency_ms:g}"
+    if budget:
+        return (f"nothing could be trained: --time-budget {budget:g} s ran out before a trial finished "
+                f"an epoch; use --time-budget {budget * 3:.0f} or more")
+    return "nothing could be trained: no trial finished (raise --trials)"
+
+
 # --------------------------------------------------------------------------------------------
 # The whole end of a search
 # --------------------------------------------------------------------------------------------
@@ -143,13 +176,13 @@ def finalize(settings: SearchSettings, study: optuna.Study, dataset: Dataset, pr
     _write_tables(settings, study)
     best = select_best(study, settings)
     if best is None:
-        raise RuntimeError("no trial completed: nothing to select (raise --trials or --time-budget)")
+        raise NothingTrainedError(nothing_trained_message(study, settings))
     spec = ArchSpec.from_dict(best.user_attrs[SPEC])
     model, refit = _final_model(settings, best, dataset, spec)
     onnx_diff = _export(run_dir / "best", spec, model)
     from archgen.drift import warn_if_drifted
 
-    drift = warn_if_drifted(profile, settings.device, "finalize") if profile is not None else None
+    drift = warn_if_drifted(profile, settings.main_device, "finalize") if profile is not None else None
     meas_ms = _write_cost_table(run_dir / "best", spec, model, profile, settings)
 
     previous = _recorded_test(run_dir)
@@ -243,7 +276,7 @@ def _write_cost_table(best_dir: Path, spec: ArchSpec, model: nn.Module, profile:
     onnx = best_dir / "model.onnx"
     threads = int(profile.context.get("threads") or 1) if profile is not None and not profile.is_default else 1
     report = estimate_and_measure(spec, profile, settings.latency_batch, model=model, threads=threads,
-                                  device="cpu" if runtime == "onnxruntime" else settings.device,
+                                  device="cpu" if runtime == "onnxruntime" else settings.main_device,
                                   runtime=runtime, onnx_path=onnx if runtime == "onnxruntime" else None)
     atomic_write_csv(best_dir / "cost.csv", report.table)
     return report.e2e_meas_ms
@@ -257,9 +290,9 @@ def latency_labels(profile: DeviceProfile | None, settings: SearchSettings) -> d
 
     if profile is None or profile.is_default:
         return {"est_on": "built-in default profile (uncalibrated)", "meas_is_target": True,
-                "meas_on": f"this machine ({settings.device})"}
+                "meas_on": f"this machine ({settings.main_device})"}
     runtime = profile.runtime
-    device = "cpu" if runtime == "onnxruntime" else settings.device
+    device = "cpu" if runtime == "onnxruntime" else settings.main_device
     here = cpu_model_name() if device == "cpu" else device
     foreign = profile.is_foreign()
     threads = int(profile.context.get("threads") or 1)

@@ -32,7 +32,16 @@ from optuna.trial import TrialState
 
 from archgen.errors import SearchConfigError
 from archgen.storage_errors import config_error, is_connection_error, retry_storage
-from archgen.trial_record import FAILURE, GRID_PHASE, LOST, LOST_BY, RETRY_OF, WARM_START, WORKER
+from archgen.trial_record import (
+    FAILURE,
+    GRID_PHASE,
+    LOST,
+    LOST_BY,
+    REJECTED,
+    RETRY_OF,
+    WARM_START,
+    WORKER,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -210,9 +219,12 @@ def recover_local_stale(study: optuna.Study) -> int:
 
 def slots_used(study: optuna.Study) -> int:
     """Trials that consume a slot: finished or running, plus clean failures (diverged).
-    Trials failed because their worker died do not count: their retry does."""
+    Trials failed because their worker died do not count: their retry does; nor do candidates
+    screened out before training (they cost nothing)."""
     used = 0
     for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.PRUNED and REJECTED in t.user_attrs:
+            continue
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
             used += 1
         elif t.state == TrialState.FAIL and FAILURE in t.user_attrs:

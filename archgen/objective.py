@@ -28,16 +28,25 @@ if TYPE_CHECKING:
     from archgen.trainer import EpochMetrics
     from costmodel.device_profile import DeviceProfile
 
-# Candidates whose full training would exceed this share of the time budget are not started (docs/benchmarks.md).
+# A trial may take this share of the time budget's wall clock with one worker (so that at least
+# three trials fit); with N workers, N times as much, up to MAX_TRIAL_SHARE_SHARED (docs/benchmarks.md).
 MAX_TRIAL_SHARE_OF_BUDGET = 1 / 3
+MAX_TRIAL_SHARE_SHARED = 2 / 3
 # Forward MACs x training images per second on one thread, until the study has measured its own.
 PRIOR_TRAIN_MACS_PER_S = 3e9
 # The same on a GPU (small nets are launch-bound there; the study replaces it after one trial).
 PRIOR_TRAIN_MACS_PER_S_CUDA = 1e11
 
 
+def trial_share(settings: SearchSettings) -> float:
+    """The share of the time budget's wall clock one trial may take: a third with one worker;
+    with N workers running trials side by side, N thirds, at most two thirds."""
+    workers = settings.workers if isinstance(settings.workers, int) else 1
+    return min(MAX_TRIAL_SHARE_OF_BUDGET * workers, MAX_TRIAL_SHARE_SHARED)
+
+
 def trial_start(settings: SearchSettings, number: int, spec: ArchSpec, params: dict[str, Any], epochs: int,
-                patience: int | None = None) -> tuple[nn.Module, TrainConfig]:
+                patience: int | None = None, device: str | None = None) -> tuple[nn.Module, TrainConfig]:
     """A trial's freshly initialized model and its training config, seeded by the search seed and
     the trial number: the same initial weights wherever it is built (the trial itself, a refit,
     a retrain on another machine, a PBT member)."""
@@ -49,7 +58,7 @@ def trial_start(settings: SearchSettings, number: int, spec: ArchSpec, params: d
     seed_everything(seed)
     model = build_model(spec, seed=seed)
     config = TrainConfig(epochs=epochs, patience=settings.patience if patience is None else patience, seed=seed,
-                         threads=settings.threads, device=settings.device, **train_kwargs(params))
+                         threads=settings.threads, device=device or settings.main_device, **train_kwargs(params))
     return model, config
 
 
@@ -63,8 +72,9 @@ class Objective:
     """Price, screen, rebalance, build, train one trial; records everything as user attrs."""
 
     def __init__(self, settings: SearchSettings, dataset: Dataset, profile: DeviceProfile,
-                 space: dict[str, Param], deadline: float | None) -> None:
+                 space: dict[str, Param], deadline: float | None, device: str | None = None) -> None:
         self.settings = settings
+        self.device = device or settings.main_device  # where this worker's trials train
         self.dataset = dataset
         self.profile = profile
         self.space = space
@@ -73,7 +83,9 @@ class Objective:
         self.checkpoints.mkdir(parents=True, exist_ok=True)
 
     def candidate(self, trial: optuna.Trial, params: dict[str, Any]) -> ArchSpec | None:
-        """The (rebalanced) spec to train, or None when screened out (reason recorded)."""
+        """The (rebalanced) spec to train, or None when screened out (reason recorded). Sets
+        the trial's epoch budget (``trial_record.EPOCH_BUDGET``): ``max_epochs``, or as many
+        epochs as fit in the trial's share of a short time budget."""
         from archgen.balance import rebalance
         from archgen.costing import spec_geoms, spec_macs, training_memory_mb
         from costmodel.estimator import estimate_total_ms
@@ -109,16 +121,22 @@ class Objective:
         if over:
             trial.set_user_attr(tr.REJECTED, "over budget: " + "; ".join(over))
             return None
+        epochs = s.max_epochs
         if s.time_budget_s:
-            epoch_s = macs * len(self.dataset.train.y) / self.train_macs_per_s(trial.study, s.device)
+            epoch_s = macs * len(self.dataset.train.y) / self.train_macs_per_s(trial.study, self.device)
             trial.set_user_attr(tr.EST_EPOCH_S, epoch_s)
-            if epoch_s * s.max_epochs > s.time_budget_s * MAX_TRIAL_SHARE_OF_BUDGET:
+            share = trial_share(s)
+            allowed_s = s.time_budget_s * share
+            if epoch_s * s.min_epochs > allowed_s:
                 trial.set_user_attr(
                     tr.REJECTED,
-                    f"too slow for the time budget: ~{epoch_s:.1f} s/epoch x {s.max_epochs} epochs > "
-                    f"{MAX_TRIAL_SHARE_OF_BUDGET:.0%} of {s.time_budget_s:g} s",
+                    f"too slow for the time budget: ~{epoch_s:.1f} s/epoch x {s.min_epochs} epoch(s) > "
+                    f"{share:.0%} of {s.time_budget_s:g} s",
                 )
                 return None
+            # A short budget trains fewer epochs instead of rejecting the candidate.
+            epochs = max(s.min_epochs, min(s.max_epochs, int(allowed_s // epoch_s)))
+        trial.set_user_attr(tr.EPOCH_BUDGET, epochs)
         return spec
 
     @staticmethod
@@ -136,6 +154,10 @@ class Objective:
         rates.sort()
         return rates[len(rates) // 2]
 
+    @staticmethod
+    def _study_has_epoch(study: optuna.Study) -> bool:
+        return any(tr.epoch_attr(1) in t.user_attrs for t in study.get_trials(deepcopy=False))
+
     def __call__(self, trial: optuna.Trial) -> TrialOutcome:
         """Run one trial. The caller (``archgen.worker``) keeps its heartbeat going."""
         from archgen.training import train
@@ -146,7 +168,8 @@ class Objective:
         spec = self.candidate(trial, params)
         if spec is None:
             return TrialOutcome(TrialState.PRUNED)
-        model, config = trial_start(s, trial.number, spec, params, s.max_epochs)
+        model, config = trial_start(s, trial.number, spec, params, trial.user_attrs[tr.EPOCH_BUDGET],
+                                    device=self.device)
         pruning = s.strategy in PRUNING
         stop_reason: list[str] = []
 
@@ -160,7 +183,11 @@ class Objective:
             return False
 
         t0 = time.perf_counter()
-        result = train(model, self.dataset, config, on_epoch=on_epoch, deadline=self.deadline)
+        # Until some trial of the study has finished an epoch, a trial finishes its first epoch
+        # even past the deadline (the screen kept that epoch within the trial's share), so a
+        # budget that allows one epoch always trains something.
+        grace = 0 if self._study_has_epoch(trial.study) else 1
+        result = train(model, self.dataset, config, on_epoch=on_epoch, deadline=self.deadline, grace_epochs=grace)
         duration_s = time.perf_counter() - t0
         trial.set_user_attr(tr.DURATION_S, duration_s)
         trial.set_user_attr(tr.EPOCHS, result.epochs_run)

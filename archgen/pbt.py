@@ -88,7 +88,11 @@ def run_pbt(settings: SearchSettings, study: optuna.Study, dataset: Dataset, pro
         everyone += members
         if len(members) < 2:
             if generation == 0:
-                raise RuntimeError("pbt: fewer than 2 members passed the budget screen")
+                from archgen.errors import NothingTrainedError
+
+                raise NothingTrainedError(
+                    "pbt: fewer than 2 members passed the budget screen; loosen the budgets"
+                    + (f" or raise --time-budget above {settings.time_budget_s:g} s" if settings.time_budget_s else ""))
             return everyone  # a later population could not be formed within the budget
         round_s = (time.time() - t0) / math.ceil(settings.max_epochs / settings.pbt_interval)
         if settings.trials is not None or deadline is None or deadline - time.time() < 2 * round_s:

@@ -44,6 +44,7 @@ from archgen.worker import (
     load_profile,
     open_study,
     open_worker_storage,
+    rejections_exhausted,
     report_progress,
     run_worker,
     storage_where,
@@ -72,6 +73,7 @@ def run_search(settings: SearchSettings, progress: Progress | None = None) -> di
     settings = adopt_device_profile(settings)
     check_out_dir(settings.run_dir, "search")
     dataset, space = prepare(settings)
+    settings = resolve_workers(settings, dataset)
     fingerprint = split_fingerprint(dataset)
     resumed = _check_resume(settings, fingerprint)
     mark(settings.run_dir, "search")
@@ -122,13 +124,29 @@ def ensure_profile(settings: SearchSettings, input_shape: tuple[int, int, int] |
 
     if settings.device_profile is not None or not settings.calibrate:
         return
-    device = settings.device if settings.runtime == "torch" else "cpu"
+    device = settings.main_device if settings.runtime == "torch" else "cpu"
     if load_cached(device, 1, settings.latency_batch, settings.runtime) is not None:
         return
     log.warning("no device profile for %s/%s/1 thread/batch %d: calibrating (quick, about a minute)",
                 device, settings.runtime, settings.latency_batch)
     calibrate_device(device, threads=1, batch_size=settings.latency_batch, quick=True,
                      runtime=settings.runtime, input_shape=input_shape)
+
+
+def resolve_workers(settings: SearchSettings, dataset: Dataset) -> SearchSettings:
+    """``workers: auto`` made a number (``archgen.machine.auto_workers``): one worker per usable
+    core, several per GPU, within memory and ``--trials``; said on stderr."""
+    if settings.workers != "auto":
+        return settings
+    from archgen.machine import auto_workers, usable_cpus
+
+    x = dataset.train.x
+    per_image = x.element_size() * x[0].nelement() if len(x) else 0
+    data_mb = per_image * (len(dataset.train.y) + len(dataset.val.y) + dataset.test.n) / 2**20
+    n = auto_workers(device=settings.device, strategy=settings.strategy, trials=settings.trials, data_mb=data_mb)
+    log.warning("workers: %d (auto: %d usable core(s)%s); --workers 1 trains one trial at a time",
+                n, usable_cpus(), f", {settings.device}" if settings.device != "cpu" else "")
+    return dataclasses.replace(settings, workers=n)
 
 
 def prepare(settings: SearchSettings) -> tuple[Dataset, dict[str, Param]]:
@@ -138,14 +156,14 @@ def prepare(settings: SearchSettings) -> tuple[Dataset, dict[str, Param]]:
 
         if not torch.cuda.is_available():
             raise UserError(f"--device {settings.device}: CUDA is not available on this machine; use --device cpu")
-        index = int(settings.device.partition(":")[2] or 0)
+        index = int(settings.main_device.partition(":")[2] or 0)
         if index >= torch.cuda.device_count():
             raise UserError(f"--device {settings.device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     dataset = load_data(settings)
     ensure_profile(settings, dataset.input_shape)
     from archgen.drift import warn_if_drifted
 
-    warn_if_drifted(load_profile(settings), settings.device, "before the latency screen")
+    warn_if_drifted(load_profile(settings), settings.main_device, "before the latency screen")
     space = space_from_config(dataset.input_shape, settings.space)
     if settings.strategy == "manual":
         manual_configs(settings.manual, space)
@@ -303,6 +321,8 @@ def _workers_needed(settings: SearchSettings, study: optuna.Study, start: float)
     deadline = settings.deadline(start)
     if deadline is not None and time.time() >= deadline:
         return 0
+    if rejections_exhausted(settings, study):
+        return 0  # the workers stopped drawing: nothing but screened-out candidates (archgen.worker)
     limit = trial_limit(settings, study)
     if limit is None:
         return settings.workers

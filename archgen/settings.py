@@ -47,7 +47,10 @@ class SearchSettings:
     max_params: int | None = None
     storage: str | None = None
     study: str = "archgen"
-    workers: int = 1
+    # Local worker processes: "auto" (the default) runs one single-threaded worker per usable
+    # core, several per GPU with --device cuda (archgen.machine); an int runs that many; 1 trains
+    # in the search's own process. Resolved before the first trial (config.yaml has the number).
+    workers: int | str = "auto"
     seed: int = 0
     out: str = "runs/search"
     max_epochs: int = 20
@@ -67,8 +70,9 @@ class SearchSettings:
     # One intra-op thread per worker: small CNNs barely scale past one core and oversubscribed
     # OpenMP threads are far slower (docs/benchmarks.md). Use --workers to fill the cores instead.
     threads: int | None = 1
-    # Where trials train and where latency is calibrated, estimated and measured: "cpu" or
-    # "cuda[:N]" (the device profile is this device's; the exported ONNX model is CPU-portable).
+    # Where trials train and where latency is calibrated, estimated and measured: "cpu",
+    # "cuda[:N]", or "cuda:all" (workers spread over every visible GPU; latency on cuda:0). The
+    # device profile is this device's; the exported ONNX model is CPU-portable.
     device: str = "cpu"
     # What the exported network will run in, for the latency screen and finalize's measurement:
     # "torch" (PyTorch eager) or "onnxruntime" (its ONNX export in ONNX Runtime, CPU).
@@ -106,10 +110,26 @@ class SearchSettings:
 
     def memory_cap_mb(self) -> float:
         """The memory one trial may use to train: ``max_memory_mb``, else half of this
-        machine's memory (of the GPU's with ``--device cuda``) shared by the workers."""
+        machine's memory (of the GPU's with ``--device cuda``) shared by the workers on it."""
         if self.max_memory_mb is not None:
             return float(self.max_memory_mb)
-        return total_memory_mb(self.device) / 2 / self.workers
+        workers = self.workers if isinstance(self.workers, int) else 1
+        if self.device == "cuda:all":
+            workers = math.ceil(workers / max(1, _cuda_count()))
+        return total_memory_mb(self.main_device) / 2 / workers
+
+    @property
+    def main_device(self) -> str:
+        """The device the search calibrates on, prices for and measures the selection on
+        (``cuda:0`` for ``cuda:all``)."""
+        return "cuda:0" if self.device == "cuda:all" else self.device
+
+    def worker_device(self, worker_id: int) -> str:
+        """Where worker ``worker_id`` trains: ``device``, or with ``cuda:all`` GPU
+        ``worker_id`` mod the visible GPUs."""
+        if self.device != "cuda:all":
+            return self.device
+        return f"cuda:{worker_id % max(1, _cuda_count())}"
 
     @property
     def run_dir(self) -> Path:
@@ -153,15 +173,15 @@ def _check_values(s: SearchSettings) -> None:
         )
     if not 0 < s.pbt_quantile <= 0.5:
         raise SearchConfigError(f"pbt_quantile={s.pbt_quantile!r} must be in (0, 0.5]")
-    if not (s.device == "cpu" or re.fullmatch(r"cuda(:\d{1,3})?", s.device)):
-        raise SearchConfigError(f"device={excerpt(s.device)} must be 'cpu' or 'cuda[:N]'")
+    if not (s.device == "cpu" or re.fullmatch(r"cuda(:\d{1,3}|:all)?", s.device)):
+        raise SearchConfigError(f"device={excerpt(s.device)} must be 'cpu', 'cuda[:N]' or 'cuda:all'")
     if s.bayes_sampler not in ("tpe", "gp"):
         raise SearchConfigError(f"bayes_sampler={excerpt(s.bayes_sampler)} must be 'tpe' or 'gp'")
     if not s.study.strip() or len(s.study) > 200:
         raise SearchConfigError(f"study={excerpt(s.study)} must be a name of 1 to 200 characters")
     if not s.out.strip():
         raise SearchConfigError("--out must name a directory")
-    if s.strategy == "pbt" and s.workers > 1:
+    if s.strategy == "pbt" and s.workers != "auto" and s.workers > 1:
         raise SearchConfigError("pbt trains its population in one process; use --workers 1")
     if s.strategy == "manual" and not s.manual:
         raise SearchConfigError("strategy manual needs a 'manual:' list of configs in --config FILE")
@@ -207,8 +227,10 @@ def _check_types(s: SearchSettings) -> None:
         value = getattr(s, name)
         if value is None and name in ("trials", "threads"):
             continue
+        if name == "workers" and value == "auto":
+            continue
         if type(value) is not int or not low <= value <= high:
-            raise bad(name, f"an integer in [{low:,}, {high:,}]")
+            raise bad(name, f"an integer in [{low:,}, {high:,}]" + (" or auto" if name == "workers" else ""))
     for name, (low, high) in _FLOAT_BOUNDS.items():
         value = getattr(s, name)
         if value is None and name in _OPTIONAL:
@@ -263,6 +285,12 @@ def settings_from(cli: dict[str, Any], config_file: str | None) -> SearchSetting
         return SearchSettings(**merged)
     except TypeError as exc:
         raise UserError(str(exc)) from None
+
+
+def _cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def sampler_seed(settings: SearchSettings, worker_id: int = 0) -> int:

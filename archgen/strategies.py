@@ -195,7 +195,7 @@ def make_sampler(strategy: str, seed: int, space: dict[str, Param],
         # constant_liar: once past the start-up trials, concurrent workers treat each other's
         # running trials as bad guesses instead of proposing the same point (their start-up draws
         # differ because each worker's sampler has its own seed, see archgen.settings.sampler_seed)
-        shared = settings.workers > 1 or settings.storage is not None
+        shared = settings.workers != 1 or settings.storage is not None
         inner = optuna.samplers.TPESampler(
             seed=seed, multivariate=not multi, n_startup_trials=STARTUP_TRIALS, constant_liar=shared)
     if settings.prior_startup:

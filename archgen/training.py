@@ -96,6 +96,7 @@ def train(
     config: TrainConfig,
     on_epoch: Callable[[EpochMetrics], bool | None] | None = None,
     deadline: float | None = None,
+    grace_epochs: int = 0,
 ) -> TrainResult:
     """Train ``model`` for up to ``config.epochs`` epochs with early stopping on validation.
 
@@ -103,7 +104,8 @@ def train(
     ``on_epoch`` is called after every finished epoch with its metrics; returning ``True`` stops
     training with status ``"stopped"`` (the search prunes through it). Past ``deadline``
     (``time.time()``) the running epoch is abandoned before its next batch and training stops
-    with status ``"stopped"``. Never opens the test split.
+    with status ``"stopped"``; the first ``grace_epochs`` epochs finish even past it. Never
+    opens the test split.
     """
     t0 = time.perf_counter()
     trainer = Trainer(model, data, config)
@@ -112,7 +114,8 @@ def train(
     best: EpochMetrics | None = None
     since_best = 0
     status, reason, early = "ok", None, False
-    for _ in range(config.epochs):
+    for i in range(config.epochs):
+        trainer.deadline = None if i < grace_epochs else deadline
         finished = trainer.run_epochs(1)
         if trainer.diverged:
             status, reason = "diverged", trainer.reason

@@ -18,6 +18,7 @@ PARAMS = "params"
 BALANCE_CV_BEFORE = "balance_cv_before"
 BALANCE_CV_AFTER = "balance_cv_after"
 EST_EPOCH_S = "est_epoch_s"
+EPOCH_BUDGET = "epoch_budget"  # the epochs this trial may train (max_epochs, or fewer when the time budget is short)
 REJECTED = "rejected"  # screened out before training: the reason
 
 # What training found.

@@ -88,7 +88,7 @@ def load_profile(settings: SearchSettings) -> DeviceProfile:
 def profile_choice(settings: SearchSettings) -> ProfileChoice:
     from archgen.profiles import choose_profile
 
-    return choose_profile(settings.device_profile, device=settings.device, runtime=settings.runtime,
+    return choose_profile(settings.device_profile, device=settings.main_device, runtime=settings.runtime,
                           threads=1, batch_size=settings.latency_batch)
 
 
@@ -144,7 +144,8 @@ def run_worker(settings: SearchSettings, start: float, worker_id: int = 0, progr
     space = space_from_config(dataset.input_shape, settings.space)
     study = retry_storage(lambda: open_study(settings, space, storage, worker_id), "opening the study", where)
     deadline = settings.deadline(start)
-    objective = Objective(settings, dataset, load_profile(settings), space, deadline)
+    objective = Objective(settings, dataset, load_profile(settings), space, deadline,
+                          device=settings.worker_device(worker_id))
     tag = worker_tag()
     unmarked: dict[int, float] = {}
     ran = 0
@@ -186,11 +187,32 @@ def _claim_trial(settings: SearchSettings, study: optuna.Study, storage: optuna.
         free = None if limit is None else limit - slots_used(study)
         if free is not None and free <= 0:
             return None
+        if rejections_exhausted(settings, study):
+            log.warning("%d candidates were screened out before training: stopping with %d of %d trials; "
+                        "loosen the budgets or narrow the space", rejected_count(study), slots_used(study),
+                        settings.trials)
+            return None
         retry_orphans(study, free)
         with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": ours is
             warnings.simplefilter("ignore", UserWarning)
             trial = study.ask()
         return trial, lock.held(), limit
+
+
+def max_rejections(trials: int) -> int:
+    """Candidates screened out before training do not use up ``--trials``; a search that only
+    draws such candidates stops after this many of them (a search with a time budget also stops
+    at its deadline)."""
+    return max(200, 20 * trials)
+
+
+def rejections_exhausted(settings: SearchSettings, study: optuna.Study) -> bool:
+    """True when a search with ``--trials`` has drawn ``max_rejections`` screened-out candidates."""
+    return settings.trials is not None and rejected_count(study) >= max_rejections(settings.trials)
+
+
+def rejected_count(study: optuna.Study) -> int:
+    return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)) if tr.REJECTED in t.user_attrs)
 
 
 def _mark_trial(storage: optuna.storages.BaseStorage, trial: optuna.Trial, tag: str) -> bool:

@@ -35,6 +35,16 @@ def int_in(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
+def workers_count(text: str) -> int | str:
+    """``auto`` or a worker count in [1, 512]."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    return int_in(1, 512)(text)
+
+
+workers_count.__name__ = "worker count"
+
+
 def float_in(low: float, high: float | None = None, *, low_open: bool = False,
              high_open: bool = False) -> Callable[[str], float]:
     """A finite number in the interval [low, high] (either end open on request)."""

@@ -31,11 +31,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-epochs", type=at.int_in(1, 10_000), default=None, metavar="E")
     p.add_argument("--storage", default=None, metavar="URL", help="e.g. postgresql://user@host:5432/db")
     p.add_argument("--study", default=None, metavar="NAME")
-    p.add_argument("--workers", type=at.int_in(1, 512), default=None, metavar="N")
+    p.add_argument("--workers", type=at.workers_count, default=None, metavar="N|auto",
+                   help="parallel trials: auto (default) = one single-threaded worker per usable "
+                        "core (several per GPU with --device cuda); 1 = one at a time, in this process")
     p.add_argument("--seed", type=at.seed_int, default=None)
     p.add_argument("--threads", type=at.threads_int, default=None, help="torch threads per worker")
-    p.add_argument("--device", default=None, help="cpu (default) | cuda[:N]: where trials train and "
-                   "where latency is calibrated and measured")
+    p.add_argument("--device", default=None, help="cpu (default) | cuda[:N] | cuda:all: where trials "
+                   "train and where latency is calibrated and measured (cuda:all spreads the workers "
+                   "over every GPU; latency on cuda:0)")
     p.add_argument("--config", default=None, metavar="FILE", help="YAML with any of these settings, "
                    "plus space:, grid:, manual: sections")
     p.add_argument("--out", default=None, metavar="DIR", help="run directory (default runs/search)")

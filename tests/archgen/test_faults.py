@@ -69,7 +69,7 @@ def test_sigkill_during_finalize_never_leaves_a_truncated_file(tmp_path):
     run_dir = tmp_path / "run"
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"space": FAST_SPACE}))
-    cmd = [sys.executable, "-m", "archgen", "search", "--data", "digits", "--strategy", "random", "--trials", "3",
+    cmd = [sys.executable, "-m", "archgen", "search", "--workers", "1", "--data", "digits", "--strategy", "random", "--trials", "3",
            "--max-epochs", "2", "--threads", "1", "--no-calibrate", "--config", str(cfg), "--out", str(run_dir), "-q"]
     subprocess.run([*cmd, "--no-finalize"], check=True, capture_output=True, timeout=300)
     t0 = time.perf_counter()
@@ -103,7 +103,7 @@ def test_disk_full_during_a_search_stops_cleanly_and_loses_nothing(run_cli, tmp_
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"space": FAST_SPACE}))
     run_dir = tmp_path / "run"
-    argv = ["search", "--data", "digits", "--strategy", "random", "--trials", "4", "--max-epochs", "1",
+    argv = ["search", "--workers", "1", "--data", "digits", "--strategy", "random", "--trials", "4", "--max-epochs", "1",
             "--no-calibrate", "--config", str(cfg), "--out", str(run_dir), "-q"]
     real_save = archgen.objective.atomic_torch_save
     saves = []
@@ -130,7 +130,7 @@ def test_disk_full_during_a_search_stops_cleanly_and_loses_nothing(run_cli, tmp_
 
 def test_a_nan_producing_trial_fails_cleanly_and_the_search_goes_on(tmp_path):
     # lr 10 with SGD on digits drives the loss to inf/NaN within an epoch.
-    settings = SearchSettings(
+    settings = SearchSettings(workers=1,
         data="digits", strategy="manual", max_epochs=2, threads=1, out=str(tmp_path / "run"), calibrate=False,
         space={**FAST_SPACE, "optimizer": ["adam", "sgd"], "lr": {"low": 1e-4, "high": 10.0, "log": True}},
         manual=[{"lr": 1e-3}, {"lr": 10.0, "optimizer": "sgd"}],
@@ -144,7 +144,7 @@ def test_a_nan_producing_trial_fails_cleanly_and_the_search_goes_on(tmp_path):
 
 
 def test_a_candidate_over_the_memory_cap_is_rejected_before_training(tmp_path):
-    settings = SearchSettings(
+    settings = SearchSettings(workers=1,
         data="digits", strategy="manual", max_epochs=1, threads=1, out=str(tmp_path / "run"), calibrate=False,
         space={**FAST_SPACE, "base_filters": [8, 48], "batch_size": [32, 256]},
         manual=[{"base_filters": 8, "batch_size": 32}, {"base_filters": 48, "batch_size": 256}],

@@ -63,7 +63,7 @@ def test_search_prices_for_the_profiles_device(run_cli, pi_file: Path, space_fil
                                                tmp_path: Path) -> None:
     out = tmp_path / "run"
     code, stdout, err = run_cli(
-        "search", "--data", "digits", "--strategy", "random", "--trials", "2", "--max-epochs", "1",
+        "search", "--workers", "1", "--data", "digits", "--strategy", "random", "--trials", "2", "--max-epochs", "1",
         "--threads", "1", "--config", str(space_file), "--out", str(out), "-q",
         "--device-profile", str(pi_file),
     )
@@ -117,12 +117,12 @@ def test_search_prices_for_the_profiles_device(run_cli, pi_file: Path, space_fil
 
 def test_latency_batch_other_than_the_profiles_is_refused(run_cli, pi_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    code, stdout, err = run_cli("search", "--data", "digits", "--trials", "1", "--out", str(out), "-q",
+    code, stdout, err = run_cli("search", "--workers", "1", "--data", "digits", "--trials", "1", "--out", str(out), "-q",
                                 "--device-profile", str(pi_file), "--latency-batch", "2")
     assert code == 2, err
     assert f"--latency-batch 2: the device profile {pi_file} holds for batch {BATCH}" in err
     assert len(err.strip().splitlines()) == 1 and not out.exists()
-    code, _, err = run_cli("search", "--data", "digits", "--trials", "1", "--out", str(out), "-q",
+    code, _, err = run_cli("search", "--workers", "1", "--data", "digits", "--trials", "1", "--out", str(out), "-q",
                            "--device-profile", str(tmp_path / "missing.json"))
     assert code == 2 and "no such file" in err and not out.exists()
 
@@ -131,7 +131,7 @@ def test_adopt_device_profile_takes_batch_and_runtime(fitted: DeviceProfile, tmp
     from archgen.profiles import adopt_device_profile
     from archgen.settings import SearchSettings
 
-    plain = SearchSettings(data="digits", out=str(tmp_path / "r"))
+    plain = SearchSettings(workers=1, data="digits", out=str(tmp_path / "r"))
     assert adopt_device_profile(plain) is plain
     pi = relabel(fitted, device_name=PI).save(tmp_path / "pi.json")
     s = adopt_device_profile(dataclasses.replace(plain, device_profile=str(pi)))
@@ -155,7 +155,7 @@ def test_config_names_the_profile(fitted: DeviceProfile, tmp_path: Path) -> None
     for i, (path, label, device) in enumerate(cases):
         out = tmp_path / f"run{i}"
         out.mkdir()
-        settings = SearchSettings(data="digits", out=str(out),
+        settings = SearchSettings(workers=1, data="digits", out=str(out),
                                   device_profile=None if path is None else str(path))
         _write_config(adopt_device_profile(settings), "fp")
         config = yaml.safe_load((out / "config.yaml").read_text())
@@ -170,7 +170,7 @@ def test_latency_labels(fitted: DeviceProfile, tmp_path: Path) -> None:
     from archgen.settings import SearchSettings
     from costmodel.device_profile import default_profile
 
-    settings = SearchSettings(data="digits", out=str(tmp_path / "r"))
+    settings = SearchSettings(workers=1, data="digits", out=str(tmp_path / "r"))
     for prof in (None, default_profile()):
         labels = latency_labels(prof, settings)
         assert labels["meas_is_target"] is True and "built-in" in labels["est_on"]
@@ -198,7 +198,7 @@ def test_search_with_an_onnxruntime_profile_measures_model_onnx_in_onnxruntime(
     path = profile.save(tmp_path / "ort.json")
     out = tmp_path / "run"
     code, stdout, err = run_cli(
-        "search", "--data", "digits", "--strategy", "random", "--trials", "2", "--max-epochs", "1",
+        "search", "--workers", "1", "--data", "digits", "--strategy", "random", "--trials", "2", "--max-epochs", "1",
         "--threads", "1", "--config", str(space_file), "--out", str(out), "-q", "--device-profile", str(path),
     )
     assert code == 0, err

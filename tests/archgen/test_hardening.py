@@ -75,7 +75,7 @@ def test_train_force_refuses_a_search_run_directory(run_cli, tmp_path, spec_file
 def test_search_refuses_a_non_empty_folder_that_is_not_a_search_run(run_cli, tmp_path, extra):
     project = tmp_path / "myproject"
     before = user_project(project)
-    code, _, err = run_cli("search", "--trials", "1", "--out", str(project), "-q", *extra)
+    code, _, err = run_cli("search", "--workers", "1", "--trials", "1", "--out", str(project), "-q", *extra)
     assert code == 2 and one_line(err), err
     assert "holds files that are not an archgen run" in err
     assert snapshot(project) == before
@@ -85,7 +85,7 @@ def test_search_refuses_a_train_run_directory(run_cli, tmp_path, spec_file):
     run = tmp_path / "t"
     assert run_cli("train", str(spec_file), *FAST_TRAIN, "--out", str(run))[0] == 0
     before = snapshot(run)
-    code, _, err = run_cli("search", "--trials", "1", "--out", str(run), "-q")
+    code, _, err = run_cli("search", "--workers", "1", "--trials", "1", "--out", str(run), "-q")
     assert code == 2 and "holds an archgen train run" in err
     assert snapshot(run) == before
 
@@ -278,7 +278,7 @@ def test_networks_too_big_to_run_are_refused_with_the_limit_named(shape, layers,
 
 
 def _search(run_cli, out, *extra):
-    return run_cli("search", "--data", "digits", "--strategy", "random", "--trials", "2", "--max-epochs", "1",
+    return run_cli("search", "--workers", "1", "--data", "digits", "--strategy", "random", "--trials", "2", "--max-epochs", "1",
                    "--no-calibrate", "--out", str(out), "-q", *extra)
 
 
@@ -317,7 +317,7 @@ def test_resume_with_changed_data_files_is_refused(run_cli, tmp_path):
     cfg = tmp_path / "space.yaml"
     cfg.write_text(yaml.safe_dump({"space": FAST_SPACE}))
     out = tmp_path / "run"
-    argv = ["search", "--data", f"npz:{data}", "--strategy", "random", "--trials", "1", "--max-epochs", "1",
+    argv = ["search", "--workers", "1", "--data", f"npz:{data}", "--strategy", "random", "--trials", "1", "--max-epochs", "1",
             "--no-calibrate", "--no-finalize", "--config", str(cfg), "--out", str(out), "-q"]
     assert run_cli(*argv)[0] == 0
     np.savez(data, x=x[::-1].copy(), y=y)  # the same file name, other images

@@ -61,9 +61,9 @@ def _comparable(run_dir: Path) -> tuple[list[str], pd.DataFrame]:
 def test_search_returns_the_cli_run(tmp_path: Path, run_cli) -> None:
     import archgen
 
-    args = dict(data="digits", strategy="random", trials=3, max_epochs=2, seed=0, calibrate=False)
+    args = dict(data="digits", strategy="random", trials=3, max_epochs=2, seed=0, calibrate=False, workers=1)
     result = archgen.search(out=tmp_path / "api", **args)
-    code, out, err = run_cli("search", "--data", "digits", "--strategy", "random", "--trials", "3",
+    code, out, err = run_cli("search", "--workers", "1", "--data", "digits", "--strategy", "random", "--trials", "3",
                              "--max-epochs", "2", "--seed", "0", "--no-calibrate", "--quiet",
                              "--out", str(tmp_path / "cli"))
     assert code == 0, err

@@ -62,7 +62,7 @@ def test_every_strategy_produces_a_complete_run(run_cli, tmp_path, mnist_dir, st
         extra["pbt_interval"] = 1
     out = tmp_path / "run"
     code, stdout, err = run_cli(
-        "search", "--data", source, "--strategy", strategy, "--max-epochs", "2", "--threads", "1",
+        "search", "--workers", "1", "--data", source, "--strategy", strategy, "--max-epochs", "2", "--threads", "1",
         "--config", _write_config(tmp_path, **extra), "--out", str(out), "-q", *STRATEGY_ARGS[strategy],
     )
     assert code == 0, err
@@ -84,7 +84,7 @@ def test_every_strategy_produces_a_complete_run(run_cli, tmp_path, mnist_dir, st
 
 
 def test_hyperband_prunes_at_the_rungs(tmp_path):
-    settings = SearchSettings(
+    settings = SearchSettings(workers=1,
         data="digits", strategy="hyperband", trials=12, max_epochs=9, reduction_factor=3,
         patience=9, threads=1, out=str(tmp_path / "hb"), space=TINY_SPACE,
     )
@@ -101,7 +101,7 @@ def test_hyperband_prunes_at_the_rungs(tmp_path):
 
 def test_over_budget_candidates_are_never_trained(tmp_path):
     space = {**TINY_SPACE, "base_filters": [8, 64], "stages": [1, 2]}
-    settings = SearchSettings(
+    settings = SearchSettings(workers=1,
         data="digits", strategy="random", trials=8, max_epochs=1, threads=1, max_macs=20_000,
         out=str(tmp_path / "b"), space=space,
     )
@@ -125,7 +125,7 @@ def test_test_split_is_opened_once_for_the_selected_model_only(tmp_path, monkeyp
         return real_open(self, reason)
 
     monkeypatch.setattr(SealedTest, "open", spy)
-    settings = SearchSettings(data="digits", strategy="random", trials=3, max_epochs=1, threads=1,
+    settings = SearchSettings(workers=1, data="digits", strategy="random", trials=3, max_epochs=1, threads=1,
                               out=str(tmp_path / "t"), space=TINY_SPACE, refit=True)
     summary = run_search(settings)
     assert len(opened) == 1
@@ -139,8 +139,8 @@ def test_refit_retrains_the_selected_config_on_train_plus_val(tmp_path):
     from archgen.data import load_dataset
 
     base = dict(data="digits", strategy="random", trials=2, max_epochs=3, patience=3, threads=1, space=TINY_SPACE)
-    on = run_search(SearchSettings(out=str(tmp_path / "on"), refit=True, **base))
-    off = run_search(SearchSettings(out=str(tmp_path / "off"), **base))  # the default
+    on = run_search(SearchSettings(workers=1, out=str(tmp_path / "on"), refit=True, **base))
+    off = run_search(SearchSettings(workers=1, out=str(tmp_path / "off"), **base))  # the default
     assert on["trial_number"] == off["trial_number"] and on["val_acc"] == off["val_acc"]
     trials = pd.read_csv(tmp_path / "on" / "trials.csv").set_index("number")
     data = load_dataset("digits", seed=0)
@@ -184,12 +184,12 @@ def test_refit_retrains_the_selected_config_on_train_plus_val(tmp_path):
         (["--storage", "postgresql://bob:hunter2@127.0.0.1:1/nope"], None, "cannot open storage 'postgresql://bob:***@127.0.0.1:1/nope'"),
         (["--data", "idx:/nonexistent/dir"], None, "/nonexistent/dir"),
         (["--trials", "0"], None, "argument --trials: 0 must be an integer in [1, 1,000,000]"),
-        (["--device", "tpu"], None, "device='tpu' must be 'cpu' or 'cuda[:N]'"),
+        (["--device", "tpu"], None, "device='tpu' must be 'cpu', 'cuda[:N]' or 'cuda:all'"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(run_cli, tmp_path, argv, config, needle):
     out = tmp_path / "run"
-    args = ["search", "--out", str(out), "-q", *argv]
+    args = ["search", "--workers", "1", "--out", str(out), "-q", *argv]
     if config is not None:
         path = tmp_path / "c.yaml"
         path.write_text(yaml.safe_dump(config))
@@ -205,7 +205,7 @@ def test_cuda_search_without_cuda_is_one_line_exit_2(run_cli, tmp_path, monkeypa
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    code, _, err = run_cli("search", "--device", "cuda", "--out", str(tmp_path / "run"), "-q")
+    code, _, err = run_cli("search", "--workers", "1", "--device", "cuda", "--out", str(tmp_path / "run"), "-q")
     assert code == 2 and err.strip().endswith("CUDA is not available on this machine; use --device cpu"), err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
@@ -214,7 +214,7 @@ def test_cuda_search_without_cuda_is_one_line_exit_2(run_cli, tmp_path, monkeypa
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_search_trains_profiles_and_tests_on_cuda(tmp_path, monkeypatch):
     monkeypatch.setenv("ARCHGEN_CACHE", str(tmp_path / "cache"))
-    summary = run_search(SearchSettings(data="digits", strategy="bohb", trials=4, max_epochs=3, device="cuda",
+    summary = run_search(SearchSettings(workers=1, data="digits", strategy="bohb", trials=4, max_epochs=3, device="cuda",
                                         out=str(tmp_path / "g"), space=TINY_SPACE, refit=True))
     assert summary["test_acc"] > 0.5 and summary["meas_ms"] > 0 and summary["refit"] is not None
     profiles = list((tmp_path / "cache").rglob("profile-t1-b1.json"))
@@ -226,14 +226,14 @@ def test_search_trains_profiles_and_tests_on_cuda(tmp_path, monkeypatch):
 def test_resume_with_different_settings_is_refused(run_cli, tmp_path):
     out = tmp_path / "run"
     cfg = _write_config(tmp_path)
-    assert run_cli("search", "--trials", "1", "--max-epochs", "1", "--config", cfg, "--out", str(out), "-q",
+    assert run_cli("search", "--workers", "1", "--trials", "1", "--max-epochs", "1", "--config", cfg, "--out", str(out), "-q",
                    "--strategy", "random")[0] == 0
-    code, _, err = run_cli("search", "--trials", "2", "--config", cfg, "--out", str(out), "-q", "--strategy", "bohb")
+    code, _, err = run_cli("search", "--workers", "1", "--trials", "2", "--config", cfg, "--out", str(out), "-q", "--strategy", "bohb")
     assert code == 2 and "holds a different search" in err
 
 
 def test_pareto_objective_exports_the_front(tmp_path):
-    settings = SearchSettings(data="digits", strategy="bayes", objective="pareto", trials=4, max_epochs=1,
+    settings = SearchSettings(workers=1, data="digits", strategy="bayes", objective="pareto", trials=4, max_epochs=1,
                               threads=1, out=str(tmp_path / "p"), space=TINY_SPACE)
     run_search(settings)
     front = pd.read_csv(tmp_path / "p" / "pareto.csv")
@@ -247,7 +247,7 @@ def test_pareto_objective_exports_the_front(tmp_path):
 
 
 def test_bayes_with_gaussian_process_sampler(tmp_path):
-    settings = SearchSettings(data="digits", strategy="bayes", bayes_sampler="gp", trials=3, max_epochs=1,
+    settings = SearchSettings(workers=1, data="digits", strategy="bayes", bayes_sampler="gp", trials=3, max_epochs=1,
                               threads=1, out=str(tmp_path / "gp"), space=TINY_SPACE)
     summary = run_search(settings)
     assert summary["test_opened"] == 1
@@ -292,7 +292,7 @@ def test_selection_breaks_accuracy_ties_by_validation_loss():
 def test_candidates_too_slow_for_the_time_budget_are_not_started(tmp_path):
     # A 2-second budget cannot afford 20 epochs of the wide network; the narrow one is fine.
     space = {**TINY_SPACE, "base_filters": 48, "stages": 2, "convs_per_stage": 2, "dense_layers": 0}
-    settings = SearchSettings(data="digits", strategy="random", trials=2, time_budget_s=2.0, max_epochs=20,
+    settings = SearchSettings(workers=1, data="digits", strategy="random", trials=2, time_budget_s=2.0, max_epochs=20,
                               threads=1, out=str(tmp_path / "slow"), space=space, warm_start=False, finalize=False)
     run_search(settings)
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "slow" / "study.journal")))
@@ -346,10 +346,10 @@ def test_tpe_past_its_start_up_trials_under_hyperband_with_screened_out_trials()
 def test_sampler_seeds_differ_between_concurrent_workers(monkeypatch, tmp_path):
     from archgen.settings import sampler_seed
 
-    lone = SearchSettings(data="digits", seed=5, out=str(tmp_path))
+    lone = SearchSettings(workers=1, data="digits", seed=5, out=str(tmp_path))
     assert sampler_seed(lone) == 5  # a lone process stays reproducible
     assert len({sampler_seed(lone, w) for w in range(4)}) == 4
-    shared = SearchSettings(data="digits", seed=5, out=str(tmp_path), storage="postgresql://u@h/db")
+    shared = SearchSettings(workers=1, data="digits", seed=5, out=str(tmp_path), storage="postgresql://u@h/db")
     monkeypatch.setattr("os.getpid", lambda: 100)
     a = sampler_seed(shared)
     monkeypatch.setattr("os.getpid", lambda: 101)
@@ -402,7 +402,7 @@ def test_pbt_members_that_never_finished_an_epoch_fail(tmp_path):
     from archgen.space import space_from_config
     from archgen.worker import load_data, load_profile, open_study
 
-    settings = SearchSettings(data="digits", strategy="pbt", trials=3, max_epochs=2, threads=1,
+    settings = SearchSettings(workers=1, data="digits", strategy="pbt", trials=3, max_epochs=2, threads=1,
                               out=str(tmp_path / "p"), space=TINY_SPACE)
     settings.run_dir.mkdir(parents=True)
     dataset = load_data(settings)
@@ -453,7 +453,7 @@ def test_seeded_hyperband_stops_a_brackets_first_hopeless_trial_at_its_rung():
 def test_pbt_fills_its_time_budget_with_fresh_populations(tmp_path):
     """A population that reaches max_epochs long before --time-budget is followed by another
     (it used to stop and leave the rest of the budget idle); every member stays one trial."""
-    settings = SearchSettings(data="digits", strategy="pbt", population=2, max_epochs=1, pbt_interval=1,
+    settings = SearchSettings(workers=1, data="digits", strategy="pbt", population=2, max_epochs=1, pbt_interval=1,
                               time_budget_s=25, threads=1, out=str(tmp_path / "p"), space=TINY_SPACE,
                               finalize=False)
     summary = run_search(settings)
@@ -475,7 +475,7 @@ def test_pbt_fills_its_time_budget_with_fresh_populations(tmp_path):
 def test_seeded_pruning_is_opt_in(tmp_path):
     from archgen.strategies import SeededHyperbandPruner, make_pruner
 
-    plain = make_pruner("bohb", SearchSettings(data="digits", out=str(tmp_path)))
+    plain = make_pruner("bohb", SearchSettings(workers=1, data="digits", out=str(tmp_path)))
     assert type(plain) is optuna.pruners.HyperbandPruner
-    seeded = make_pruner("bohb", SearchSettings(data="digits", out=str(tmp_path), seeded_pruning=True))
+    seeded = make_pruner("bohb", SearchSettings(workers=1, data="digits", out=str(tmp_path), seeded_pruning=True))
     assert isinstance(seeded, SeededHyperbandPruner)

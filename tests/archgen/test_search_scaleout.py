@@ -72,7 +72,7 @@ def test_sigkill_mid_trial_then_resume_keeps_every_completed_trial_once(tmp_path
     # one: a one-conv net trained 6 epochs in 0.07 s on a fast core and the window was missed.
     space = {**FAST_SPACE, "stages": 2, "convs_per_stage": 2, "base_filters": 64, "batch_size": 32, "lr": 0.002}
     cfg.write_text(yaml.safe_dump({"space": space, "patience": 50}))
-    cmd = [sys.executable, "-m", "archgen", "search", "--data", "digits", "--strategy", "random",
+    cmd = [sys.executable, "-m", "archgen", "search", "--workers", "1", "--data", "digits", "--strategy", "random",
            "--trials", "4", "--max-epochs", "12", "--threads", "1", "--config", str(cfg),
            "--out", str(run_dir), "-q"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -157,7 +157,7 @@ def test_unreachable_postgres_with_query_password(tmp_path):
 
 def test_cli_search_with_unreachable_storage_exits_2_without_the_password(tmp_path, run_cli):
     out_dir = tmp_path / "run"
-    code, out, err = run_cli("search", "--storage", f"postgresql://postgres:{SECRET}@127.0.0.1:1/test",
+    code, out, err = run_cli("search", "--workers", "1", "--storage", f"postgresql://postgres:{SECRET}@127.0.0.1:1/test",
                              "--out", str(out_dir), "--trials", "1", "--no-calibrate", "-q")
     assert code == 2, err
     assert err.count("\n") == 1 and err.startswith("archgen search: error:"), err
@@ -169,7 +169,7 @@ def test_settings_yaml_never_holds_the_password():
     for url in (f"postgresql://postgres:{SECRET}@127.0.0.1:1/test",
                 f"postgresql://:{SECRET}@127.0.0.1/test",
                 f"postgresql://postgres@127.0.0.1/test?password={SECRET}"):
-        d = SearchSettings(storage=url).to_yaml_dict()
+        d = SearchSettings(workers=1, storage=url).to_yaml_dict()
         assert SECRET not in json.dumps(d)
         assert "127.0.0.1" in d["storage"]
 

@@ -100,7 +100,7 @@ def test_without_the_prior_the_model_based_start_up_repeats_random_search(tmp_pa
     space = default_space(MNIST)
 
     def first_trials(strat, **kw):
-        settings = SearchSettings(data="digits", out=str(tmp_path), strategy=strat, **kw)
+        settings = SearchSettings(workers=1, data="digits", out=str(tmp_path), strategy=strat, **kw)
         study = optuna.create_study(direction="maximize", sampler=make_sampler(strat, 7, space, settings))
         out = []
         for _ in range(3):
@@ -116,9 +116,9 @@ def test_without_the_prior_the_model_based_start_up_repeats_random_search(tmp_pa
 
 def test_prior_startup_is_the_default_for_model_based_strategies(tmp_path):
     space = default_space(MNIST)
-    on = make_sampler("bohb", 0, space, SearchSettings(data="digits", out=str(tmp_path)))
+    on = make_sampler("bohb", 0, space, SearchSettings(workers=1, data="digits", out=str(tmp_path)))
     assert isinstance(on.inner, PriorStartupSampler) and isinstance(on.inner.inner, optuna.samplers.TPESampler)
-    off = make_sampler("bohb", 0, space, SearchSettings(data="digits", out=str(tmp_path), prior_startup=False))
+    off = make_sampler("bohb", 0, space, SearchSettings(workers=1, data="digits", out=str(tmp_path), prior_startup=False))
     assert isinstance(off.inner, optuna.samplers.TPESampler)
-    assert type(make_sampler("random", 0, space, SearchSettings(data="digits", out=str(tmp_path)))) \
+    assert type(make_sampler("random", 0, space, SearchSettings(workers=1, data="digits", out=str(tmp_path)))) \
         is optuna.samplers.RandomSampler
