@@ -119,13 +119,19 @@ def _write_tables(settings: SearchSettings, study: optuna.Study) -> pd.DataFrame
     return df
 
 
+def selectable(study: optuna.Study, settings: SearchSettings) -> list[FrozenTrial]:
+    """Completed trials with a validation accuracy, within the latency budget."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if VAL_ACC in t.user_attrs]
+    if settings.max_latency_ms is not None:
+        done = [t for t in done if t.user_attrs.get(EST_MS, 0) <= settings.max_latency_ms]
+    return done
+
+
 def select_best(study: optuna.Study, settings: SearchSettings) -> FrozenTrial | None:
     """Highest validation accuracy among completed trials within the latency budget; ties
     (common: one validation image is 0.4% on digits) go to the lower validation loss, the finer
     signal, then to the lower estimated latency. Test data plays no part."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if VAL_ACC in t.user_attrs]
-    if settings.max_latency_ms is not None:
-        done = [t for t in done if t.user_attrs.get(EST_MS, 0) <= settings.max_latency_ms]
+    done = selectable(study, settings)
     if not done:
         return None
     return max(done, key=lambda t: (t.user_attrs[VAL_ACC], -t.user_attrs.get(VAL_LOSS, 0.0),
@@ -177,6 +183,11 @@ def finalize(settings: SearchSettings, study: optuna.Study, dataset: Dataset, pr
     best = select_best(study, settings)
     if best is None:
         raise NothingTrainedError(nothing_trained_message(study, settings))
+    rescored = None
+    if settings.rescore_folds and settings.strategy != "pbt":  # opt-in: k-fold re-scoring of the best few
+        from archgen.rescore import rescore_best
+
+        best, rescored = rescore_best(study, settings, dataset, selectable(study, settings))
     spec = ArchSpec.from_dict(best.user_attrs[SPEC])
     model, refit = _final_model(settings, best, dataset, spec)
     onnx_diff = _export(run_dir / "best", spec, model)
@@ -207,6 +218,7 @@ def finalize(settings: SearchSettings, study: optuna.Study, dataset: Dataset, pr
         "trial_number": best.number,
         VAL_ACC: best.user_attrs[VAL_ACC],
         "refit": refit,
+        "rescored": rescored,
         EST_MS: best.user_attrs.get(EST_MS),
         MEAS_MS: meas_ms,
         "latency_batch": settings.latency_batch,

@@ -31,6 +31,7 @@ from archgen.liveness import (
     recover_local_stale,
     slots_used,
 )
+from archgen.machine import main_module_hidden, resolve_workers
 from archgen.redact import redact
 from archgen.rundir import check_out_dir, mark
 from archgen.settings import CONFIG_KEYS_THAT_DEFINE_A_RUN, DEFAULT_TIME_BUDGET_S, SearchSettings
@@ -131,22 +132,6 @@ def ensure_profile(settings: SearchSettings, input_shape: tuple[int, int, int] |
                 device, settings.runtime, settings.latency_batch)
     calibrate_device(device, threads=1, batch_size=settings.latency_batch, quick=True,
                      runtime=settings.runtime, input_shape=input_shape)
-
-
-def resolve_workers(settings: SearchSettings, dataset: Dataset) -> SearchSettings:
-    """``workers: auto`` made a number (``archgen.machine.auto_workers``): one worker per usable
-    core, several per GPU, within memory and ``--trials``; said on stderr."""
-    if settings.workers != "auto":
-        return settings
-    from archgen.machine import auto_workers, usable_cpus
-
-    x = dataset.train.x
-    per_image = x.element_size() * x[0].nelement() if len(x) else 0
-    data_mb = per_image * (len(dataset.train.y) + len(dataset.val.y) + dataset.test.n) / 2**20
-    n = auto_workers(device=settings.device, strategy=settings.strategy, trials=settings.trials, data_mb=data_mb)
-    log.warning("workers: %d (auto: %d usable core(s)%s); --workers 1 trains one trial at a time",
-                n, usable_cpus(), f", {settings.device}" if settings.device != "cpu" else "")
-    return dataclasses.replace(settings, workers=n)
 
 
 def prepare(settings: SearchSettings) -> tuple[Dataset, dict[str, Param]]:
@@ -363,7 +348,8 @@ def _run_processes(settings: SearchSettings, start: float, n: int, first_id: int
         for worker_id in range(first_id, first_id + n):
             receive, send = ctx.Pipe(duplex=False)
             p = ctx.Process(target=worker_entry, args=(settings, worker_id, start, send), daemon=False)
-            p.start()
+            with main_module_hidden():
+                p.start()
             send.close()
             workers.append((worker_id, p, receive))
         running = list(workers)
@@ -405,3 +391,4 @@ def _run_processes(settings: SearchSettings, start: float, n: int, first_id: int
         raise StorageLostError(text) if kind == StorageLostError.__name__ else SearchConfigError(text)
     if errors:
         raise RuntimeError(f"{len(errors)} worker process(es) failed: {errors[0][1][1]}")
+

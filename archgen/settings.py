@@ -95,6 +95,12 @@ class SearchSettings:
     # converged networks (docs/benchmarks.md), it costs up to one more trial beyond
     # --time-budget, and without it validation data never fits weights (docs/design.md, "Data flow").
     refit: bool = False
+    # Opt-in, not yet measured over enough split seeds to be the default: before selecting,
+    # re-score the best ``rescore_top`` trials on validation by K-fold cross-validation on train +
+    # validation (archgen.rescore; test stays sealed). 0: off; K >= 2 folds. Runs after the time
+    # budget, like finalize.
+    rescore_folds: int = 0
+    rescore_top: int = 5
     calibrate: bool = True  # fit a quick profile first when none is cached for this device
     warm_start: bool = True  # sampling strategies start from the practitioner's default config
     # Candidates whose estimated training memory exceeds this are rejected before training
@@ -159,6 +165,8 @@ def _check_values(s: SearchSettings) -> None:
         )
     if s.min_epochs > s.max_epochs:
         raise SearchConfigError(f"min_epochs={s.min_epochs} exceeds max_epochs={s.max_epochs}")
+    if s.rescore_folds == 1:
+        raise SearchConfigError("rescore_folds=1: give 0 (off) or at least 2 folds")
     if s.runtime not in ("torch", "onnxruntime"):
         raise SearchConfigError(f"runtime {excerpt(s.runtime)} must be 'torch' or 'onnxruntime'")
     if s.runtime == "onnxruntime" and s.device != "cpu" and s.device_profile is None:
@@ -197,7 +205,7 @@ _INT_BOUNDS: dict[str, tuple[int, int]] = {
     "trials": (1, 1_000_000), "workers": (1, 512), "seed": (0, 2**32 - 2), "max_epochs": (1, 10_000),
     "min_epochs": (1, 10_000), "patience": (1, 10_000), "latency_batch": (1, 65_536),
     "population": (2, 10_000), "pbt_interval": (1, 10_000), "grid_points": (1, 64),
-    "reduction_factor": (2, 100), "threads": (1, 1024),
+    "reduction_factor": (2, 100), "threads": (1, 1024), "rescore_folds": (0, 20), "rescore_top": (1, 100),
 }
 _FLOAT_BOUNDS: dict[str, tuple[float, float]] = {
     "time_budget_s": (1e-3, 3.2e7), "max_latency_ms": (1e-9, 1e9), "max_macs": (1, 1e15),

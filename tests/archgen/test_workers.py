@@ -19,8 +19,9 @@ from archgen import trial_record as tr
 from archgen.cli import argtypes
 from archgen.costing import spec_macs
 from archgen.errors import SearchConfigError
+from archgen.machine import resolve_workers
 from archgen.objective import MAX_TRIAL_SHARE_OF_BUDGET, Objective, trial_share
-from archgen.search_run import resolve_workers, run_search
+from archgen.search_run import run_search
 from archgen.settings import SearchSettings
 from archgen.space import space_from_config, spec_from_params
 
@@ -271,3 +272,28 @@ def test_a_short_budget_on_mnist_trains_and_selects_with_every_strategy(run_cli,
     assert (trials["state"] == "COMPLETE").any()
     metrics = json.loads((out / "test_metrics.json").read_text())
     assert metrics["test_acc"] > 0.5  # one epoch of a CNN on MNIST is far above chance
+
+
+@pytest.mark.slow
+def test_a_script_without_a_main_guard_can_search_with_several_workers(tmp_path):
+    """Worker processes are spawned without re-importing the caller's script: a plain script
+    calling archgen.search() with two workers searches once, and does not fail in the workers."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "plain_script.py"
+    script.write_text(
+        "import archgen\n"
+        "print('script body ran')\n"
+        f"r = archgen.search(data='digits', strategy='random', trials=4, out={str(tmp_path / 'run')!r}, "
+        f"workers=2, max_epochs=1, calibrate=False, space={TINY_SPACE!r})\n"
+        "print('selected', r.val_acc)\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(repo)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("script body ran") == 1 and "selected 0." in done.stdout
+    trials = pd.read_csv(tmp_path / "run" / "trials.csv")
+    assert len(trials) == 4 and trials["worker"].nunique() == 2
