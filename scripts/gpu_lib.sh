@@ -3,6 +3,8 @@
 #   run_step NAME LIMIT CMD...    runs CMD under `timeout LIMIT`, output in $LOGDIR/NAME.txt
 #                                 ($LOGDIR defaults to $OUT), records exit status and wall time,
 #                                 returns CMD's exit status
+#   use_wheels                    installs .whl/*.whl (optuna and its dependencies) into /tmp/site
+#                                 when present and puts it and the working tree on PYTHONPATH
 summary() { echo "$1" | tee -a "$OUT/SUMMARY.txt"; }
 
 run_step() {
@@ -14,4 +16,13 @@ run_step() {
     rc=$?
     summary "$name: exit $rc in $(( $(date +%s) - t0 )) s"
     return $rc
+}
+
+use_wheels() {
+    if ls .whl/*.whl >/dev/null 2>&1; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+            .whl/*.whl || { summary "FATAL: wheel install failed"; exit 1; }
+        export PYTHONPATH=/tmp/site
+    fi
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 }

@@ -21,12 +21,7 @@ START=$(date +%s)
 source "$(dirname "$0")/gpu_lib.sh"
 LOGDIR=/tmp  # only the files named above go to $OUT
 
-if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-        || { summary "FATAL: wheel install failed"; exit 1; }
-    export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+use_wheels
 export PYTHONUNBUFFERED=1
 if ! python3 -c 'import torch, optuna, sys; sys.exit(0 if torch.cuda.is_available() else 3)'; then
     summary "FATAL: python3 cannot import torch with a CUDA device, or optuna"

@@ -17,12 +17,7 @@ START=$(date +%s)
 source "$(dirname "$0")/gpu_lib.sh"
 LOGDIR=/tmp
 
-if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-        || { summary "FATAL: wheel install failed"; exit 1; }
-    export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+use_wheels
 export PYTHONUNBUFFERED=1 ARCHGEN_CACHE=/tmp/archgen-cache
 {
     date -u

@@ -200,8 +200,9 @@ def test_a_budget_too_short_for_any_epoch_is_exit_2_saying_what_budget_would_wor
 def test_the_first_epoch_of_a_study_finishes_past_the_deadline(tmp_path):
     """A budget that allows one epoch always trains something: the search's first trial
     finishes its first epoch even when the deadline passes during it."""
+    space = {**TINY_SPACE, "lr": 0.01, "batch_size": 32}  # one epoch learns digits well past chance
     settings = SearchSettings(data="digits", strategy="random", trials=1, time_budget_s=0.5, max_epochs=5,
-                              threads=1, workers=1, out=str(tmp_path / "g"), space=TINY_SPACE)
+                              threads=1, workers=1, out=str(tmp_path / "g"), space=space)
     summary = run_search(settings)
     trials = pd.read_csv(tmp_path / "g" / "trials.csv")
     assert len(trials) == 1 and trials["epochs"].iloc[0] >= 1
