@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 # A worker process's baseline memory: the Python interpreter with torch, optuna and the model
 # code imported, before its copy of the data (measured: ~330 MB RSS on torch 2.13 CPU).
 WORKER_BASE_MB = 400.0
-# Workers that share one GPU under --workers auto (docs/benchmarks.md, "Workers").
+# Workers that share one GPU under --workers auto: a guess not yet measured on a GPU
+# (scripts/gpu_workers_check.sh measures it; docs/design.md, "Workers").
 GPU_WORKERS_PER_DEVICE = 4
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 

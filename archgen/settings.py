@@ -296,9 +296,9 @@ def settings_from(cli: dict[str, Any], config_file: str | None) -> SearchSetting
 
 
 def _cuda_count() -> int:
-    import torch
+    from archgen.machine import cuda_devices
 
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return cuda_devices()
 
 
 def sampler_seed(settings: SearchSettings, worker_id: int = 0) -> int:
