@@ -15,18 +15,12 @@ Rules (docs/design.md, "Workers"):
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
 import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from archgen.data import Dataset
-    from archgen.settings import SearchSettings
 
 log = logging.getLogger(__name__)
 
@@ -113,20 +107,6 @@ def auto_workers(*, device: str, strategy: str, trials: int | None, data_mb: flo
     if trials is not None:
         n = min(n, trials)
     return max(1, n)
-
-
-def resolve_workers(settings: SearchSettings, dataset: Dataset) -> SearchSettings:
-    """``workers: auto`` made a number (``archgen.machine.auto_workers``): one worker per usable
-    core, several per GPU, within memory and ``--trials``; said on stderr."""
-    if settings.workers != "auto":
-        return settings
-    x = dataset.train.x
-    per_image = x.element_size() * x[0].nelement() if len(x) else 0
-    data_mb = per_image * (len(dataset.train.y) + len(dataset.val.y) + dataset.test.n) / 2**20
-    n = auto_workers(device=settings.device, strategy=settings.strategy, trials=settings.trials, data_mb=data_mb)
-    log.warning("workers: %d (auto: %d usable core(s)%s); --workers 1 trains one trial at a time",
-                n, usable_cpus(), f", {settings.device}" if settings.device != "cpu" else "")
-    return dataclasses.replace(settings, workers=n)
 
 
 @contextlib.contextmanager

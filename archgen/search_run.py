@@ -31,10 +31,15 @@ from archgen.liveness import (
     recover_local_stale,
     slots_used,
 )
-from archgen.machine import main_module_hidden, resolve_workers
+from archgen.machine import main_module_hidden
 from archgen.redact import redact
 from archgen.rundir import check_out_dir, mark
-from archgen.settings import CONFIG_KEYS_THAT_DEFINE_A_RUN, DEFAULT_TIME_BUDGET_S, SearchSettings
+from archgen.settings import (
+    CONFIG_KEYS_THAT_DEFINE_A_RUN,
+    DEFAULT_TIME_BUDGET_S,
+    SearchSettings,
+    resolve_workers,
+)
 from archgen.space import Param, space_from_config, spec_from_params
 from archgen.storage import open_storage
 from archgen.storage_errors import StorageLostError, retry_storage

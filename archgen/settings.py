@@ -9,19 +9,25 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import math
 import os
 import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from archgen.costing import total_memory_mb
 from archgen.errors import SearchConfigError, UserError
 from archgen.inputs import clip, excerpt, load_document
 from archgen.redact import redact
 from archgen.space import MAX_CHOICES
+
+if TYPE_CHECKING:
+    from archgen.data import Dataset
+
+log = logging.getLogger(__name__)
 
 STRATEGIES = ("manual", "grid", "random", "bayes", "hyperband", "bohb", "pbt")
 PRUNING = ("hyperband", "bohb")
@@ -310,3 +316,19 @@ def sampler_seed(settings: SearchSettings, worker_id: int = 0) -> int:
         key = f"{settings.seed}|{socket.gethostname()}|{os.getpid()}|{worker_id}"
         return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little")
     return settings.seed + 7919 * worker_id
+
+
+def resolve_workers(settings: SearchSettings, dataset: Dataset) -> SearchSettings:
+    """``workers: auto`` made a number (``archgen.machine.auto_workers``): one worker per usable
+    core, several per GPU, within memory and ``--trials``; said on stderr."""
+    from archgen.machine import auto_workers, usable_cpus
+
+    if settings.workers != "auto":
+        return settings
+    x = dataset.train.x
+    per_image = x.element_size() * x[0].nelement() if len(x) else 0
+    data_mb = per_image * (len(dataset.train.y) + len(dataset.val.y) + dataset.test.n) / 2**20
+    n = auto_workers(device=settings.device, strategy=settings.strategy, trials=settings.trials, data_mb=data_mb)
+    log.warning("workers: %d (auto: %d usable core(s)%s); --workers 1 trains one trial at a time",
+                n, usable_cpus(), f", {settings.device}" if settings.device != "cpu" else "")
+    return dataclasses.replace(settings, workers=n)

@@ -19,10 +19,9 @@ from archgen import trial_record as tr
 from archgen.cli import argtypes
 from archgen.costing import spec_macs
 from archgen.errors import SearchConfigError
-from archgen.machine import resolve_workers
 from archgen.objective import MAX_TRIAL_SHARE_OF_BUDGET, Objective, trial_share
 from archgen.search_run import run_search
-from archgen.settings import SearchSettings
+from archgen.settings import SearchSettings, resolve_workers
 from archgen.space import space_from_config, spec_from_params
 
 TINY_SPACE = {
