@@ -262,6 +262,12 @@ def _check_types(s: SearchSettings) -> None:
 _OPTIONAL = frozenset(f.name for f in dataclasses.fields(SearchSettings) if f.default is None)
 
 
+# What a run's config.yaml records beside the settings (search_run._write_config); a config.yaml
+# given back as --config reruns the same settings, these keys ignored.
+RUN_RECORD_KEYS = frozenset({"split_fingerprint", "latency_profile", "latency_profile_device",
+                             "latency_profile_path"})
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a search YAML; unknown keys are an error naming the key."""
     data = load_document(path, "search config", SearchConfigError)
@@ -274,6 +280,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     out = {}
     for key, value in data.items():
         name = aliases.get(key, key) if isinstance(key, str) else key
+        if name in RUN_RECORD_KEYS:  # a run's config.yaml given back as --config: what it records, not settings
+            continue
         if name not in known:
             raise SearchConfigError(f"{path}: unknown key {excerpt(key)}")
         if name == "grid_params" and isinstance(value, list):
