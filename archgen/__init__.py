@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _EXPORTS = {
+    "ablate": "archgen.api",
     "generate": "archgen.api",
     "search": "archgen.api",
     "train": "archgen.api",
@@ -40,12 +41,12 @@ _EXPORTS = {
 
 __all__ = [
     "ArchSpec", "Dataset", "RuleSet", "SearchResult", "SearchSettings", "TrainRunResult", "__version__",
-    "build_model", "generate", "latency_estimator", "load_dataset", "load_spec", "save_spec", "search",
+    "ablate", "build_model", "generate", "latency_estimator", "load_dataset", "load_spec", "save_spec", "search",
     "spec_geoms", "train",
 ]
 
 if TYPE_CHECKING:
-    from archgen.api import SearchResult, generate, latency_estimator, search, train
+    from archgen.api import SearchResult, ablate, generate, latency_estimator, search, train
     from archgen.build import build_model
     from archgen.costing import spec_geoms
     from archgen.data import Dataset, load_dataset

@@ -162,3 +162,21 @@ def train(spec: ArchSpec | str | Path, data: str = "digits", **kwargs: Any) -> T
     from archgen.train_run import train_run
 
     return train_run(spec, data, **kwargs)
+
+
+def ablate(rule: str, data: str = "digits", *, seeds: int = 3, networks: int = 2, epochs: int = 20,
+           time_budget_s: float | None = None, measure: bool = True, out: str | Path | None = None) -> dict[str, Any]:
+    """Measure one design rule (``"R1"`` .. ``"R7"``, ``"balance"``) or training hyperparameter
+    (``"lr"``, ``"loss"``, ``"reg"``, ``"batch"``, ``"early-stopping"``, ``"init"``) against its
+    alternatives, as ``archgen ablate`` does: the JSON document (``summary`` per arm with 95%
+    confidence intervals, ``paired`` differences to the rule, every ``runs`` row; docs/rules.md).
+    ``out`` also writes ``ablate.json``, ``runs.csv`` and ``ablate.png`` there."""
+    from archgen.ablate import AblateSettings, run_ablation
+
+    doc = run_ablation(AblateSettings(rule=rule, data=data, seeds=seeds, networks=networks, epochs=epochs,
+                                      time_budget_s=time_budget_s, measure=measure))
+    if out is not None:
+        from archgen.ablate_report import write_outputs
+
+        write_outputs(doc, Path(out))
+    return doc

@@ -56,8 +56,9 @@ class RuleSet:
     """Which rules are active. Every field is one rule's switch or parameter.
 
     * R1 ``balance`` / ``growth``: filters multiply by ``growth`` (2: constant MACs per layer,
-      VGG/ResNet; 4: the textbook constant ``N_p x N_f``) after each 2x2 pooling, capped at
-      ``max_filters``; all convs of a stage have the same width.
+      VGG/ResNet; 4: the textbook constant ``N_p x N_f``; 1: constant width, the alternative
+      ``archgen ablate --rule R1`` measures) after each 2x2 pooling, capped at ``max_filters``;
+      all convs of a stage have the same width.
     * R2 ``kernel_by_size``: kernel size from input size and depth (see module docstring).
     * R3 ``stacking``: replace each kernel k > 3 (except a large-input stem) by (k-1)/2 3x3 convs.
     * R4 ``stride_rule``: stride 1 with pooling; stride > 1 only in the stem of a large input.
@@ -78,8 +79,8 @@ class RuleSet:
     init: str = "kaiming_uniform"
 
     def __post_init__(self) -> None:
-        if self.growth not in (2, 4):
-            raise ConstraintError(f"growth must be 2 or 4, got {self.growth!r}")
+        if self.growth not in (1, 2, 4):
+            raise ConstraintError(f"growth must be 1, 2 or 4, got {self.growth!r}")
         if not isinstance(self.max_filters, int) or self.max_filters < 1:
             raise ConstraintError(f"max_filters must be a positive integer, got {self.max_filters!r}")
         if self.init not in INIT_SCHEMES:

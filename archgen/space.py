@@ -229,16 +229,19 @@ TRAIN_KEYS = ("lr", "optimizer", "batch_size", "loss", "weight_decay", "l1", "au
 
 
 def spec_from_params(
-    params: dict[str, Any], input_shape: tuple[int, int, int], num_classes: int
+    params: dict[str, Any], input_shape: tuple[int, int, int], num_classes: int,
+    rules: dict[str, Any] | None = None,
 ) -> ArchSpec:
     """The architecture a parameter set describes, through the rule-based generator.
 
     When the sampled head violates R6 (dense units not wider than the flattened map), the head
     switches to global average pooling first, as a practitioner would; if it still does not
-    fit, the network drops its hidden dense layers. SpecError if nothing fits.
+    fit, the network drops its hidden dense layers. SpecError if nothing fits. ``rules``
+    overrides RuleSet fields (``archgen ablate`` switches R2, R5, R6 this way); ``params`` may
+    hold ``kernel``, the conv kernel when R2 is off (default 3).
     """
-    rules = RuleSet(growth=params["growth"], stacking=params["stacking"], init=params["init"],
-                    max_filters=params.get("max_filters", RuleSet.max_filters))
+    rules = RuleSet(**{"growth": params["growth"], "stacking": params["stacking"], "init": params["init"],
+                       "max_filters": params.get("max_filters", RuleSet.max_filters), **(rules or {})})
     genes = Genes(
         stages=params["stages"],
         convs_per_stage=params["convs_per_stage"],
@@ -249,7 +252,7 @@ def spec_from_params(
         dropout=params["dropout"],
         pool_last=params["stages"] <= max_pools(input_shape, rules),
         gap=params["gap"],
-        kernel=3,
+        kernel=params.get("kernel", 3),
     )
     for attempt in (genes, replace(genes, gap=True), replace(genes, dense_layers=0)):
         try:

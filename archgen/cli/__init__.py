@@ -33,6 +33,7 @@ _SUBCOMMAND_MODULES = (
     "calibrate",
     "train",
     "search",
+    "ablate",
     "export",
     "report",
 )
