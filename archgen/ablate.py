@@ -20,6 +20,7 @@ import logging
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,8 +84,9 @@ def fit_all_arms(fac: Factor, params: dict[str, Any], input_shape: tuple[int, in
     return params
 
 
-def run_ablation(settings: AblateSettings) -> dict[str, Any]:
-    """Train every arm of ``settings.rule`` on every seed and drawn network; the JSON document."""
+def run_ablation(settings: AblateSettings, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train every arm of ``settings.rule`` on every seed and drawn network; the JSON document.
+    ``progress`` is given one line per trained network (the CLI prints them on stderr)."""
     import optuna
 
     from archgen.ablate_report import summarize
@@ -109,7 +111,10 @@ def run_ablation(settings: AblateSettings) -> dict[str, Any]:
             params = fit_all_arms(fac, params, data.input_shape, data.num_classes)
             for arm in fac.arms:
                 runs.append(_one(settings, fac, arm, params, data, test, seed, net, profile))
-                log.warning("%s seed %d network %d %s: %s", fac.name, seed, net, arm.name, _brief(runs[-1]))
+                line = f"{fac.name} seed {seed} network {net} {arm.name}: {_brief(runs[-1])}"
+                log.info("%s", line)
+                if progress is not None:
+                    progress(line)
     doc = {
         "schema": SCHEMA, "factor": fac.name, "claim": fac.claim, "data": settings.data,
         "seeds": settings.seeds, "networks": settings.networks, "epochs": settings.epochs,

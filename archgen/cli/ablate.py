@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     factor(args.rule)  # an unknown rule is a one-line error before any data is read
     settings = AblateSettings(rule=args.rule, data=args.data, seeds=args.seeds, networks=args.networks,
                               epochs=args.epochs, time_budget_s=args.time_budget, measure=not args.no_measure)
-    doc = run_ablation(settings)
+    doc = run_ablation(settings, progress=lambda line: print(line, file=sys.stderr, flush=True))
     if args.out:
         write_outputs(doc, Path(args.out))
     sys.stdout.write(json.dumps(doc, indent=1) + "\n" if args.format == "json" else render(doc, args.format))

@@ -97,4 +97,5 @@ def test_the_readme_example_runs(tmp_path: Path, monkeypatch) -> None:
     lines = done.stdout.splitlines()
     assert lines[0].startswith("['c")  # the generated names
     assert re.match(r"^c\S+ 0\.\d+ 0\.\d+ .*api-demo$", lines[1])  # spec, val_acc, test_acc, run dir
-    assert re.match(r"^ok 0\.\d+$", lines[-1])  # the train run's status and test accuracy
+    assert re.match(r"^ok 0\.\d+$", lines[-2])  # the train run's status and test accuracy
+    assert re.match(r"^\[\('same padding', 0\.\d+\), \('valid padding', 0\.\d+\)\]$", lines[-1])  # ablate
