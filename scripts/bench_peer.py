@@ -8,7 +8,9 @@ Arms (each run alone, one after another, on the same CPUs):
   blocks of 3x3 convolutions + ReLU + 2x2 max pooling with widths 16-64 doubling per block,
   optional batch norm, a dense layer of 64-256 units, dropout; Adam with lr 1e-4..1e-2, batch 32-128,
   up to 15 epochs with the best validation epoch kept) trained by a plain PyTorch loop written
-  here, ``study.optimize(timeout=B)`` in one process with PyTorch's default threads (every core).
+  here, ``study.optimize(timeout=B)`` in one process with PyTorch's default threads (every core);
+  a trial running at the budget's end stops after its current epoch (since 2026-12-01; before,
+  the last trial ran on to its epoch cap and the peer took 366-422 s of a 300 s budget).
   Same train/validation/test split as archgen's seed ``s``; the best trial on validation is
   evaluated on test once.
 
@@ -114,6 +116,8 @@ def run_peer(data: str, seed: int, budget: float, out: Path) -> dict:
         loss_fn = nn.CrossEntropyLoss()
         best = 0.0
         for epoch in range(PEER_MAX_EPOCHS):
+            if epoch and time.time() > deadline:  # equal wall clock: the last trial stops at the budget
+                break
             model.train()
             order = torch.randperm(len(ytr))
             for i in range(0, len(ytr), batch):
@@ -135,6 +139,7 @@ def run_peer(data: str, seed: int, budget: float, out: Path) -> dict:
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
                                 pruner=optuna.pruners.MedianPruner())
     t0 = time.time()
+    deadline = t0 + budget
     study.optimize(objective, timeout=budget)
     best = study.best_trial
     model = _peer_model(optuna.trial.FixedTrial(best.params), in_ch, size, ds.num_classes)
