@@ -18,6 +18,9 @@ Rules:
 * ``cv``: the best ``--top`` trials by ``val`` re-scored by ``--folds``-fold cross-validation on
   train + validation (``archgen.rescore``), the highest mean fold accuracy.
 * ``cv-cheap``: ``cv``, ties within one fold-averaged image to the lower estimated latency.
+* ``se1``: the one-standard-error rule: the lowest estimated latency among trials within one
+  binomial standard error (sqrt(p (1 - p) / n_val)) of the best validation accuracy.
+* ``cv-se1``: the same on the k-fold accuracies of the re-scored trials (n = train + validation).
 
     python scripts/bench_select.py --seeds 0-9 --out-root /tmp/bench_select --json /tmp/bench_select.json
 
@@ -79,6 +82,16 @@ def pick_cheap(rows: list[dict], images: int, n_val: int) -> dict:
     return min(near, key=lambda r: (r["est_ms"], -r["val_acc"], r["val_loss"]))
 
 
+def pick_se(rows: list[dict], key: str, n: int) -> dict:
+    """The one-standard-error rule: the cheapest trial whose ``key`` accuracy is within one
+    binomial standard error sqrt(p (1 - p) / n) of the best."""
+    scored = [r for r in rows if r.get(key) is not None]
+    best = max(r[key] for r in scored)
+    se = (best * (1 - best) / n) ** 0.5
+    near = [r for r in scored if r[key] >= best - se - 1e-12]
+    return min(near, key=lambda r: (r["est_ms"], -r[key]))
+
+
 def pick_cv(rows: list[dict], cheap: bool, n_all: int) -> dict:
     scored = [r for r in rows if r.get("cv_acc") is not None]
     best = max(r["cv_acc"] for r in scored)
@@ -123,7 +136,8 @@ def one_seed(seed: int, root: Path, args: argparse.Namespace) -> dict:
     n_val, n_all = len(data.val.y), len(data.val.y) + len(data.train.y)
     picks = {"val": pick_val(rows), "loss": min(rows, key=lambda r: r["val_loss"]), "cheap-0": pick_cheap(rows, 0, n_val), "cheap-1": pick_cheap(rows, 1, n_val),
              "cheap-2": pick_cheap(rows, 2, n_val), "cv": pick_cv(rows, False, n_all),
-             "cv-cheap": pick_cv(rows, True, n_all)}
+             "cv-cheap": pick_cv(rows, True, n_all), "se1": pick_se(rows, "val_acc", n_val),
+             "cv-se1": pick_se(rows, "cv_acc", n_all)}
     assert picks["val"]["trial"] == found["trial_number"], "the search selected another trial than the val rule"
     spec_path = root / "hand_digits_cnn.json"
     spec_path.write_text(json.dumps(DIGITS_CNN, indent=1))
@@ -132,7 +146,7 @@ def one_seed(seed: int, root: Path, args: argparse.Namespace) -> dict:
                            "--force", "--quiet", "--format", "json"]))
     return {"seed": seed, "trained": len(rows), "n_val": n_val, "n_test": len(test.y),
             "cv_s": round(cv_s, 1), "search_test": found["test_acc"], "hand_test": hand["test_acc"],
-            "oracle_test": max(r["test_acc"] for r in rows),
+            "oracle_test": max(r["test_acc"] for r in rows), "rows": rows,
             "picks": {k: {"trial": v["trial"], "val_acc": v["val_acc"], "est_ms": v["est_ms"], "test_acc": v["test_acc"]}
                       for k, v in picks.items()}}
 
@@ -170,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for seed in seeds_of(args.seeds):
         results.append(one_seed(seed, root, args))
-        print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+        print(json.dumps({k: v for k, v in results[-1].items() if k != "rows"}), file=sys.stderr, flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=1))
     sys.stdout.write(table(results))
