@@ -20,7 +20,8 @@ Rules:
 * ``cv-cheap``: ``cv``, ties within one fold-averaged image to the lower estimated latency.
 * ``se1``: the one-standard-error rule: the lowest estimated latency among trials within one
   binomial standard error (sqrt(p (1 - p) / n_val)) of the best validation accuracy.
-* ``cv-se1``: the same on the k-fold accuracies of the re-scored trials (n = train + validation).
+* ``se1-loss``: among the same near-best trials, the lowest validation loss.
+* ``cv-se1``: the one-standard-error rule on the k-fold accuracies of the re-scored trials (n = train + validation).
 
     python scripts/bench_select.py --seeds 0-9 --out-root /tmp/bench_select --json /tmp/bench_select.json
 
@@ -82,14 +83,15 @@ def pick_cheap(rows: list[dict], images: int, n_val: int) -> dict:
     return min(near, key=lambda r: (r["est_ms"], -r["val_acc"], r["val_loss"]))
 
 
-def pick_se(rows: list[dict], key: str, n: int) -> dict:
-    """The one-standard-error rule: the cheapest trial whose ``key`` accuracy is within one
-    binomial standard error sqrt(p (1 - p) / n) of the best."""
+def pick_se(rows: list[dict], key: str, n: int, by: str = "est_ms") -> dict:
+    """The one-standard-error rule: among trials whose ``key`` accuracy is within one binomial
+    standard error sqrt(p (1 - p) / n) of the best, the lowest ``by`` (estimated latency, or
+    validation loss)."""
     scored = [r for r in rows if r.get(key) is not None]
     best = max(r[key] for r in scored)
     se = (best * (1 - best) / n) ** 0.5
     near = [r for r in scored if r[key] >= best - se - 1e-12]
-    return min(near, key=lambda r: (r["est_ms"], -r[key]))
+    return min(near, key=lambda r: (r[by], -r[key]))
 
 
 def pick_cv(rows: list[dict], cheap: bool, n_all: int) -> dict:
@@ -137,7 +139,7 @@ def one_seed(seed: int, root: Path, args: argparse.Namespace) -> dict:
     picks = {"val": pick_val(rows), "loss": min(rows, key=lambda r: r["val_loss"]), "cheap-0": pick_cheap(rows, 0, n_val), "cheap-1": pick_cheap(rows, 1, n_val),
              "cheap-2": pick_cheap(rows, 2, n_val), "cv": pick_cv(rows, False, n_all),
              "cv-cheap": pick_cv(rows, True, n_all), "se1": pick_se(rows, "val_acc", n_val),
-             "cv-se1": pick_se(rows, "cv_acc", n_all)}
+             "cv-se1": pick_se(rows, "cv_acc", n_all), "se1-loss": pick_se(rows, "val_acc", n_val, "val_loss")}
     assert picks["val"]["trial"] == found["trial_number"], "the search selected another trial than the val rule"
     spec_path = root / "hand_digits_cnn.json"
     spec_path.write_text(json.dumps(DIGITS_CNN, indent=1))
