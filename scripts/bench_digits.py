@@ -47,9 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     for seed in (int(s) for s in args.seeds.split(",") if s):
         run_dir = root / f"search_s{seed}"
         if not (run_dir / "test_metrics.json").exists():
-            run([*pin, "archgen", "search", "--data", "digits", "--seed", str(seed), "--out", str(run_dir), "-q"])
+            run([*pin, sys.executable, "-m", "archgen", "search", "--data", "digits", "--seed", str(seed), "--out", str(run_dir), "-q"])
         found = json.loads((run_dir / "test_metrics.json").read_text())
-        hand = json.loads(run([*pin, "archgen", "train", str(spec), "--data", "digits", "--split-seed", str(seed),
+        hand = json.loads(run([*pin, sys.executable, "-m", "archgen", "train", str(spec), "--data", "digits", "--split-seed", str(seed),
                                "--seed", str(seed), "--threads", "1", "--out", str(root / f"hand_s{seed}"),
                                "--force", "--quiet", "--format", "json"]))
         rows.append({"seed": seed, "search_spec": found["spec_name"], "search_val": found["val_acc"],

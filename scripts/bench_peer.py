@@ -39,7 +39,7 @@ def run_archgen(data: str, seed: int, budget: float, out: Path, cpus: str, worke
     import pandas as pd
 
     if not (out / "test_metrics.json").exists():
-        cmd = ["taskset", "-c", cpus, "archgen", "search", "--data", data, "--seed", str(seed),
+        cmd = ["taskset", "-c", cpus, sys.executable, "-m", "archgen", "search", "--data", data, "--seed", str(seed),
                "--time-budget", str(budget), "--out", str(out), "-q"]
         if workers:
             cmd += ["--workers", workers]

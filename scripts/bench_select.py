@@ -63,7 +63,7 @@ def seeds_of(text: str) -> list[int]:
     return [int(s) for s in text.split(",") if s]
 
 
-ARCHGEN = str(Path(sys.executable).with_name("archgen"))
+ARCHGEN = [sys.executable, "-m", "archgen"]
 
 
 def run(cmd: list[str]) -> str:
@@ -113,7 +113,7 @@ def one_seed(seed: int, root: Path, args: argparse.Namespace) -> dict:
     run_dir = root / f"search_s{seed}"
     if not (run_dir / "test_metrics.json").exists():
         t0 = time.perf_counter()
-        run([ARCHGEN, "search", "--data", args.data, "--seed", str(seed), "--out", str(run_dir), "-q",
+        run([*ARCHGEN, "search", "--data", args.data, "--seed", str(seed), "--out", str(run_dir), "-q",
              *args.search_args.split()])
         (run_dir / "bench_wall_s.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
     found = json.loads((run_dir / "test_metrics.json").read_text())
@@ -143,7 +143,7 @@ def one_seed(seed: int, root: Path, args: argparse.Namespace) -> dict:
     assert picks["val"]["trial"] == found["trial_number"], "the search selected another trial than the val rule"
     spec_path = root / "hand_digits_cnn.json"
     spec_path.write_text(json.dumps(DIGITS_CNN, indent=1))
-    hand = json.loads(run([ARCHGEN, "train", str(spec_path), "--data", args.data, "--split-seed", str(seed),
+    hand = json.loads(run([*ARCHGEN, "train", str(spec_path), "--data", args.data, "--split-seed", str(seed),
                            "--seed", str(seed), "--threads", "1", "--out", str(root / f"hand_s{seed}"),
                            "--force", "--quiet", "--format", "json"]))
     return {"seed": seed, "trained": len(rows), "n_val": n_val, "n_test": len(test.y),

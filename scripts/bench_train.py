@@ -125,7 +125,7 @@ def bench_throughput(spec: ArchSpec, data: Dataset, *, batch_size: int, threads:
 
 
 def cli_run(spec_path: Path, data: str, out: Path, seed: int, threads: int, extra: list[str]) -> dict:
-    cmd = ["archgen", "train", str(spec_path), "--data", data, "--seed", str(seed),
+    cmd = [sys.executable, "-m", "archgen", "train", str(spec_path), "--data", data, "--seed", str(seed),
            "--threads", str(threads), "--out", str(out), "--quiet", "--format", "json", *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
