@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -127,15 +128,33 @@ def selectable(study: optuna.Study, settings: SearchSettings) -> list[FrozenTria
     return done
 
 
-def select_best(study: optuna.Study, settings: SearchSettings) -> FrozenTrial | None:
-    """Highest validation accuracy among completed trials within the latency budget; ties
-    (common: one validation image is 0.4% on digits) go to the lower validation loss, the finer
-    signal, then to the lower estimated latency. Test data plays no part."""
+def select_best(study: optuna.Study, settings: SearchSettings, n_val: int | None = None) -> FrozenTrial | None:
+    """The trial to select among completed trials within the latency budget; test data plays no
+    part.
+
+    ``selection: best``: the highest validation accuracy; ties (common: one validation image is
+    0.4% on digits) go to the lower validation loss, the finer signal, then to the lower
+    estimated latency. ``selection: se1`` (the default, with ``n_val`` validation images): the
+    one-standard-error rule, the lowest estimated latency among the trials whose validation
+    accuracy is within one binomial standard error sqrt(p (1 - p) / n_val) of the best p; a
+    trial that is better on validation by less than the split can tell is not worth a slower
+    network (measured: docs/benchmarks.md, "Selection on a small validation split")."""
     done = selectable(study, settings)
     if not done:
         return None
-    return max(done, key=lambda t: (t.user_attrs[VAL_ACC], -t.user_attrs.get(VAL_LOSS, 0.0),
+    best = max(done, key=lambda t: (t.user_attrs[VAL_ACC], -t.user_attrs.get(VAL_LOSS, 0.0),
                                     -t.user_attrs.get(EST_MS, 0.0)))
+    if getattr(settings, "selection", "best") != "se1" or not n_val:
+        return best
+    margin = selection_margin(best.user_attrs[VAL_ACC], n_val)
+    near = [t for t in done if t.user_attrs[VAL_ACC] >= best.user_attrs[VAL_ACC] - margin - 1e-12]
+    return min(near, key=lambda t: (t.user_attrs.get(EST_MS, math.inf), -t.user_attrs[VAL_ACC],
+                                    t.user_attrs.get(VAL_LOSS, 0.0)))
+
+
+def selection_margin(best_acc: float, n_val: int) -> float:
+    """One binomial standard error of a validation accuracy ``best_acc`` on ``n_val`` images."""
+    return math.sqrt(max(0.0, best_acc * (1.0 - best_acc)) / n_val)
 
 
 def nothing_trained_message(study: optuna.Study, settings: SearchSettings) -> str:
@@ -180,7 +199,7 @@ def finalize(settings: SearchSettings, study: optuna.Study, dataset: Dataset, pr
     ``report``; ``reused`` when an earlier evaluation of the same selection stands)."""
     run_dir = settings.run_dir
     _write_tables(settings, study)
-    best = select_best(study, settings)
+    best = select_best(study, settings, n_val=len(dataset.val.y))
     if best is None:
         raise NothingTrainedError(nothing_trained_message(study, settings))
     rescored = None
@@ -218,6 +237,7 @@ def finalize(settings: SearchSettings, study: optuna.Study, dataset: Dataset, pr
         "trial_number": best.number,
         VAL_ACC: best.user_attrs[VAL_ACC],
         "refit": refit,
+        "selection": getattr(settings, "selection", "best"),
         "rescored": rescored,
         EST_MS: best.user_attrs.get(EST_MS),
         MEAS_MS: meas_ms,

@@ -49,6 +49,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--refit", action="store_true", default=None,
                    help="retrain the selected configuration on train + validation for its trial's "
                         "best epoch count before the test evaluation and export (off by default)")
+    p.add_argument("--selection", choices=("se1", "best"), default=None,
+                   help="se1 (default): the fastest trial (estimated latency) within one standard error of "
+                        "the best validation accuracy; best: the best validation accuracy")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=run)
 
@@ -65,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         k: getattr(args, k)
         for k in ("data", "strategy", "trials", "time_budget_s", "max_latency_ms", "objective",
                   "storage", "study", "workers", "seed", "threads", "out", "finalize", "calibrate", "refit",
-                  "device", "device_profile", "runtime")
+                  "selection", "device", "device_profile", "runtime")
     }
     cli["latency_batch"] = args.latency_batch
     cli["max_epochs"] = args.max_epochs
