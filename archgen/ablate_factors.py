@@ -97,8 +97,12 @@ FACTORS: dict[str, Factor] = {f.name: f for f in (
     Factor("R2", "kernel size by input size and depth: 5x5 for 28-32 px inputs, 3x3 with 3+ stages",
            (Arm("by size (rule)"), Arm("3x3", rules={"kernel_by_size": False}, params={"kernel": 3}),
             Arm("5x5", rules={"kernel_by_size": False}, params={"kernel": 5})), _two_stages_at_most),
+    # R3 rewrites kernels above 3, which R2 gives only to small inputs: both arms start from 5x5
+    # so that stacking matters on every input size.
     Factor("R3", "stacked 3x3 convolutions instead of one large kernel (two 3x3 see as far as one 5x5)",
-           (Arm("one large kernel"), Arm("stacked 3x3", params={"stacking": True})), _two_stages_at_most),
+           (Arm("one 5x5", rules={"kernel_by_size": False}, params={"kernel": 5}),
+            Arm("two stacked 3x3", rules={"kernel_by_size": False}, params={"kernel": 5, "stacking": True})),
+           _two_stages_at_most),
     Factor("R4", "stride 1 with 2x2 pooling for subsampling, not strided convolutions",
            (Arm("stride 1 + pooling"), Arm("stride-2 convs", transform="strided")), _stages_at_least(2)),
     Factor("R5", "zero ('same') padding keeps the spatial size and the border information",

@@ -60,13 +60,18 @@ def summarize(doc: dict[str, Any]) -> dict[str, Any]:
     return {"summary": summary, "paired": paired}
 
 
-def _fmt(ci: dict[str, Any], digits: int = 4, pct: bool = False) -> str:
+def _fmt(ci: dict[str, Any], digits: int = 4, pct: bool = False, bounded: bool = False) -> str:
+    """``mean [lo, hi]``; ``bounded``: an accuracy, whose interval is shown within [0, 100]%
+    (the JSON keeps the unclipped t interval)."""
     if ci["mean"] is None:
         return "-"
     scale = 100.0 if pct else 1.0
     text = f"{ci['mean'] * scale:.{digits}f}"
     if ci["lo"] is not None:
-        text += f" [{ci['lo'] * scale:.{digits}f}, {ci['hi'] * scale:.{digits}f}]"
+        lo, hi = ci["lo"] * scale, ci["hi"] * scale
+        if bounded:
+            lo, hi = max(lo, 0.0), min(hi, scale)
+        text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
     return text
 
 
@@ -78,7 +83,7 @@ def render(doc: dict[str, Any], fmt: str = "table") -> str:
     for s in doc["summary"]:
         notes = [f"{s[k]} {k.replace('_', ' ')}" for k in ("failed", "not_applicable") if s[k]]
         rows.append([s["arm"], f"{s['trained']}" + (f" ({', '.join(notes)})" if notes else ""),
-                     _fmt(s["test_acc"], 2, pct=True), _fmt(s["val_acc"], 2, pct=True), _fmt(s["est_ms"], 3),
+                     _fmt(s["test_acc"], 2, pct=True, bounded=True), _fmt(s["val_acc"], 2, pct=True, bounded=True), _fmt(s["est_ms"], 3),
                      _fmt(s["meas_ms"], 3), _int(s["params"]), _int(s["macs"]), _fmt(s["conv_cv_est"], 2),
                      _fmt(s["conv_cv_meas"], 2), _fmt(s["acc_per_ms"], 2)])
     lines = [f"{doc['factor']}: {doc['claim']}",
