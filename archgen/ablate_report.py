@@ -125,7 +125,9 @@ def plot(doc: dict[str, Any], path: str | Path) -> Path:
         if x["mean"] is None or y["mean"] is None:
             continue
         xerr = [[x["mean"] - x["lo"]], [x["hi"] - x["mean"]]] if x["lo"] is not None else None
-        yerr = [[100 * (y["mean"] - y["lo"])], [100 * (y["hi"] - y["mean"])]] if y["lo"] is not None else None
+        # the t interval of an accuracy, drawn within [0, 100]%
+        yerr = ([[100 * (y["mean"] - max(y["lo"], 0.0))], [100 * (min(y["hi"], 1.0) - y["mean"])]]
+                if y["lo"] is not None else None)
         ax.errorbar([x["mean"]], [100 * y["mean"]], xerr=xerr, yerr=yerr, fmt="o", ms=8, capsize=4,
                     color=color, label=f"{arm} (n={s['trained']})")
     ax.set_xlabel(f"{'measured' if key == 'meas_ms' else 'estimated'} latency, ms (batch 1, 1 thread)")
