@@ -127,14 +127,15 @@ def main(argv: list[str] | None = None) -> int:
     dropped_all = sum(r["meas_cv_after"] < r["meas_cv_before"] for r in rows)
     dropped_changed = sum(r["meas_cv_after"] < r["meas_cv_before"] for r in changed_rows)
     est_dropped = sum(r["est_cv_after"] < r["est_cv_before"] - 1e-9 for r in rows)
-    cmd = "taskset -c 0 python " + " ".join(["scripts/bench_balance.py"] + (argv if argv is not None else sys.argv[1:]))
+    pinned = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+    cmd = f"taskset -c {pinned} python " + " ".join(["scripts/bench_balance.py"] + (argv if argv is not None else sys.argv[1:]))
     lines = [
         f"Command: `{cmd}`", "",
         f"Date: {started}; machine: {machine()}; pinned to CPUs {sorted(os.sched_getaffinity(0))}, "
         f"torch {torch.__version__}, 1 thread, batch {args.batch_size}, {args.repeats} repeats "
         f"(minimum per layer), original and rebalanced network interleaved; {elapsed_s:.0f} s in all.", "",
         f"Profile used by rebalance: {profile_name}.", "",
-        f"{len(rows)} networks (conv-only bodies, >= 2 conv layers); rebalance changed the widths of "
+        f"{len(rows)} networks (conv-only bodies, >= 3 conv layers); rebalance changed the widths of "
         f"{len(changed_rows)}.", "",
         "| networks | median est CV before | median est CV after | median meas CV before | "
         "median meas CV after | meas CV dropped | median meas conv ms before | median meas conv ms after |",
