@@ -21,7 +21,8 @@ RULE_HELP = ("R1 (filter growth) | R2 (kernel size) | R3 (stacked 3x3) | R4 (str
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ablate", help="measure a design rule or hyperparameter against its alternatives",
-                       description=__doc__.splitlines()[0].split(": ", 1)[1])
+                       description="Measure a design rule or training hyperparameter against its alternatives "
+                                   "on your data and machine (docs/rules.md).")
     p.add_argument("--rule", required=True, metavar="RULE", help=RULE_HELP)
     p.add_argument("--data", default="digits", metavar="DATA",
                    help="digits | idx:DIR (MNIST-format files) | npz:FILE | folder:DIR (default digits)")
