@@ -102,7 +102,7 @@ class SearchSettings:
     # converged networks (docs/benchmarks.md), it costs up to one more trial beyond
     # --time-budget, and without it validation data never fits weights (docs/design.md, "Data flow").
     refit: bool = False
-    # How the trained trials are ranked for selection (archgen.finalize.select_best): "se1" (the
+    # How the trained trials are ranked for selection (archgen.selection.select_best): "se1" (the
     # one-standard-error rule: the lowest estimated latency among trials within one binomial
     # standard error of the best validation accuracy) or "best" (the best validation accuracy,
     # ties to the lower validation loss). se1 by measurement over 10 digits split seeds

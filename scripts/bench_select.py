@@ -46,9 +46,9 @@ from bench_train import DIGITS_CNN  # noqa: E402
 
 from archgen.build import build_model  # noqa: E402
 from archgen.evaluation import evaluate_split  # noqa: E402
-from archgen.finalize import selectable  # noqa: E402
 from archgen.losses import LOSS_FNS  # noqa: E402
 from archgen.rescore import rescore_best  # noqa: E402
+from archgen.selection import selectable  # noqa: E402
 from archgen.settings import settings_from  # noqa: E402
 from archgen.spec import ArchSpec  # noqa: E402
 from archgen.storage import open_storage  # noqa: E402

@@ -22,7 +22,7 @@ unique). At the end the command runs to completion and the run is
 checked: finished trials == ``--trials``, none RUNNING or WAITING, each lost trial failed and
 retried once (``retry_of``) with its parameters, no retry lineage finished twice, ``trials.csv``
 lists every trial once, and ``best/spec.json`` and ``test_metrics.json`` are those of the trial
-``archgen.finalize.select_best`` picks from the study.
+``archgen.selection.select_best`` picks from the study.
 
     python scripts/fault_rounds.py --rounds 20 --seed 0 --json-out /tmp/fault_rounds_20.json
 
@@ -220,7 +220,7 @@ def check_run_dir(run_dir: Path, study: Any) -> dict[str, Any]:
     import pandas as pd
     from optuna.trial import TrialState
 
-    from archgen.finalize import select_best
+    from archgen.selection import select_best
     from archgen.spec import ArchSpec
 
     problems: list[str] = []

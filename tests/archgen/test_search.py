@@ -12,8 +12,8 @@ import torch
 import yaml
 
 from archgen.data import SealedTest, load_dataset
-from archgen.finalize import selection_margin
 from archgen.search_run import run_search
+from archgen.selection import selection_margin
 from archgen.settings import SearchSettings
 
 # Small, fast networks so a trial takes about a second on one core.
@@ -279,7 +279,7 @@ def test_example_configs_are_valid(name):
 def test_selection_breaks_accuracy_ties_by_validation_loss():
     from types import SimpleNamespace
 
-    from archgen.finalize import select_best
+    from archgen.selection import select_best
 
     study = optuna.create_study(direction="maximize")
     for acc, loss, est in [(0.98, 0.09, 1.0), (0.99, 0.08, 2.0), (0.99, 0.05, 3.0), (0.99, 0.05, 2.5)]:
@@ -489,7 +489,7 @@ def test_seeded_pruning_is_opt_in(tmp_path):
 def test_se1_selection_takes_the_fastest_trial_within_one_standard_error():
     from types import SimpleNamespace
 
-    from archgen.finalize import select_best, selection_margin
+    from archgen.selection import select_best, selection_margin
 
     study = optuna.create_study(direction="maximize")
     # 270 validation images: one standard error at 267/270 is 0.0064, more than one image (0.0037)
