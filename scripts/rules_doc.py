@@ -28,6 +28,15 @@ except ImportError:
     pass
 
 
+def _data_flag(data: str) -> str:
+    """The --data value as docs show it: no machine paths."""
+    if data.startswith("npz:"):
+        return "npz:textures.npz"
+    if data.startswith("idx:"):
+        return "idx:mnist10k/"
+    return data
+
+
 def section(name: str, sources: list[tuple[str, Path]]) -> str:
     out = [f"## {name}", "", f"**Claim.** {FACTORS[name].claim}.", ""]
     for label, folder in sources:
@@ -39,10 +48,10 @@ def section(name: str, sources: list[tuple[str, Path]]) -> str:
         figure = ROOT / "docs" / "rules" / f"{name}-{label}.png"
         figure.parent.mkdir(exist_ok=True)
         plot(doc, figure)
-        text = render(doc, "markdown").splitlines()[2:]  # the title is the claim above
+        text = render(doc, "markdown").replace(doc["data"], _data_flag(doc["data"])).splitlines()[2:]
         flags = f" --epochs {doc['epochs']}" if doc["epochs"] != 20 else ""
         out += [f"### {label}", "", *text, "", f"![{name} on {label}](rules/{figure.name})", "",
-                f"`archgen ablate --rule {name} --data {doc['data'] if label != 'textures' else 'npz:textures.npz'}"
+                f"`archgen ablate --rule {name} --data {_data_flag(doc['data'])}"
                 f" --seeds {doc['seeds']} --networks {doc['networks']}{flags}` ({doc['wall_s']:.0f} s)", ""]
     out += [f"**Verdict.** {VERDICTS.get(name, 'not yet judged.')}", ""]
     return "\n".join(out)
