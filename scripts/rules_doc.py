@@ -47,7 +47,7 @@ def section(name: str, sources: list[tuple[str, Path]]) -> str:
         doc = json.loads(path.read_text())
         figure = ROOT / "docs" / "rules" / f"{name}-{label}.png"
         figure.parent.mkdir(exist_ok=True)
-        plot(doc, figure)
+        plot({**doc, "data": _data_flag(doc["data"])}, figure)
         text = render(doc, "markdown").replace(doc["data"], _data_flag(doc["data"])).splitlines()[2:]
         flags = f" --epochs {doc['epochs']}" if doc["epochs"] != 20 else ""
         out += [f"### {label}", "", *text, "", f"![{name} on {label}](rules/{figure.name})", "",
