@@ -50,6 +50,7 @@ def section(name: str, sources: list[tuple[str, Path]]) -> str:
         plot({**doc, "data": _data_flag(doc["data"])}, figure)
         text = render(doc, "markdown").replace(doc["data"], _data_flag(doc["data"])).splitlines()[2:]
         flags = f" --epochs {doc['epochs']}" if doc["epochs"] != 20 else ""
+        flags += f" --time-budget {doc['time_budget_s']:g}" if doc.get("time_budget_s") else ""
         out += [f"### {label}", "", *text, "", f"![{name} on {label}](rules/{figure.name})", "",
                 f"`archgen ablate --rule {name} --data {_data_flag(doc['data'])}"
                 f" --seeds {doc['seeds']} --networks {doc['networks']}{flags}` ({doc['wall_s']:.0f} s)", ""]
