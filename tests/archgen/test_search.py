@@ -296,7 +296,8 @@ def test_selection_breaks_accuracy_ties_by_validation_loss():
 
 def test_candidates_too_slow_for_the_time_budget_are_not_started(tmp_path):
     # A 2-second budget cannot afford 20 epochs of the wide network; the narrow one is fine.
-    space = {**TINY_SPACE, "base_filters": 48, "stages": 2, "convs_per_stage": 2, "dense_layers": 0}
+    space = {**TINY_SPACE, "base_filters": 48, "stages": 2, "convs_per_stage": 2, "dense_layers": 0,
+             "rebalance": False}  # rebalancing can narrow the wide network until it fits
     settings = SearchSettings(workers=1, data="digits", strategy="random", trials=2, time_budget_s=2.0, max_epochs=20,
                               threads=1, out=str(tmp_path / "slow"), space=space, warm_start=False, finalize=False)
     run_search(settings)
