@@ -171,7 +171,7 @@ def finalize(settings: SearchSettings, study: optuna.Study, dataset: Dataset, pr
         "trial_number": best.number,
         VAL_ACC: best.user_attrs[VAL_ACC],
         "refit": refit,
-        "selection": getattr(settings, "selection", "best"),
+        "selection": settings.selection,
         "rescored": rescored,
         EST_MS: best.user_attrs.get(EST_MS),
         MEAS_MS: meas_ms,

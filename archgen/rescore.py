@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from archgen.data import Dataset, Split
+from archgen.selection import validation_rank
 from archgen.spec import ArchSpec
-from archgen.trial_record import BEST_EPOCH, EST_MS, SPEC, VAL_ACC, VAL_LOSS
+from archgen.trial_record import BEST_EPOCH, SPEC, VAL_ACC
 
 if TYPE_CHECKING:
     import optuna
@@ -49,8 +50,7 @@ def rescore_best(study: optuna.Study, settings: SearchSettings, dataset: Dataset
     from archgen.objective import trial_start
     from archgen.training import train_fixed
 
-    ranked = sorted(done, key=lambda t: (t.user_attrs[VAL_ACC], -t.user_attrs.get(VAL_LOSS, 0.0),
-                                         -t.user_attrs.get(EST_MS, 0.0)), reverse=True)
+    ranked = sorted(done, key=validation_rank, reverse=True)
     top = ranked[:settings.rescore_top]
     folds = cv_folds(dataset, settings.rescore_folds, settings.seed)
     rows = []

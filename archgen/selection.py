@@ -24,6 +24,12 @@ def selectable(study: optuna.Study, settings: SearchSettings) -> list[FrozenTria
     return done
 
 
+def validation_rank(t: FrozenTrial) -> tuple[float, float, float]:
+    """The key that orders trials best first under ``max``: validation accuracy, then the lower
+    validation loss, then the lower estimated latency."""
+    return t.user_attrs[VAL_ACC], -t.user_attrs.get(VAL_LOSS, 0.0), -t.user_attrs.get(EST_MS, 0.0)
+
+
 def select_best(study: optuna.Study, settings: SearchSettings, n_val: int | None = None) -> FrozenTrial | None:
     """The trial to select among completed trials within the latency budget; test data plays no
     part.
@@ -38,8 +44,7 @@ def select_best(study: optuna.Study, settings: SearchSettings, n_val: int | None
     done = selectable(study, settings)
     if not done:
         return None
-    best = max(done, key=lambda t: (t.user_attrs[VAL_ACC], -t.user_attrs.get(VAL_LOSS, 0.0),
-                                    -t.user_attrs.get(EST_MS, 0.0)))
+    best = max(done, key=validation_rank)
     if getattr(settings, "selection", "best") != "se1" or not n_val:
         return best
     margin = selection_margin(best.user_attrs[VAL_ACC], n_val)
