@@ -45,9 +45,11 @@ def evaluate_split(
     split: Split,
     loss_fn: LossFn,
     device: torch.device,
+    channels_last: bool = False,
 ) -> tuple[float, float]:
     """``(mean loss, accuracy)`` of ``model`` on ``split`` in eval mode (NaN for an empty split);
-    the model's training mode is restored afterwards."""
+    the model's training mode is restored afterwards. ``channels_last``: image batches go in
+    channels-last, as a trainer that trains that way holds the model."""
     was_training = model.training
     model.eval()
     loss_sum, correct = 0.0, 0
@@ -55,6 +57,8 @@ def evaluate_split(
     try:
         for start in range(0, n, EVAL_BATCH):
             xb = split.x[start : start + EVAL_BATCH].to(device)
+            if channels_last and xb.dim() == 4:
+                xb = xb.contiguous(memory_format=torch.channels_last)
             yb = split.y[start : start + EVAL_BATCH].to(device)
             logits = model(xb)
             loss_sum += float(loss_fn(logits, yb)) * len(yb)

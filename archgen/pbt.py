@@ -190,5 +190,5 @@ def _tell_member(objective: Objective, study: optuna.Study, m: Member) -> None:
     loss, acc = m.trainer.evaluate(objective.dataset.val)
     t.set_user_attr(tr.VAL_ACC, acc)
     t.set_user_attr(tr.VAL_LOSS, loss)
-    atomic_torch_save(m.trainer.model.state_dict(), objective.checkpoints / f"trial_{t.number}.pt")
+    atomic_torch_save(m.trainer.release().state_dict(), objective.checkpoints / f"trial_{t.number}.pt")
     study.tell(t, [acc])

@@ -69,6 +69,11 @@ class Trainer:
         self.data = data
         self.config = config
         self._train_x = data.train.x.to(self.device)
+        self.channels_last = uses_channels_last(config, self._train_x)
+        if self.channels_last:
+            # Before the optimizer is built, so that its state follows the weights' layout.
+            self.model.to(memory_format=torch.channels_last)
+            self._train_x = self._train_x.contiguous(memory_format=torch.channels_last)
         self._train_y = data.train.y.to(self.device)
         if len(self._train_y) == 0:
             raise UserError(
@@ -174,7 +179,15 @@ class Trainer:
 
     def evaluate(self, split: Split) -> tuple[float, float]:
         """``(loss, accuracy)`` of the model on ``split``, in eval mode and without gradients."""
-        return evaluate_split(self.model, split, self._loss_fn, self.device)
+        return evaluate_split(self.model, split, self._loss_fn, self.device, self.channels_last)
+
+    def release(self) -> nn.Module:
+        """The model in PyTorch's default memory layout, as the rest of archgen (latency
+        measurement, export, checkpoints) expects it; training may go on afterwards (the
+        layout is restored by the next epoch)."""
+        if self.channels_last:
+            self.model.to(memory_format=torch.contiguous_format)
+        return self.model
 
     def _one_epoch(self) -> EpochMetrics | None:
         cfg = self.config
@@ -195,6 +208,8 @@ class Trainer:
         correct = 0
         seen = 0
         fork_devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)  # a no-op unless release() ran
         with torch.random.fork_rng(devices=fork_devices), _closing(batches):
             torch.manual_seed(_mix_seed(cfg.seed, epoch, 1))
             model.train()
@@ -253,6 +268,14 @@ class Trainer:
         self.diverged = True
         self.reason = reason
         log.info(reason)
+
+def uses_channels_last(config: TrainConfig, x: torch.Tensor) -> bool:
+    """Whether a trainer lays out images and conv weights channels-last (``config.memory_format``;
+    ``auto``: on the CPU, for image batches)."""
+    if x.dim() != 4 or config.memory_format == "contiguous":
+        return False
+    return config.memory_format == "channels_last" or torch.device(config.device).type == "cpu"
+
 
 def _mix_seed(seed: int, epoch: int, stream: int) -> int:
     """Distinct, reproducible seeds per ``(seed, epoch, stream)``; stays below 2**63."""

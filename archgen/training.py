@@ -145,6 +145,7 @@ def train(
             break
     if best_state is not None:
         model.load_state_dict(best_state)
+    trainer.release()
     return _result(trainer, status, reason, best, t0, early)
 
 
@@ -155,6 +156,7 @@ def train_fixed(model: nn.Module, data: Dataset, config: TrainConfig, epochs: in
     t0 = time.perf_counter()
     trainer = Trainer(model, data, config)
     trainer.run_epochs(epochs)
+    trainer.release()
     last = trainer.history[-1] if trainer.history else None
     return _result(trainer, "diverged" if trainer.diverged else "ok", trainer.reason, last, t0, False)
 

@@ -132,7 +132,7 @@ def time_networks(items: Sequence[tuple[Path, np.ndarray, Mapping[str, int], int
                                                          warmup_s, overhead))
 
 
-def _time_geoms(networks: Sequence[Sequence[LayerGeom]], batch_size: int, threads: int, repeats: int,
+def time_geoms(networks: Sequence[Sequence[LayerGeom]], batch_size: int, threads: int, repeats: int,
                 clock: str, per_layer: bool = True, warmup_s: float = 0.0, seed: int = 0,
                 overhead: float | None = None) -> list[tuple[list[float], list[float], list[float]]]:
     import torch
@@ -156,7 +156,7 @@ def measure_networks(networks: Sequence[Sequence[LayerGeom]], batch_size: int, t
     overhead = node_overhead_ms(threads, clock)  # once for all chunks
     for start in range(0, len(networks), timing.CHUNK):
         part = networks[start:start + timing.CHUNK]
-        for geoms, (layers, _, e2e) in zip(part, _time_geoms(part, batch_size, threads, repeats, clock,
+        for geoms, (layers, _, e2e) in zip(part, time_geoms(part, batch_size, threads, repeats, clock,
                                                              warmup_s=timing.WARMUP_S, seed=seed + start,
                                                              overhead=overhead)):
             out.append((list(geoms), layers, min(e2e)))
@@ -171,7 +171,7 @@ def measure_micro(geoms: Sequence[LayerGeom], batch_size: int, threads: int, rep
     overhead = node_overhead_ms(threads, clock)  # once for all chunks
     for start in range(0, len(geoms), timing.CHUNK):
         part = geoms[start:start + timing.CHUNK]
-        timed = _time_geoms([[g] for g in part], batch_size, threads, repeats, clock, overhead=overhead)
+        timed = time_geoms([[g] for g in part], batch_size, threads, repeats, clock, overhead=overhead)
         out += [(g, layers[0]) for g, (layers, _, _) in zip(part, timed)]
     return out
 
@@ -180,7 +180,7 @@ def reference_ms(threads: int = 1, clock: str = "auto") -> float:
     """The drift reference workload (``costmodel.measure.REFERENCE_GEOMS``) in ONNX Runtime."""
     from costmodel.measure import REFERENCE_GEOMS, REFERENCE_REPEATS
 
-    timed = _time_geoms([list(REFERENCE_GEOMS)], 1, threads, REFERENCE_REPEATS, clock, per_layer=False)
+    timed = time_geoms([list(REFERENCE_GEOMS)], 1, threads, REFERENCE_REPEATS, clock, per_layer=False)
     return min(timed[0][2])
 
 

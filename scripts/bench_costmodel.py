@@ -231,6 +231,76 @@ def throughput(geoms: list[list[LayerGeom]], modules: list, profile, n_fvcore: i
             "ratio_report_vs_fvcore": frame / fvc, "profile_compile_ms": compile_ms}
 
 
+def measure_interleaved(batch: int, threads: int, runtime: str, args: argparse.Namespace,
+                        held: list[list[LayerGeom]], extra: list[list[LayerGeom]],
+                        ) -> tuple[Measurements, list[float], list[float], list[float]]:
+    """Calibration and held-out networks measured in the same chunks (``--interleaved``).
+
+    The calibration's micro-benchmarks first, then every network, calibration and held out in
+    one seeded random order, profiled as calibration profiles its networks (chunks of
+    ``CHUNK``, ``default_repeats`` interleaved rounds, per-layer hooks); the held-out networks
+    are built from their geometries. A change of the machine's state between two measurement
+    sessions minutes apart (docs/benchmarks.md) then lands on the calibration and the held-out
+    networks alike: what is left is the model's error. Returns (the calibration's
+    measurements, held-out reference, pass A, pass B), passes as in ``measure``."""
+    from costmodel.calibration import calibration_networks, default_repeats
+    from costmodel.device_profile import current_context
+    from costmodel.measure import (
+        input_for,
+        measure_micro,
+        micro_benchmark_geoms,
+        module_from_geoms,
+        reference_ms,
+    )
+    from costmodel.profile import PROTOCOL, profile_modules, resolve_clock
+
+    calib = calibration_networks(args.quick, 0, args.calib_networks) + [list(n) for n in extra]
+    nets = calib + [list(n) for n in held]
+    order = list(range(len(nets)))
+    random.Random(4242).shuffle(order)
+    reps = default_repeats(args.quick, batch)
+    micro_geoms = micro_benchmark_geoms(args.quick, 0)
+    log.info("b%d t%d %s interleaved: %d calibration + %d held-out networks, %d rounds", batch, threads,
+             runtime, len(calib), len(held), reps)
+    timed: dict[int, tuple[list, list[float], float, list[float]]] = {}
+    if runtime == "onnxruntime":
+        from costmodel import ort
+
+        micro = ort.measure_micro(micro_geoms, batch, threads, reps, args.clock)
+        overhead = ort.node_overhead_ms(threads, args.clock)
+        for start in range(0, len(order), CHUNK):
+            idx = order[start:start + CHUNK]
+            out = ort.time_geoms([nets[i] for i in idx], batch, threads, reps, args.clock,
+                                 warmup_s=WARMUP_S, seed=start, overhead=overhead)
+            for i, (layers, _, e2e) in zip(idx, out):
+                timed[i] = (nets[i], list(layers), min(e2e), list(e2e))
+            log.info("profiled %d/%d networks", len(timed), len(nets))
+        ref = ort.reference_ms(threads, args.clock)
+        protocol = dict(PROTOCOL, **ort.PROTOCOL)
+    else:
+        import torch
+
+        micro = measure_micro(micro_geoms, batch, args.device, threads, reps, args.clock)
+        torch.manual_seed(0)
+        for start in range(0, len(order), CHUNK):
+            idx = order[start:start + CHUNK]
+            pairs = [(module_from_geoms(nets[i]), input_for(nets[i], batch, args.device)) for i in idx]
+            out = profile_modules(pairs, args.device, threads, reps, 2, args.clock, warmup_s=WARMUP_S)
+            for i, mp in zip(idx, out):
+                timed[i] = (list(mp.geoms), list(mp.meas_ms), mp.e2e_ms, list(mp.e2e_samples_ms))
+            log.info("profiled %d/%d networks", len(timed), len(nets))
+        ref = reference_ms(args.device, threads, args.clock)
+        protocol = dict(PROTOCOL)
+    protocol.update(repeats=reps, quick=args.quick, n_networks=len(calib), n_micro=len(micro_geoms),
+                    clock=resolve_clock(args.clock, threads), seed=0, interleaved_with_held_out=len(held))
+    measured = Measurements(context=current_context(args.device, threads, batch, runtime=runtime),
+                            protocol=protocol, micro=micro,
+                            networks=[timed[i][:3] for i in range(len(calib))], reference_ms=ref)
+    samples = [timed[len(calib) + j][3] for j in range(len(held))]
+    return (measured, [min(s) for s in samples], [min(s[0::2]) for s in samples],
+            [min(s[1::2]) for s in samples])
+
+
 def run_config(batch: int, threads: int, runtime: str, args: argparse.Namespace, nets: tuple) -> dict:
     geoms, modules, names = nets
     t0 = time.perf_counter()
@@ -240,15 +310,19 @@ def run_config(batch: int, threads: int, runtime: str, args: argparse.Namespace,
     overlap = sum(tuple(g.config_key() for g in n) in held_configs for n in extra)
     if overlap:
         raise SystemExit(f"{overlap} calibration networks equal held-out ones; fix the seeds")
-    measured = measure_calibration(device=args.device, threads=threads, batch_size=batch,
-                                   quick=args.quick, extra_networks=extra,
-                                   n_networks=args.calib_networks, clock=args.clock, runtime=runtime,
-                                   progress=lambda m: log.info("%s", m))
-    calib_s = time.perf_counter() - t0
-    log.info("b%d t%d %s: calibration measured in %.0f s; measuring %d held-out networks", batch,
-             threads, runtime, calib_s, len(geoms))
-    meas_ref, meas_a, meas_b = measure(modules, geoms, batch, threads, args.device, args.repeats,
-                                       runtime)
+    if args.interleaved:
+        measured, meas_ref, meas_a, meas_b = measure_interleaved(batch, threads, runtime, args, geoms, extra)
+        calib_s = time.perf_counter() - t0
+    else:
+        measured = measure_calibration(device=args.device, threads=threads, batch_size=batch,
+                                       quick=args.quick, extra_networks=extra,
+                                       n_networks=args.calib_networks, clock=args.clock, runtime=runtime,
+                                       progress=lambda m: log.info("%s", m))
+        calib_s = time.perf_counter() - t0
+        log.info("b%d t%d %s: calibration measured in %.0f s; measuring %d held-out networks", batch,
+                 threads, runtime, calib_s, len(geoms))
+        meas_ref, meas_a, meas_b = measure(modules, geoms, batch, threads, args.device, args.repeats,
+                                           runtime)
     # The machine's state after the held-out measurement against calibration's (archgen.drift)
     if runtime == "onnxruntime":
         from costmodel.ort import reference_ms
@@ -351,15 +425,21 @@ def write_markdown(results: list[dict], tp: dict | None, sums: dict | None, args
              f"with R2 off, inputs {', '.join('x'.join(map(str, sh)) for sh in SHAPES)}; 1/4 random plain "
              f"CNNs; <= {MAX_MACS / 1e6:.0f}M MACs per sample; "
              "none used in calibration)",
-             f"* protocol: {2 * args.repeats} rounds over all networks, interleaved round by "
+             f"* protocol: {'calibration' + chr(39) + 's' if args.interleaved else 2 * args.repeats} "
+             "rounds over all networks, interleaved round by "
              f"round (in chunks of {CHUNK} networks after {WARMUP_S:.0f} s of interleaved "
              "warm-up, as in calibration); reference = minimum over all rounds; pass A = "
              "minimum over odd rounds, pass "
-             f"B = over even rounds ({args.repeats} runs each; B against A = noise floor); "
+             f"B = over even rounds ({'half of them' if args.interleaved else f'{args.repeats} runs'} each; "
+             "B against A = noise floor); "
              f"torch.set_num_threads fixed; CPU clock `{args.clock}` (auto: the computing "
              "thread's CPU time `time.thread_time` at 1 thread, `perf_counter` at 2 threads; "
              "CUDA: events); other load on the machine was not controlled "
-             "(timings pinned with taskset)", ""]
+             "(timings pinned with taskset)"
+             + ("; **interleaved**: calibration and held-out networks measured in the same chunks, in "
+                "one seeded random order, calibration's rounds (`default_repeats`), held-out networks "
+                "built from their geometries; passes A and B split those rounds"
+                if args.interleaved else ""), ""]
     for r in results:
         lines += [f"### {r['runtime']}, batch {r['batch_size']}, {r['threads']} thread(s)", "",
                   f"calibration: {r['calibration_s']:.0f} s, {r['calibration_networks']} "
@@ -423,6 +503,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--second-pass", action="store_true",
                    help="measure the held-out networks a second time after the first pass, and report "
                         "their agreement (drift between measurement sessions)")
+    p.add_argument("--interleaved", action="store_true",
+                   help="measure calibration and held-out networks in the same chunks (held-out networks "
+                        "built from their geometries, calibration's rounds): the model's error without "
+                        "the machine's drift between measurement sessions")
     p.add_argument("--replay", default=None, nargs="+",
                    help="refit and evaluate --dump files instead of measuring")
     args = p.parse_args(argv)

@@ -465,3 +465,56 @@ def test_random_shift_moves_pixels_within_bounds_and_is_seeded():
         # a shift of at most 1 keeps the centre 3x3 block inside the output
         assert set(x[i, 0, 1:4, 1:4].flatten().tolist()) <= vals
     assert torch.equal(random_shift(x, 0), x)
+
+
+# ---------------------------------------------------------------------------------------------
+# memory layout
+
+
+def small_cnn(seed: int = 0) -> nn.Module:
+    seed_everything(seed)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 16, 10))
+
+
+def test_cpu_training_runs_channels_last_and_hands_back_the_default_layout(digits):
+    model = small_cnn()
+    trainer = Trainer(model, digits, FAST)
+    assert trainer.channels_last
+    conv = model[4].weight  # 8 -> 16 channels (with one input channel both layouts are one)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    trainer.run_epochs(1)
+    assert trainer.release() is model
+    assert all(p.is_contiguous() for p in model.parameters())
+    trainer.run_epochs(1)  # training goes on in channels-last after a release
+    assert not model[4].weight.is_contiguous()
+    result = train(small_cnn(), digits, FAST)
+    assert result.status == "ok" and result.epochs_run == FAST.epochs
+
+
+def test_train_returns_a_contiguous_model_that_exports_and_matches_contiguous_training(digits):
+    fast, plain = small_cnn(), small_cnn()
+    r_fast = train(fast, digits, FAST)
+    r_plain = train(plain, digits, dataclasses.replace(FAST, memory_format="contiguous"))
+    assert all(p.is_contiguous() for p in fast.parameters())
+    # The same arithmetic in another order: the same training to float rounding.
+    for a, b in zip(r_fast.history, r_plain.history):
+        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-3)
+        assert a.val_acc == pytest.approx(b.val_acc, abs=2 / len(digits.val))
+    x = digits.val.x[:4]
+    fast.eval(), plain.eval()
+    with torch.no_grad():
+        assert torch.allclose(fast(x), plain(x), rtol=0.01, atol=0.01)
+
+
+def test_memory_format_choices():
+    x4, x2 = torch.zeros(2, 1, 8, 8), torch.zeros(2, 64)
+    from archgen.trainer import uses_channels_last
+
+    assert uses_channels_last(FAST, x4)
+    assert not uses_channels_last(FAST, x2)  # no image batches: nothing to lay out
+    assert not uses_channels_last(dataclasses.replace(FAST, memory_format="contiguous"), x4)
+    assert not uses_channels_last(dataclasses.replace(FAST, device="cuda"), x4)  # auto: CPU only
+    assert uses_channels_last(dataclasses.replace(FAST, device="cuda", memory_format="channels_last"), x4)
+    with pytest.raises(UserError, match="memory_format='nhwc' is invalid: choose one of auto"):
+        dataclasses.replace(FAST, memory_format="nhwc")
