@@ -76,7 +76,7 @@ def choose_profile(path: str | Path | None = None, *, device: str = "cpu", runti
                    threads: int = 1, batch_size: int | None = None) -> ProfileChoice:
     """The profile to price with (module docstring); ``device`` as ``--device`` names it
     (``cuda:1`` looks up the profile of GPU 1's model)."""
-    from costmodel.device_profile import cache_path, default_profile, load_cached
+    from costmodel.device_profile import cache_path, default_profile, load_cached, predates_steady_allocator
     from costmodel.errors import CostModelError
 
     if path:
@@ -95,7 +95,12 @@ def choose_profile(path: str | Path | None = None, *, device: str = "cpu", runti
         raise UserError(str(exc)) from None
     if profile is not None:
         where = cache_path(profile.context)
-        return ProfileChoice(profile, "cache", where, False, f"cached {profile.describe()} ({where})")
+        note = f"cached {profile.describe()} ({where})"
+        if predates_steady_allocator(profile):
+            note += ("; measured with an older timing protocol (page faults included): recalibrate with "
+                     f"`archgen calibrate --batch-size {profile.batch_size}"
+                     f"{'' if profile.runtime == 'torch' else ' --runtime ' + profile.runtime}`")
+        return ProfileChoice(profile, "cache", where, False, note)
     note = "built-in default profile (uncalibrated, rough)"
     if sizes:
         note += (f"; this machine has {runtime} profiles for batch "

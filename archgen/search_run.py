@@ -126,15 +126,17 @@ def ensure_profile(settings: SearchSettings, input_shape: tuple[int, int, int] |
     yet, so the latency estimates and budgets of the search are this machine's, not the
     built-in guess. Nothing to do with ``device_profile`` (the target's profile is given)."""
     from archgen.calibration import calibrate_device
-    from costmodel.device_profile import load_cached
+    from costmodel.device_profile import load_cached, predates_steady_allocator
 
     if settings.device_profile is not None or not settings.calibrate:
         return
     device = settings.main_device if settings.runtime == "torch" else "cpu"
-    if load_cached(device, 1, settings.latency_batch, settings.runtime) is not None:
+    cached = load_cached(device, 1, settings.latency_batch, settings.runtime)
+    if cached is not None and not predates_steady_allocator(cached):
         return
-    log.warning("no device profile for %s/%s/1 thread/batch %d: calibrating (quick, about a minute)",
-                device, settings.runtime, settings.latency_batch)
+    why = "no device profile" if cached is None else "the cached profile predates the current timing protocol"
+    log.warning("%s for %s/%s/1 thread/batch %d: calibrating (quick, about a minute)",
+                why, device, settings.runtime, settings.latency_batch)
     calibrate_device(device, threads=1, batch_size=settings.latency_batch, quick=True,
                      runtime=settings.runtime, input_shape=input_shape)
 

@@ -18,6 +18,7 @@ from costmodel.geometry import LayerGeom
 from costmodel.measurements import Measurements
 from costmodel.netgen import random_plain_cnn
 from costmodel.profile import PROTOCOL, resolve_clock, resolve_device
+from costmodel.timing import steady_allocator
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def measure_calibration(
         reference = reference_ms(dev, threads, clock)
         timer = resolve_clock(clock, threads) if dev == "cpu" else "cuda-events"
     protocol = dict(PROTOCOL, repeats=reps, quick=quick, n_networks=len(networks), clock=timer,
-                    n_micro=len(micro_geoms), seed=seed)
+                    n_micro=len(micro_geoms), seed=seed, allocator=steady_allocator())
     if runtime == "onnxruntime":
         protocol.update(ort.PROTOCOL)
     return Measurements(context=context, protocol=protocol, micro=micro, networks=profiled,

@@ -278,6 +278,14 @@ def cache_path(ctx: Context) -> Path:
     )
 
 
+def predates_steady_allocator(profile: DeviceProfile) -> bool:
+    """Whether ``profile`` was measured before calibration kept freed memory in the process
+    (``costmodel.timing.steady_allocator``): its times of layers with large outputs may include
+    page faults (up to several times the layer's time) that measurements now leave out. Only
+    measured profiles (their protocol records the repeats) can be."""
+    return not profile.is_default and "repeats" in profile.protocol and "allocator" not in profile.protocol
+
+
 def load_cached(device: str = "cpu", threads: int = 1, batch_size: int = 32,
                 runtime: str = "torch") -> DeviceProfile | None:
     """The cached profile for this device/runtime/threads/batch size, or None when there is none.

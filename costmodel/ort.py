@@ -126,6 +126,7 @@ def time_networks(items: Sequence[tuple[Path, np.ndarray, Mapping[str, int], int
     first)."""
     if not isinstance(threads, int) or threads < 1:
         raise CostModelError(f"threads={threads!r} must be a positive integer")
+    timing.steady_allocator()  # ONNX Runtime's arena aside, inputs and outputs are malloc'd
     if overhead is None:
         overhead = node_overhead_ms(threads, clock) if per_layer else 0.0
     return _checked(lambda: timing_ort.time_ort_networks(items, threads, repeats, clock, per_layer, warmup,

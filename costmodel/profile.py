@@ -22,6 +22,10 @@ Timing protocol (recorded in every device profile, see ``PROTOCOL``):
   interleaving many models leaves each one's weights cold: at batch 1 end-to-end times came out
   about 10% higher than calibration's, and the hooked layer times carried a cold-cache cost
   the network correction could not remove (docs/benchmarks.md, "Cost model accuracy").
+* Freed memory stays in the process while measuring (``costmodel.timing.steady_allocator``:
+  glibc's mmap and trim thresholds raised, recorded as ``protocol["allocator"]``): otherwise a
+  layer with a large output page-faults its buffers in again on every call, and one conv ran
+  at 0.95 ms or 4.4 ms depending on what the process had allocated before.
 """
 
 from __future__ import annotations
@@ -127,6 +131,8 @@ def time_fn(fn: Callable[[], object], device: str = "cpu", threads: int = 1, rep
     if repeats < 1:
         raise CostModelError(f"repeats={repeats} must be >= 1")
     import torch
+
+    timing.steady_allocator()
 
     with fixed_threads(threads), torch.no_grad():
         for _ in range(max(warmup, PROTOCOL["warmup_min"])):

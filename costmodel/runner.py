@@ -79,6 +79,7 @@ def measure_bundle(folder: str | os.PathLike[str], threads: int | None = None, r
         raise timing.MeasureError(f"{folder}: not an archgen calibration bundle of version {VERSION}")
     threads = threads or int(bundle["threads"])
     repeats = repeats or int(bundle["repeats"])
+    allocator = timing.steady_allocator()
     batch = int(bundle["batch_size"])
     clock = "auto"
     groups = {"micro": [[g] for g in bundle["micro"]], "networks": bundle["networks"],
@@ -99,7 +100,7 @@ def measure_bundle(folder: str | os.PathLike[str], threads: int | None = None, r
             if key == "networks":
                 say(f"measured {len(timed[key])}/{len(nets)} networks")
     protocol = dict(bundle.get("protocol", {}), repeats=repeats, clock=timing.resolve_clock(clock, threads),
-                    measured_by="bundle run.py")
+                    measured_by="bundle run.py", allocator=allocator)
     return {
         "format": MEASUREMENTS_FORMAT, "version": VERSION, "context": target_context(bundle, threads),
         "protocol": protocol,

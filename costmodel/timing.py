@@ -28,6 +28,42 @@ class MeasureError(RuntimeError):
     """A measurement that cannot be made (bad clock, a network that does not trace, ...)."""
 
 
+# -- the allocator ------------------------------------------------------------------------------
+# glibc's malloc hands freed memory back to the system (it trims the top of the heap and unmaps
+# blocks above its mmap threshold, a threshold it moves as the process runs) and page-faults it
+# in again on the next call. At batch 1 a conv with a large output paid for that 3-6x over
+# (3->64 channels, 5x5, 96x96: 4.4 ms against 0.95 ms), depending on what the process had
+# allocated before (docs/benchmarks.md, "Cost model accuracy"). Measurements keep freed memory
+# in the process instead: what jemalloc and tcmalloc do, and what a long-running inference
+# process reaches with glibc when started with MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+MMAP_THRESHOLD = 32 * 1024 * 1024  # the largest glibc accepts on 64-bit systems
+TRIM_THRESHOLD = 1 << 30
+_allocator: str | None = None
+
+
+def steady_allocator() -> str:
+    """Keep freed memory in this process from now on (glibc: ``mallopt``), so that a network
+    run again and again does not page-fault its buffers back in on every call. Returns what is
+    in force, as the protocol records it; idempotent. Elsewhere (macOS, musl) nothing changes."""
+    global _allocator
+    if _allocator is None:
+        _allocator = "system default"
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None)
+            libc.gnu_get_libc_version.restype = ctypes.c_char_p
+            version = libc.gnu_get_libc_version().decode()
+            if libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and \
+                    libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1:
+                _allocator = (f"glibc {version} malloc, mmap threshold {MMAP_THRESHOLD >> 20} MiB, "
+                              f"trim threshold {TRIM_THRESHOLD >> 20} MiB")
+        except (OSError, AttributeError, ValueError):
+            pass
+    return _allocator
+
+
 # -- clocks ---------------------------------------------------------------------------------------
 
 def resolve_clock(clock: str, threads: int) -> str:
@@ -193,6 +229,8 @@ class TorchTimer:
     def __init__(self, module: Any, x: Any, firsts: Sequence[int], device: str,
                  timer: Callable[[], float], per_layer: bool = True, last_call: int | None = None) -> None:
         import torch
+
+        steady_allocator()
 
         self.torch = torch
         self.module = module.to(device).eval()

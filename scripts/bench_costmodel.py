@@ -253,6 +253,7 @@ def measure_interleaved(batch: int, threads: int, runtime: str, args: argparse.N
         reference_ms,
     )
     from costmodel.profile import PROTOCOL, profile_modules, resolve_clock
+    from costmodel.timing import steady_allocator
 
     calib = calibration_networks(args.quick, 0, args.calib_networks) + [list(n) for n in extra]
     nets = calib + [list(n) for n in held]
@@ -292,7 +293,8 @@ def measure_interleaved(batch: int, threads: int, runtime: str, args: argparse.N
         ref = reference_ms(args.device, threads, args.clock)
         protocol = dict(PROTOCOL)
     protocol.update(repeats=reps, quick=args.quick, n_networks=len(calib), n_micro=len(micro_geoms),
-                    clock=resolve_clock(args.clock, threads), seed=0, interleaved_with_held_out=len(held))
+                    clock=resolve_clock(args.clock, threads), seed=0, interleaved_with_held_out=len(held),
+                    allocator=steady_allocator())
     measured = Measurements(context=current_context(args.device, threads, batch, runtime=runtime),
                             protocol=protocol, micro=micro,
                             networks=[timed[i][:3] for i in range(len(calib))], reference_ms=ref)

@@ -1,11 +1,14 @@
 """Write the evidence of docs/rules.md from ``scripts/bench_rules.py`` outputs.
 
-For every factor, for every dataset folder given (``LABEL=DIR``, DIR holding ``<factor>/ablate.json``): the markdown table and paired differences of ``archgen.ablate_report.render``,
-the plot drawn again to ``docs/rules/<factor>-<label>.png``, and the verdict written in ``VERDICTS``
-below (by a person, from these numbers). Replaces what lies between the two markers in
-docs/rules.md.
+For every factor, for every dataset (``LABEL=DIR``, DIR holding ``<factor>/ablate.json``): the
+markdown table and paired differences of ``archgen.ablate_report.render``, the plot drawn again
+to ``docs/rules/<factor>-<label>.png``, and the verdict written in ``VERDICTS``
+(scripts/rules_verdicts.py, by a person, from these numbers). Replaces what lies between the two
+markers in docs/rules.md. Each ``ablate.json`` read from a DIR is kept as
+``docs/rules/data/<label>/<factor>.json``; without arguments the doc is written again from those.
 
-    python scripts/rules_doc.py digits=/tmp/rules_digits textures=/tmp/rules_textures
+    python scripts/rules_doc.py digits=/tmp/rules_digits textures=/tmp/rules_textures mnist10k=/tmp/rules_mnist
+    python scripts/rules_doc.py          # again, from docs/rules/data
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from archgen.ablate_report import plot, render
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "rules.md"
+DATA = ROOT / "docs" / "rules" / "data"
 BEGIN, END = "<!-- evidence: scripts/rules_doc.py -->", "<!-- end of evidence -->"
 ORDER = ("R1", "R2", "R3", "R4", "R5", "R6", "R7", "balance", "lr", "loss", "reg", "batch", "early-stopping")
 VERDICTS: dict[str, str] = {}
@@ -40,11 +44,15 @@ def _data_flag(data: str) -> str:
 def section(name: str, sources: list[tuple[str, Path]]) -> str:
     out = [f"## {name}", "", f"**Claim.** {FACTORS[name].claim}.", ""]
     for label, folder in sources:
-        path = folder / name / "ablate.json"
+        path = folder / name / "ablate.json" if folder != DATA / label else folder / f"{name}.json"
         if not path.exists():
             out += [f"*{label}: not measured.*", ""]
             continue
         doc = json.loads(path.read_text())
+        kept = DATA / label / f"{name}.json"
+        if path != kept:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            kept.write_text(json.dumps(doc, indent=1) + "\n")
         figure = ROOT / "docs" / "rules" / f"{name}-{label}.png"
         figure.parent.mkdir(exist_ok=True)
         plot({**doc, "data": _data_flag(doc["data"])}, figure)
@@ -60,6 +68,8 @@ def section(name: str, sources: list[tuple[str, Path]]) -> str:
 
 def main(argv: list[str]) -> int:
     sources = [(a.split("=", 1)[0], Path(a.split("=", 1)[1])) for a in argv]
+    if not sources:
+        sources = [(d.name, d) for d in sorted(DATA.iterdir()) if d.is_dir()]
     body = "\n".join(section(name, sources) for name in ORDER)
     text = DOC.read_text()
     head = text.split(BEGIN)[0] if BEGIN in text else text.rstrip("\n") + "\n\n"

@@ -358,3 +358,30 @@ def test_profile_onnxruntime_uses_the_cached_onnxruntime_profile(run_cli, spec_f
     d = json.loads(out)
     assert d["total_est_ms"] == pytest.approx(3.0 * builtin_total_ms(), rel=1e-9)
     assert not d["meas_clock"].startswith("onnxruntime")
+
+
+def test_a_cached_profile_measured_before_the_steady_allocator_says_to_recalibrate(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A profile calibrated with page faults in its layer times is still used (with a note that
+    says how to replace it), and a search calibrates anew instead of screening with it."""
+    from archgen import search_run
+    from archgen.settings import SearchSettings
+
+    import dataclasses
+
+    old = dataclasses.replace(fake_profile(1), protocol={"repeats": 21, "statistic": "min"})  # calibrate's before
+    cache_it(old)
+    choice = choose_profile()
+    assert choice.source == "cache"
+    assert choice.note.endswith("measured with an older timing protocol (page faults included): "
+                                "recalibrate with `archgen calibrate --batch-size 1`")
+    calls: list[dict] = []
+    monkeypatch.setattr("archgen.calibration.calibrate_device", lambda *a, **k: calls.append(k))
+    settings = SearchSettings(data="digits", latency_batch=1, out=str(tmp_path / "run"))
+    search_run.ensure_profile(settings)
+    assert len(calls) == 1 and calls[0]["batch_size"] == 1 and calls[0]["quick"]
+    current = dataclasses.replace(fake_profile(1), protocol={"repeats": 21, "allocator": "glibc 2.36 malloc"})
+    cache_it(current)
+    assert choose_profile().note == f"cached {current.describe()} ({cache_path(current.context)})"
+    search_run.ensure_profile(settings)
+    assert len(calls) == 1  # the current profile is used as it is

@@ -121,3 +121,67 @@ def test_cuda_events_time_a_model() -> None:
     assert len(prof.meas_ms) == len(prof.geoms) and all(m >= 0 for m in prof.meas_ms)
     t = time_fn(lambda: model(x.cuda()), device="cuda", repeats=3)
     assert t.min_ms > 0
+
+
+FAULTS_PER_CALL = """
+import resource, sys
+import torch
+from torch import nn
+torch.set_num_threads(1)
+if sys.argv[1] == "steady":
+    from costmodel.timing import steady_allocator
+    print(steady_allocator(), file=sys.stderr)
+conv = nn.Conv2d(3, 64, 5, padding=2)  # a 2.4 MB output at batch 1: above glibc's mmap threshold
+x = torch.randn(1, 3, 96, 96)
+with torch.no_grad():
+    for _ in range(5):
+        conv(x)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(20):
+        conv(x)
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20)
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_getaffinity"), reason="glibc systems (Linux)")
+def test_steady_allocator_stops_page_faults_on_every_call() -> None:
+    """glibc gives a large freed buffer back to the system and faults it in again on the next
+    call (hundreds of page faults per call of one conv); with the measurement protocol's
+    allocator settings a network run again and again reuses its memory."""
+    import subprocess
+    import sys
+
+    def faults(mode: str) -> float:
+        out = subprocess.run([sys.executable, "-c", FAULTS_PER_CALL, mode], capture_output=True, text=True,
+                             check=True)
+        return float(out.stdout.strip())
+
+    from costmodel.timing import steady_allocator
+
+    applied = steady_allocator()
+    assert applied == steady_allocator()  # idempotent
+    if not applied.startswith("glibc"):
+        pytest.skip(f"not glibc's malloc: {applied}")
+    assert "mmap threshold 32 MiB" in applied
+    default, steady = faults("default"), faults("steady")
+    assert default > 100  # every call maps and faults in megabytes again
+    assert steady < 5 and steady < default / 20
+
+
+def test_measurements_record_the_allocator_and_old_profiles_are_flagged() -> None:
+    from costmodel.calibration import measure_calibration
+    from costmodel.device_profile import default_profile, predates_steady_allocator
+    from costmodel.timing import steady_allocator
+
+    measured = measure_calibration(batch_size=1, quick=True, n_networks=2, repeats=1,
+                                   networks=None)
+    assert measured.protocol["allocator"] == steady_allocator()
+    from costmodel.calibration import fit_measurements
+
+    profile = fit_measurements(measured)
+    assert not predates_steady_allocator(profile)
+    import dataclasses
+
+    old = dataclasses.replace(profile, protocol={k: v for k, v in profile.protocol.items() if k != "allocator"})
+    assert predates_steady_allocator(old)
+    assert not predates_steady_allocator(default_profile())
