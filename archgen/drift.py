@@ -50,7 +50,13 @@ def check_drift(profile: DeviceProfile, device: str = "cpu") -> DriftReport | No
     """Re-time the reference workload as the profile's runtime and threads run it here. None
     when there is nothing to compare: the profile holds no reference time, is the built-in one,
     or is of another device."""
+    from costmodel.device_profile import predates_steady_allocator
+
     if profile.is_default or profile.reference_ms is None or profile.is_foreign():
+        return None
+    if predates_steady_allocator(profile):  # its reference time includes page faults: no comparison
+        log.warning("the device profile was measured with an older timing protocol (page faults "
+                    "included); its reference workload is not comparable: recalibrate with `archgen calibrate`")
         return None
     threads = int(profile.context.get("threads") or 1)
     if profile.runtime == "onnxruntime":

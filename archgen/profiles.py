@@ -76,7 +76,12 @@ def choose_profile(path: str | Path | None = None, *, device: str = "cpu", runti
                    threads: int = 1, batch_size: int | None = None) -> ProfileChoice:
     """The profile to price with (module docstring); ``device`` as ``--device`` names it
     (``cuda:1`` looks up the profile of GPU 1's model)."""
-    from costmodel.device_profile import cache_path, default_profile, load_cached, predates_steady_allocator
+    from costmodel.device_profile import (
+        cache_path,
+        default_profile,
+        load_cached,
+        predates_steady_allocator,
+    )
     from costmodel.errors import CostModelError
 
     if path:
@@ -97,9 +102,10 @@ def choose_profile(path: str | Path | None = None, *, device: str = "cpu", runti
         where = cache_path(profile.context)
         note = f"cached {profile.describe()} ({where})"
         if predates_steady_allocator(profile):
+            threads = int(profile.context.get("threads") or 1)
             note += ("; measured with an older timing protocol (page faults included): recalibrate with "
                      f"`archgen calibrate --batch-size {profile.batch_size}"
-                     f"{'' if profile.runtime == 'torch' else ' --runtime ' + profile.runtime}`")
+                     f"{'' if threads == 1 else f' --threads {threads}'}`")
         return ProfileChoice(profile, "cache", where, False, note)
     note = "built-in default profile (uncalibrated, rough)"
     if sizes:

@@ -12,8 +12,8 @@ from archgen.losses import LOSSES
 OPTIMIZERS = ("sgd", "adam", "adamw")
 MONITORS = ("val_loss", "val_acc")
 # How image batches and conv weights are laid out in memory while training: ``auto`` is
-# channels-last on the CPU (epochs 20-33% shorter on digits and MNIST-10k, docs/benchmarks.md
-# "Where an epoch goes") and PyTorch's default layout on CUDA (not measured there).
+# channels-last on the CPU (epochs 0.69-0.82x as long on MNIST-10k, 0.76-1.03x on digits,
+# docs/benchmarks.md "Where an epoch goes") and PyTorch's default layout on CUDA (not measured).
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 
 

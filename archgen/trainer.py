@@ -71,9 +71,10 @@ class Trainer:
         self._train_x = data.train.x.to(self.device)
         self.channels_last = uses_channels_last(config, self._train_x)
         if self.channels_last:
-            # Before the optimizer is built, so that its state follows the weights' layout.
+            # Before the optimizer is built, so that its state follows the weights' layout. The
+            # training set stays as it is (a copy would double its memory): each batch is laid
+            # out as it is drawn (index_select on the CPU writes the default layout anyway).
             self.model.to(memory_format=torch.channels_last)
-            self._train_x = self._train_x.contiguous(memory_format=torch.channels_last)
         self._train_y = data.train.y.to(self.device)
         if len(self._train_y) == 0:
             raise UserError(
@@ -222,6 +223,8 @@ class Trainer:
                 yb = y.index_select(0, idx)
                 if cfg.augment_shift:
                     xb = random_shift(xb, cfg.augment_shift)
+                if self.channels_last:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
                 logits = model(xb)
                 loss = loss_fn(logits, yb)
                 loss_value = loss.item()

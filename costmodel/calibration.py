@@ -59,6 +59,7 @@ def measure_calibration(
         raise CostModelError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
     context = current_context(device, threads, batch_size, runtime=runtime)
     dev = resolve_device(device)
+    allocator = steady_allocator()  # before anything is measured (costmodel.timing)
     say = progress or (lambda msg: log.info("%s", msg))
     reps = repeats or default_repeats(quick, batch_size)
     if reps < 1:
@@ -85,7 +86,7 @@ def measure_calibration(
         reference = reference_ms(dev, threads, clock)
         timer = resolve_clock(clock, threads) if dev == "cpu" else "cuda-events"
     protocol = dict(PROTOCOL, repeats=reps, quick=quick, n_networks=len(networks), clock=timer,
-                    n_micro=len(micro_geoms), seed=seed, allocator=steady_allocator())
+                    n_micro=len(micro_geoms), seed=seed, allocator=allocator)
     if runtime == "onnxruntime":
         protocol.update(ort.PROTOCOL)
     return Measurements(context=context, protocol=protocol, micro=micro, networks=profiled,

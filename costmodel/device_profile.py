@@ -282,8 +282,10 @@ def predates_steady_allocator(profile: DeviceProfile) -> bool:
     """Whether ``profile`` was measured before calibration kept freed memory in the process
     (``costmodel.timing.steady_allocator``): its times of layers with large outputs may include
     page faults (up to several times the layer's time) that measurements now leave out. Only
-    measured profiles (their protocol records the repeats) can be."""
-    return not profile.is_default and "repeats" in profile.protocol and "allocator" not in profile.protocol
+    measured profiles (their protocol records the repeats) of PyTorch on the CPU can be: ONNX
+    Runtime keeps its tensors in its own arena, and on CUDA the host's malloc hardly counts."""
+    return (not profile.is_default and "repeats" in profile.protocol and "allocator" not in profile.protocol
+            and profile.runtime == "torch" and profile.context.get("device") == "cpu")
 
 
 def load_cached(device: str = "cpu", threads: int = 1, batch_size: int = 32,

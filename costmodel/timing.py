@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import statistics
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -44,23 +45,30 @@ _allocator: str | None = None
 
 def steady_allocator() -> str:
     """Keep freed memory in this process from now on (glibc: ``mallopt``), so that a network
-    run again and again does not page-fault its buffers back in on every call. Returns what is
-    in force, as the protocol records it; idempotent. Elsewhere (macOS, musl) nothing changes."""
+    run again and again does not page-fault its buffers back in on every call; buffers above 32
+    MiB (large outputs at large batch sizes) are still mapped per call. Returns what is in force,
+    as the protocol records it; idempotent, and for the rest of the process (memory freed later
+    is not handed back to the system below the trim threshold either). Elsewhere (Windows,
+    macOS, musl) nothing changes."""
     global _allocator
     if _allocator is None:
         _allocator = "system default"
+        if not sys.platform.startswith("linux"):
+            return _allocator
         try:
             import ctypes
 
             libc = ctypes.CDLL(None)
             libc.gnu_get_libc_version.restype = ctypes.c_char_p
             version = libc.gnu_get_libc_version().decode()
-            if libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and \
-                    libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1:
-                _allocator = (f"glibc {version} malloc, mmap threshold {MMAP_THRESHOLD >> 20} MiB, "
-                              f"trim threshold {TRIM_THRESHOLD >> 20} MiB")
-        except (OSError, AttributeError, ValueError):
-            pass
+            mmap_ok = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+            trim_ok = libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+        except (OSError, AttributeError, ValueError, TypeError):
+            return _allocator
+        if mmap_ok or trim_ok:
+            _allocator = (f"glibc {version} malloc"
+                          + (f", mmap threshold {MMAP_THRESHOLD >> 20} MiB" if mmap_ok else "")
+                          + (f", trim threshold {TRIM_THRESHOLD >> 20} MiB" if trim_ok else ""))
     return _allocator
 
 

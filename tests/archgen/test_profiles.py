@@ -364,10 +364,10 @@ def test_a_cached_profile_measured_before_the_steady_allocator_says_to_recalibra
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A profile calibrated with page faults in its layer times is still used (with a note that
     says how to replace it), and a search calibrates anew instead of screening with it."""
+    import dataclasses
+
     from archgen import search_run
     from archgen.settings import SearchSettings
-
-    import dataclasses
 
     old = dataclasses.replace(fake_profile(1), protocol={"repeats": 21, "statistic": "min"})  # calibrate's before
     cache_it(old)
@@ -380,6 +380,15 @@ def test_a_cached_profile_measured_before_the_steady_allocator_says_to_recalibra
     settings = SearchSettings(data="digits", latency_batch=1, out=str(tmp_path / "run"))
     search_run.ensure_profile(settings)
     assert len(calls) == 1 and calls[0]["batch_size"] == 1 and calls[0]["quick"]
+    # ONNX Runtime keeps its own arena: an old ONNX Runtime profile is not flagged
+    from costmodel.device_profile import predates_steady_allocator
+
+    assert not predates_steady_allocator(dataclasses.replace(fake_profile(1, runtime="onnxruntime"),
+                                                             protocol={"repeats": 21}))
+    # nor is its reference time compared with one measured now (it held page faults)
+    from archgen.drift import check_drift
+
+    assert check_drift(dataclasses.replace(old, reference_ms=1.0)) is None
     current = dataclasses.replace(fake_profile(1), protocol={"repeats": 21, "allocator": "glibc 2.36 malloc"})
     cache_it(current)
     assert choose_profile().note == f"cached {current.describe()} ({cache_path(current.context)})"

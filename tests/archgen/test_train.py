@@ -492,12 +492,13 @@ def test_cpu_training_runs_channels_last_and_hands_back_the_default_layout(digit
     assert result.status == "ok" and result.epochs_run == FAST.epochs
 
 
-def test_train_returns_a_contiguous_model_that_exports_and_matches_contiguous_training(digits):
+def test_train_hands_back_a_contiguous_model_trained_as_contiguous_training_would(digits):
     fast, plain = small_cnn(), small_cnn()
     r_fast = train(fast, digits, FAST)
     r_plain = train(plain, digits, dataclasses.replace(FAST, memory_format="contiguous"))
     assert all(p.is_contiguous() for p in fast.parameters())
     # The same arithmetic in another order: the same training to float rounding.
+    assert len(r_fast.history) == len(r_plain.history) == FAST.epochs
     for a, b in zip(r_fast.history, r_plain.history):
         assert a.train_loss == pytest.approx(b.train_loss, rel=1e-3)
         assert a.val_acc == pytest.approx(b.val_acc, abs=2 / len(digits.val))
@@ -518,3 +519,28 @@ def test_memory_format_choices():
     assert uses_channels_last(dataclasses.replace(FAST, device="cuda", memory_format="channels_last"), x4)
     with pytest.raises(UserError, match="memory_format='nhwc' is invalid: choose one of auto"):
         dataclasses.replace(FAST, memory_format="nhwc")
+
+
+def test_colour_batches_reach_the_model_channels_last_without_copying_the_training_set():
+    """With 3 channels the layouts differ: every training and validation batch goes in
+    channels-last, the training split is not duplicated, and training after ``release`` still
+    moves the weights."""
+    seed_everything(0)
+    n = 96
+    x = torch.randn(n, 3, 8, 8)
+    y = torch.arange(n) % 4
+    data = Dataset("rgb", (3, 8, 8), 4, Split(x[:64], y[:64]), Split(x[64:], y[64:]), SealedTest(Split(x[:0], y[:0])),
+                   [str(i) for i in range(4)])
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 64, 4))
+    seen: list[tuple[bool, bool]] = []
+    model[0].register_forward_pre_hook(
+        lambda mod, inp: seen.append((mod.training, inp[0].is_contiguous(memory_format=torch.channels_last)
+                                      and not inp[0].is_contiguous())))
+    trainer = Trainer(model, data, dataclasses.replace(FAST, batch_size=16))
+    assert trainer._train_x.data_ptr() == data.train.x.data_ptr()  # no second copy
+    trainer.run_epochs(1)
+    assert [train for train, _ in seen].count(True) == 4 and seen[-1][0] is False  # 4 batches, then validation
+    assert all(last for _, last in seen)
+    before = [p.detach().clone() for p in trainer.release().parameters()]
+    trainer.run_epochs(1)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
