@@ -134,8 +134,8 @@ def ensure_profile(settings: SearchSettings, input_shape: tuple[int, int, int] |
     if (cached := load_cached(device, 1, settings.latency_batch, settings.runtime)) and not predates_steady_allocator(cached):
         return
     why = "no device profile" if cached is None else "the cached profile predates the current timing protocol"
-    log.warning("%s for %s/%s/1 thread/batch %d: calibrating (quick, about a minute; `archgen calibrate "
-                "--batch-size %d` makes a full profile)", why, device, settings.runtime, *[settings.latency_batch] * 2)
+    log.warning("%s for %s/%s/1 thread/batch %d: calibrating (quick, about a minute; `archgen calibrate` "
+                "at that batch size makes a full profile)", why, device, settings.runtime, settings.latency_batch)
     calibrate_device(device, threads=1, batch_size=settings.latency_batch, quick=True,
                      runtime=settings.runtime, input_shape=input_shape)
 

@@ -272,6 +272,7 @@ class Trainer:
         self.reason = reason
         log.info(reason)
 
+
 def uses_channels_last(config: TrainConfig, x: torch.Tensor) -> bool:
     """Whether a trainer lays out images and conv weights channels-last (``config.memory_format``;
     ``auto``: on the CPU, for image batches)."""

@@ -134,8 +134,8 @@ def time_networks(items: Sequence[tuple[Path, np.ndarray, Mapping[str, int], int
 
 
 def time_geoms(networks: Sequence[Sequence[LayerGeom]], batch_size: int, threads: int, repeats: int,
-                clock: str, per_layer: bool = True, warmup_s: float = 0.0, seed: int = 0,
-                overhead: float | None = None) -> list[tuple[list[float], list[float], list[float]]]:
+               clock: str, per_layer: bool = True, warmup_s: float = 0.0, seed: int = 0,
+               overhead: float | None = None) -> list[tuple[list[float], list[float], list[float]]]:
     import torch
 
     from costmodel.measure import module_paths
@@ -158,8 +158,8 @@ def measure_networks(networks: Sequence[Sequence[LayerGeom]], batch_size: int, t
     for start in range(0, len(networks), timing.CHUNK):
         part = networks[start:start + timing.CHUNK]
         for geoms, (layers, _, e2e) in zip(part, time_geoms(part, batch_size, threads, repeats, clock,
-                                                             warmup_s=timing.WARMUP_S, seed=seed + start,
-                                                             overhead=overhead)):
+                                                            warmup_s=timing.WARMUP_S, seed=seed + start,
+                                                            overhead=overhead)):
             out.append((list(geoms), layers, min(e2e)))
         say(f"profiled {len(out)}/{len(networks)} networks (onnxruntime)")
     return out

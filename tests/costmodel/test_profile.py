@@ -176,8 +176,7 @@ def test_measurements_record_the_allocator_and_old_profiles_are_flagged() -> Non
     from costmodel.device_profile import default_profile, predates_steady_allocator
     from costmodel.timing import steady_allocator
 
-    measured = measure_calibration(batch_size=1, quick=True, n_networks=2, repeats=1,
-                                   networks=None)
+    measured = measure_calibration(batch_size=1, quick=True, n_networks=2, repeats=1)
     assert measured.protocol["allocator"] == steady_allocator()
     from costmodel.calibration import fit_measurements
 
