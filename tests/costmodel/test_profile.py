@@ -168,7 +168,9 @@ def test_steady_allocator_stops_page_faults_on_every_call() -> None:
     assert "mmap threshold 32 MiB" in applied
     default, steady = faults("default"), faults("steady")
     assert default > 100  # every call maps and faults in megabytes again
-    assert steady < 5 and steady < default / 20
+    # one 2.4 MB output faulted in again is ~590 faults; what is left is noise from other work
+    # in the process (a loaded CI run saw 29 faults a call, an idle one 0)
+    assert steady < 100 and steady < default / 20
 
 
 def test_measurements_record_the_allocator_and_old_profiles_are_flagged() -> None:
