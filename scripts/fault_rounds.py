@@ -220,6 +220,7 @@ def check_run_dir(run_dir: Path, study: Any) -> dict[str, Any]:
     import pandas as pd
     from optuna.trial import TrialState
 
+    from archgen.data import load_dataset
     from archgen.selection import select_best
     from archgen.spec import ArchSpec
 
@@ -231,9 +232,13 @@ def check_run_dir(run_dir: Path, study: Any) -> dict[str, Any]:
         problems.append("trials.csv lists a trial more than once")
     if sorted(numbers) != sorted(t.number for t in trials):
         problems.append(f"trials.csv has trials {sorted(set(numbers) ^ {t.number for t in trials})} wrong")
-    best = select_best(study, SimpleNamespace(max_latency_ms=None))
     spec = ArchSpec.from_dict(json.loads((run_dir / "best" / "spec.json").read_text()))
     metrics = json.loads((run_dir / "test_metrics.json").read_text())
+    # The rule the search selected with (se1 by default) on its validation split (digits' default
+    # fractions: the same size for every split seed).
+    n_val = len(load_dataset("digits").val.y)
+    best = select_best(study, SimpleNamespace(max_latency_ms=None, selection=metrics.get("selection", "best")),
+                       n_val=n_val)
     best_matches = (best is not None and spec.key() == best.user_attrs["spec_key"]
                     and metrics["trial_number"] == best.number and metrics["spec_key"] == spec.key())
     if not best_matches:
