@@ -115,10 +115,12 @@ def held_out_networks(n: int) -> tuple[list[list[LayerGeom]], list, list[str]]:
     return geoms, modules, names
 
 
-def calibration_extra(held_keys: set[str], quick: bool) -> list[list[LayerGeom]]:
-    """Generator samples for calibration, disjoint from the held-out specs."""
-    specs = generator_specs(8 if quick else 60, 10_000, held_keys) + generator_specs(
-        4 if quick else 20, 20_000, held_keys, rules_off_r2=True)
+def calibration_extra(held_keys: set[str], quick: bool, n: int | None = None) -> list[list[LayerGeom]]:
+    """Generator samples for calibration (``n``, default 12 quick / 80 full, three quarters
+    with the rules on), disjoint from the held-out specs."""
+    n = n if n is not None else (12 if quick else 80)
+    specs = generator_specs((3 * n) // 4, 10_000, held_keys) + generator_specs(
+        n - (3 * n) // 4, 20_000, held_keys, rules_off_r2=True)
     if not specs:
         return []
     from archgen.costing import spec_geoms
@@ -299,6 +301,7 @@ def measure_interleaved(batch: int, threads: int, runtime: str, args: argparse.N
                             protocol=protocol, micro=micro,
                             networks=[timed[i][:3] for i in range(len(calib))], reference_ms=ref)
     samples = [timed[len(calib) + j][3] for j in range(len(held))]
+    args.held_layers = [timed[len(calib) + j][1] for j in range(len(held))]  # for --dump
     return (measured, [min(s) for s in samples], [min(s[0::2]) for s in samples],
             [min(s[1::2]) for s in samples])
 
@@ -307,7 +310,7 @@ def run_config(batch: int, threads: int, runtime: str, args: argparse.Namespace,
     geoms, modules, names = nets
     t0 = time.perf_counter()
     held_keys = set(names)
-    extra = [] if args.no_generator_calibration else calibration_extra(held_keys, args.quick)
+    extra = [] if args.no_generator_calibration else calibration_extra(held_keys, args.quick, args.calib_generator)
     held_configs = {tuple(g.config_key() for g in n) for n in geoms}
     overlap = sum(tuple(g.config_key() for g in n) in held_configs for n in extra)
     if overlap:
@@ -337,7 +340,8 @@ def run_config(batch: int, threads: int, runtime: str, args: argparse.Namespace,
     if args.dump:
         dump = {"calibration": measured.to_dict(), "calibration_s": calib_s, "reference_after_ms": ref_after,
                 "held_out": {"geoms": [[geom_to_dict(g) for g in n] for n in geoms], "names": names,
-                             "ref": meas_ref, "a": meas_a, "b": meas_b}}
+                             "ref": meas_ref, "a": meas_a, "b": meas_b,
+                             "layers": getattr(args, "held_layers", None)}}
         Path(f"{args.dump}.b{batch}t{threads}{'' if runtime == 'torch' else '-ort'}.json").write_text(
             json.dumps(dump))
     result = evaluate(measured, calib_s, geoms, meas_ref, meas_a, meas_b)
@@ -487,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="quick calibration")
     p.add_argument("--calib-networks", type=int, default=None,
                    help="random calibration networks (default: calibrate's)")
+    p.add_argument("--calib-generator", type=int, default=None,
+                   help="generator calibration networks (default 12 quick, 80 full)")
     p.add_argument("--no-generator-calibration", action="store_true")
     p.add_argument("--no-throughput", action="store_true")
     p.add_argument("--no-layer-sum", action="store_true")
