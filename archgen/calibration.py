@@ -45,17 +45,19 @@ def generator_networks(n: int, seed: int, max_macs: int = 100_000_000,
 
 
 def recipe_networks(quick: bool, seed: int = 0, input_shape: tuple[int, int, int] | None = None,
-                    ) -> tuple[list[list[LayerGeom]], list[list[LayerGeom]]]:
+                    batch_size: int = 32) -> tuple[list[list[LayerGeom]], list[list[LayerGeom]]]:
     """The calibration networks of the one recipe: costmodel's random plain CNNs and samples of
-    archgen's generator (``input_shape``: also ``OWN_SHAPE_NETWORKS`` of that shape, the data a
-    search will price)."""
-    from costmodel.calibration import calibration_networks
+    archgen's generator, both ``costmodel.calibration.networks_multiplier`` times as many for a
+    full calibration at a small batch size (``input_shape``: also ``OWN_SHAPE_NETWORKS`` of that
+    shape, the data a search will price)."""
+    from costmodel.calibration import calibration_networks, networks_multiplier
 
-    extra = generator_networks(GENERATOR_NETWORKS[0 if quick else 1], seed=GENERATOR_SEED + seed)
+    n_generator = GENERATOR_NETWORKS[0 if quick else 1] * networks_multiplier(quick, batch_size)
+    extra = generator_networks(n_generator, seed=GENERATOR_SEED + seed)
     if input_shape is not None:
         extra += generator_networks(OWN_SHAPE_NETWORKS, seed=GENERATOR_SEED + 100 + seed,
                                     shapes=(tuple(input_shape),))
-    return calibration_networks(quick, seed), extra
+    return calibration_networks(quick, seed, batch_size=batch_size), extra
 
 
 def calibrate_device(device: str = "cpu", threads: int = 1, batch_size: int = 32, quick: bool = False,
@@ -72,7 +74,7 @@ def calibrate_device(device: str = "cpu", threads: int = 1, batch_size: int = 32
     from costmodel.calibration import fit_measurements, measure_calibration
     from costmodel.device_profile import cache_path
 
-    networks, extra = recipe_networks(quick, seed, input_shape)
+    networks, extra = recipe_networks(quick, seed, input_shape, batch_size)
     measured = measure_calibration(device=device, threads=threads, batch_size=batch_size, quick=quick,
                                    networks=networks, extra_networks=extra, seed=seed, runtime=runtime,
                                    progress=progress)
@@ -95,6 +97,8 @@ def write_calibration_bundle(folder: str | Path, runtime: str = "onnxruntime", t
     from costmodel.ort import PROTOCOL as ORT_PROTOCOL
     from costmodel.profile import PROTOCOL
 
+    # The recipe's networks at their base count whatever the batch size: a bundle is copied to
+    # the target device (a full one is hundreds of MB of ONNX files already).
     networks, extra = recipe_networks(quick, seed)
     protocol = dict(PROTOCOL, quick=quick, seed=seed, n_networks=len(networks) + len(extra))
     if runtime == "onnxruntime":

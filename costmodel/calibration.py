@@ -23,17 +23,34 @@ from costmodel.timing import steady_allocator
 log = logging.getLogger(__name__)
 
 
-def calibration_networks(quick: bool, seed: int, n_networks: int | None = None) -> list[list[LayerGeom]]:
-    """The random plain CNNs a calibration measures (24 quick, 160 full)."""
+# Batch sizes up to this one count as small: a run is short there and its noise relatively large.
+SMALL_BATCH = 4
+# A full calibration at a small batch size measures this many times the networks: the per-layer
+# model learns the in-context times of more layer configurations, at a cost of about a minute
+# each (docs/benchmarks.md, "Cost model accuracy": 240 -> 720 networks at batch 1, 87% -> 91%
+# of held-out networks within 10%).
+SMALL_BATCH_NETWORKS = 3
+
+
+def networks_multiplier(quick: bool, batch_size: int) -> int:
+    """How many times its recipe's networks a calibration measures (``SMALL_BATCH_NETWORKS`` for
+    a full calibration at a small batch size, else 1)."""
+    return SMALL_BATCH_NETWORKS if not quick and batch_size <= SMALL_BATCH else 1
+
+
+def calibration_networks(quick: bool, seed: int, n_networks: int | None = None,
+                         batch_size: int = 32) -> list[list[LayerGeom]]:
+    """The random plain CNNs a calibration measures (24 quick, 160 full; x
+    ``networks_multiplier``)."""
     rng = random.Random(seed)
-    count = n_networks or (24 if quick else 160)
+    count = n_networks or (24 if quick else 160) * networks_multiplier(quick, batch_size)
     return [random_plain_cnn(rng) for _ in range(count)]
 
 
 def default_repeats(quick: bool, batch_size: int) -> int:
     """Timed rounds per network: more at small batch sizes, where a run is short and its noise
     relatively large (and more rounds cost little)."""
-    if batch_size <= 4:
+    if batch_size <= SMALL_BATCH:
         return 9 if quick else 21
     return 5 if quick else 9
 
@@ -65,7 +82,7 @@ def measure_calibration(
     if reps < 1:
         raise CostModelError(f"repeats={reps} must be >= 1")
     if networks is None:
-        networks = calibration_networks(quick, seed, n_networks)
+        networks = calibration_networks(quick, seed, n_networks, batch_size)
     networks = [list(n) for n in networks] + [list(n) for n in extra_networks]
     micro_geoms = micro_benchmark_geoms(quick, seed)
     say(f"calibrating {context['device']} ({context['device_name']}), {runtime}, {threads} thread(s), "

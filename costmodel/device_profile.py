@@ -64,7 +64,9 @@ class DeviceProfile:
     sample at batch size ``context["batch_size"]``; ``act_elem_ms[name]`` is the cost of one
     activation element of a fused activation; ``residual[op_class]`` the weights of the
     log-space correction; ``table`` maps ``LayerGeom.config_key()`` to a measured ms;
-    ``network = {"c0_ms", "scale", "per_layer_ms"}``; ``t_k_ms[op]`` the textbook per-op filter time.
+    ``network`` the network-level correction, ``{"form": "linear", "c0_ms", "scale", "per_layer_ms"}``
+    (no ``form``: linear) or ``{"form": "log", "log_coef", "log_bounds"}`` (``costmodel.modeldef``);
+    ``t_k_ms[op]`` the textbook per-op filter time.
     """
 
     context: Context
@@ -75,7 +77,7 @@ class DeviceProfile:
     trees: dict[str, TreeEnsemble] = field(default_factory=dict)
     use_table: bool = True
     table: dict[str, float] = field(default_factory=dict)
-    network: dict[str, float] = field(default_factory=lambda: {"c0_ms": 0.0, "scale": 1.0})
+    network: dict[str, object] = field(default_factory=lambda: {"c0_ms": 0.0, "scale": 1.0})
     fit_quality: dict[str, object] = field(default_factory=dict)
     protocol: dict[str, object] = field(default_factory=dict)
     batch_scaling: str = "fixed"

@@ -12,7 +12,9 @@ Per layer, ``t_k_ms`` is the textbook time of one filter application for the op 
 ``est_ms`` is the calibrated estimate (model in ``costmodel.modeldef``), already multiplied
 by the network-level ``scale`` and including the network-level ``per_layer_ms`` term;
 ``total_est_ms = sum(est_ms) + overhead_ms`` where ``overhead_ms`` is the fitted per-network
-constant ``c0_ms``.
+constant ``c0_ms``. A profile whose network correction has the log form (``network["form"] ==
+"log"``) multiplies every layer by one factor of the network's layer sum and layer count instead,
+and has no per-network constant (``costmodel.modeldef``).
 
 Batch size: a calibrated profile holds for its own batch size only; asking for another raises
 ``CostModelError`` (calibrate at that batch size instead). The built-in default profile scales
@@ -39,6 +41,7 @@ from costmodel.modeldef import (
     corrected_layer_ms,
     fused_activation_ms,
     linear_ms,
+    network_factor,
     network_overhead_ms,
     op_class,
     priced_layers,
@@ -97,6 +100,8 @@ class _Compiled:
     c0_ms: float
     scale: float
     per_layer_ms: float
+    log_coef: tuple[float, ...] | None  # the log-form network correction, None for the linear form
+    log_bounds: tuple[tuple[float, float], ...]
     batch_size: int
     linear: bool
     runtime: str
@@ -115,10 +120,27 @@ def compile_profile(profile: DeviceProfile) -> _Compiled:
         c0_ms=float(profile.network.get("c0_ms", 0.0)),
         scale=float(profile.network.get("scale", 1.0)),
         per_layer_ms=float(profile.network.get("per_layer_ms", 0.0)),
+        **_log_form(profile.network),
         batch_size=profile.batch_size,
         linear=profile.batch_scaling == "linear",
         runtime=profile.runtime,
     )
+
+
+def _log_form(network: dict) -> dict[str, object]:
+    if network.get("form", "linear") == "linear":
+        return {"log_coef": None, "log_bounds": ()}
+    try:
+        if network["form"] != "log":
+            raise ValueError(network["form"])
+        coef = tuple(float(v) for v in network["log_coef"])
+        bounds = tuple((float(lo), float(hi)) for lo, hi in network["log_bounds"])
+        if len(coef) != 4 or len(bounds) != 2 or not all(map(math.isfinite, coef)):
+            raise ValueError("size")
+    except (KeyError, TypeError, ValueError):
+        raise CostModelError("the device profile's network correction is malformed; recalibrate with "
+                             "`archgen calibrate`") from None
+    return {"log_coef": coef, "log_bounds": bounds}
 
 
 # Compiled forms by profile object (profiles hash by identity); dropped with their profile.
@@ -190,8 +212,13 @@ def estimate_layers_ms(
 ) -> tuple[list[float], float]:
     """Per-layer ``est_ms`` (network scale applied) and the per-network overhead in ms."""
     _, comp, factor = _resolve(profile, batch_size)
+    priced = _priced(geoms, comp)
+    if comp.log_coef is not None:
+        raw = [0.0 if g is None else _layer_raw_ms(g, comp, factor) for g in priced]
+        k = network_factor(comp.log_coef, comp.log_bounds, sum(raw), sum(g is not None for g in priced))
+        return [k * t for t in raw], 0.0
     per_layer = [0.0 if g is None else _corrected_layer_ms(_layer_raw_ms(g, comp, factor), comp)
-                 for g in _priced(geoms, comp)]
+                 for g in priced]
     return per_layer, network_overhead_ms(comp.c0_ms, sum(per_layer))
 
 
@@ -206,6 +233,13 @@ def estimate_total_ms(
     """Fast path: the calibrated end-to-end estimate in ms (no DataFrame)."""
     _, comp, factor = _resolve(profile, batch_size)
     total = 0.0
+    if comp.log_coef is not None:
+        n = 0
+        for g in _priced(geoms, comp):
+            if g is not None:
+                total += _layer_raw_ms(g, comp, factor)
+                n += 1
+        return total * network_factor(comp.log_coef, comp.log_bounds, total, n)
     for g in _priced(geoms, comp):
         if g is not None:
             total += _corrected_layer_ms(_layer_raw_ms(g, comp, factor), comp)

@@ -12,7 +12,9 @@ a whole, every layer measured *in context* (see ``costmodel.measure``). What is 
 * a lookup table: the median in-context time of every distinct layer configuration seen;
 * a network-level correction ``T_net = c0 + scale * sum(layers) + per_layer * n_layers`` (the
   per-layer term absorbs per-layer transition costs, and the hook overhead that inflates
-  in-context layer times at small batch sizes) fitted on the calibration
+  in-context layer times at small batch sizes), or its log form ``T_net = S * exp(w . (1, ln S,
+  (ln S)^2, n / S))`` when that cross-validates better (relative errors that change with the
+  network's size: small networks under-priced by a negative ``c0``), fitted on the calibration
   networks' end-to-end times with layer predictions made out of fold (5 folds), so the table's
   perfect recall of its own networks does not bias it.
 """
@@ -41,6 +43,8 @@ from costmodel.modeldef import (
     grouped_samples,
     linear_features,
     linear_ms,
+    log_network_features,
+    network_factor,
     priced_layers,
     residual_features,
     seed_units,
@@ -56,6 +60,8 @@ MIN_CLASS_SAMPLES = 6
 MIN_TREE_SAMPLES = 30
 TREE_PARAMS = {"n_estimators": 60, "max_depth": 4, "learning_rate": 0.15, "subsample": 0.8}
 RIDGE_LAMBDA = 0.3
+# The log-form network correction is tried only with this many calibration networks or more.
+MIN_LOG_NETWORKS = 40
 # Times below this (ms) count as this much where the fit divides by a time or takes its log:
 # ONNX Runtime reports whole microseconds, and a layer it fused away measures 0.
 FLOOR_MS = 5e-4
@@ -246,30 +252,85 @@ def fit_profile(
             oof_sum[i] = estimate_total_ms(networks[i][0], prof_f)
     e2e = np.array([n[2] for n in networks])
     n_layers = np.array([float(sum(p is not None for p in priced_layers(n[0], runtime))) for n in networks])
-    x = np.array([[1.0, s, k] for s, k in zip(oof_sum, n_layers)])
-    c0, scale, per_layer = 0.0, float(np.median(e2e / np.maximum(x[:, 1], 1e-9))), 0.0
-    if len(networks) >= 8:
-        # Relative least squares, unconstrained: the per-layer term is negative when hooks
-        # inflated the in-context layer times (small batches), positive for per-layer costs the
-        # hooks did not see. Kept only if the result stays sane.
-        w = 1.0 / np.maximum(e2e, 1e-9)
-        coef, *_ = np.linalg.lstsq(x * w[:, None], np.ones_like(e2e), rcond=None)
-        if coef[1] > 0 and np.all(x @ coef > 0):
-            c0, scale, per_layer = (float(v) for v in coef)
-    elif len(networks) >= 4:
-        c0, scale = (float(v) for v in _nnls_relative(x[:, :2], e2e))
-    network = {"c0_ms": c0, "scale": scale, "per_layer_ms": per_layer}
-    pred = x @ np.array([c0, scale, per_layer])
+    network, pred, forms = fit_network(np.array(oof_sum), n_layers, e2e, seed)
     err = np.abs(pred - e2e) / e2e
     quality["network_oof"] = {
         "n": len(networks), "mape": float(err.mean()), "within_10pct": float((err < 0.1).mean()),
         "within_5pct": float((err < 0.05).mean()),
         "p95_abs_pct": float(np.percentile(err, 95)) if len(err) else 0.0,
     }
+    if forms:
+        quality["network_forms_cv_mape"] = forms
     quality["table_entries"] = len(table)
     quality["baselines"] = fit_baselines(networks)
     return dataclasses.replace(_make(context, coeffs, weights, trees, table, t_k, act_elem, network,
                                      quality, protocol), reference_ms=reference_ms)
+
+
+def _linear_network(s: np.ndarray, n_layers: np.ndarray, e2e: np.ndarray) -> np.ndarray:
+    """``[c0, scale, per_layer]`` of the linear form."""
+    x = np.c_[np.ones_like(s), s, n_layers]
+    coef = np.array([0.0, float(np.median(e2e / np.maximum(s, 1e-9))), 0.0])
+    if len(s) >= 8:
+        # Relative least squares, unconstrained: the per-layer term is negative when hooks
+        # inflated the in-context layer times (small batches), positive for per-layer costs the
+        # hooks did not see. Kept only if the result stays sane.
+        w = 1.0 / np.maximum(e2e, 1e-9)
+        fitted, *_ = np.linalg.lstsq(x * w[:, None], np.ones_like(e2e), rcond=None)
+        if fitted[1] > 0 and np.all(x @ fitted > 0):
+            coef = fitted
+    elif len(s) >= 4:
+        coef = np.insert(_nnls_relative(x[:, :2], e2e), 2, 0.0)
+    return coef
+
+
+def _linear_predict(coef: np.ndarray, s: np.ndarray, n_layers: np.ndarray) -> np.ndarray:
+    return np.c_[np.ones_like(s), s, n_layers] @ coef
+
+
+def _log_network(s: np.ndarray, n_layers: np.ndarray, e2e: np.ndarray) -> tuple[list[float], list[list[float]]]:
+    """``(coef, bounds)`` of the log form: least squares of ln(T / S) on its features."""
+    s = np.maximum(s, 1e-6)
+    ln_s, per = np.log(s), n_layers / s
+    bounds = [[float(ln_s.min()), float(ln_s.max())], [float(per.min()), float(per.max())]]
+    f = np.array([log_network_features(a, b) for a, b in zip(s, n_layers)])
+    coef, *_ = np.linalg.lstsq(f, np.log(np.maximum(e2e, 1e-9) / s), rcond=None)
+    return [float(v) for v in coef], bounds
+
+
+def _log_predict(coef: list[float], bounds: list[list[float]], s: np.ndarray, n_layers: np.ndarray) -> np.ndarray:
+    return np.array([a * network_factor(coef, bounds, a, b) for a, b in zip(s, n_layers)])
+
+
+def fit_network(s: np.ndarray, n_layers: np.ndarray, e2e: np.ndarray, seed: int = 0,
+                folds: int = 5) -> tuple[dict[str, object], np.ndarray, dict[str, float]]:
+    """The network-level correction from the calibration networks' out-of-fold layer sums ``s``,
+    their priced layer counts and end-to-end times: the linear form, or the log form when the
+    calibration has at least ``MIN_LOG_NETWORKS`` networks and the log form's ``folds``-fold
+    cross-validated relative error on them is lower. Returns ``(network, predictions,
+    {form: cross-validated MAPE})`` (the last empty when only the linear form was tried)."""
+    lin = _linear_network(s, n_layers, e2e)
+    network: dict[str, object] = {"form": "linear", "c0_ms": float(lin[0]), "scale": float(lin[1]),
+                                  "per_layer_ms": float(lin[2])}
+    pred = _linear_predict(lin, s, n_layers)
+    if len(s) < MIN_LOG_NETWORKS:
+        return network, pred, {}
+    order = np.random.default_rng(seed).permutation(len(s))
+    cv = {"linear": np.zeros(len(s)), "log": np.zeros(len(s))}
+    for f in range(folds):
+        test = order[f::folds]
+        train = np.setdiff1d(order, test)
+        c = _linear_network(s[train], n_layers[train], e2e[train])
+        cv["linear"][test] = _linear_predict(c, s[test], n_layers[test])
+        coef, bounds = _log_network(s[train], n_layers[train], e2e[train])
+        cv["log"][test] = _log_predict(coef, bounds, s[test], n_layers[test])
+    mape = {k: float(np.mean(np.abs(v - e2e) / e2e)) for k, v in cv.items()}
+    if mape["log"] < mape["linear"]:
+        coef, bounds = _log_network(s, n_layers, e2e)
+        network = {"form": "log", "log_coef": coef, "log_bounds": bounds, "c0_ms": 0.0, "scale": 1.0,
+                   "per_layer_ms": 0.0}
+        pred = _log_predict(coef, bounds, s, n_layers)
+    return network, pred, mape
 
 
 def _in_context(networks: Sequence[Network], runtime: str) -> list[Sample]:

@@ -8,9 +8,12 @@ Per layer, at the profile's batch size ``B0`` (``factor = B / B0``, 1 for a cali
                         base * exp(clamp(w . residual_features))  (log-linear residual)
                    + factor * activation elements * per-element cost of the fused activation
     network      = max(c0, -(1 - share) * sum) + sum of max(scale * layer + per_layer,
-                                                            share * scale * layer)
+                                                            share * scale * layer)   (linear form)
+                 = sum * exp(clamp(w . log_network_features(sum, n_layers)))         (log form)
 
-``share`` is ``MIN_SHARE_OF_LAYER_SUM``. The textbook seed form prices a layer at
+``share`` is ``MIN_SHARE_OF_LAYER_SUM``. The calibration picks the form whose out-of-fold error on
+its own networks is lower (``costmodel.fit``); in the log form a layer's ``est_ms`` is its time
+times the network's factor, and there is no per-network constant. The textbook seed form prices a layer at
 ``N_p * N_f * T_k`` with one ``T_k`` per op (conv per kernel size).
 """
 
@@ -34,6 +37,9 @@ OTHER_ACT_CODE = float(len(ACT_CODES))
 # The network-level correction, extrapolated to far smaller networks than it was fitted on, may
 # shrink the layer sum but never below this share of it (docs/benchmarks.md, "Cost model accuracy").
 MIN_SHARE_OF_LAYER_SUM = 0.25
+# The log form's network factor stays within exp(+-LOG_NETWORK_CLAMP) of the layer sum, and its
+# features are clamped to the range the calibration networks spanned.
+LOG_NETWORK_CLAMP = 0.5
 
 
 def op_class(g: LayerGeom, coeffs: Mapping[str, object]) -> str:
@@ -132,6 +138,26 @@ def corrected_layer_ms(raw_ms: float, scale: float, per_layer_ms: float) -> floa
 def network_overhead_ms(c0_ms: float, layer_sum_ms: float) -> float:
     """The per-network constant, never removing more than ``1 - MIN_SHARE`` of the layer sum."""
     return max(c0_ms, -(1 - MIN_SHARE_OF_LAYER_SUM) * layer_sum_ms)
+
+
+def log_network_features(layer_sum_ms: float, n_layers: float,
+                         bounds: Sequence[Sequence[float]] | None = None) -> list[float]:
+    """Features of the log-form network correction: 1, ln S, (ln S)^2 and n / S (a per-layer
+    cost relative to the network), with S the sum of the layers' times in ms and n the number of
+    priced layers; ``bounds`` ([lo, hi] of ln S and of n / S) clamps them to the fitted range."""
+    s = max(layer_sum_ms, 1e-6)
+    ln_s, per = math.log(s), n_layers / s
+    if bounds is not None:
+        ln_s = min(max(ln_s, bounds[0][0]), bounds[0][1])
+        per = min(max(per, bounds[1][0]), bounds[1][1])
+    return [1.0, ln_s, ln_s * ln_s, per]
+
+
+def network_factor(coef: Sequence[float], bounds: Sequence[Sequence[float]], layer_sum_ms: float,
+                   n_layers: float) -> float:
+    """The log form's multiplier of the layer sum (clamped to exp(+-LOG_NETWORK_CLAMP))."""
+    r = sum(c * f for c, f in zip(coef, log_network_features(layer_sum_ms, n_layers, bounds)))
+    return math.exp(max(-LOG_NETWORK_CLAMP, min(LOG_NETWORK_CLAMP, r)))
 
 
 def t_k_classes(g: LayerGeom) -> tuple[str, ...]:

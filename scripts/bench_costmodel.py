@@ -115,10 +115,13 @@ def held_out_networks(n: int) -> tuple[list[list[LayerGeom]], list, list[str]]:
     return geoms, modules, names
 
 
-def calibration_extra(held_keys: set[str], quick: bool, n: int | None = None) -> list[list[LayerGeom]]:
-    """Generator samples for calibration (``n``, default 12 quick / 80 full, three quarters
-    with the rules on), disjoint from the held-out specs."""
-    n = n if n is not None else (12 if quick else 80)
+def calibration_extra(held_keys: set[str], quick: bool, n: int | None = None,
+                      batch: int = 32) -> list[list[LayerGeom]]:
+    """Generator samples for calibration (``n``, default 12 quick / 80 full times calibrate's
+    ``networks_multiplier``, three quarters with the rules on), disjoint from the held-out specs."""
+    from costmodel.calibration import networks_multiplier
+
+    n = n if n is not None else (12 if quick else 80) * networks_multiplier(quick, batch)
     specs = generator_specs((3 * n) // 4, 10_000, held_keys) + generator_specs(
         n - (3 * n) // 4, 20_000, held_keys, rules_off_r2=True)
     if not specs:
@@ -257,7 +260,7 @@ def measure_interleaved(batch: int, threads: int, runtime: str, args: argparse.N
     from costmodel.profile import PROTOCOL, profile_modules, resolve_clock
     from costmodel.timing import steady_allocator
 
-    calib = calibration_networks(args.quick, 0, args.calib_networks) + [list(n) for n in extra]
+    calib = calibration_networks(args.quick, 0, args.calib_networks, batch) + [list(n) for n in extra]
     nets = calib + [list(n) for n in held]
     order = list(range(len(nets)))
     random.Random(4242).shuffle(order)
@@ -310,7 +313,7 @@ def run_config(batch: int, threads: int, runtime: str, args: argparse.Namespace,
     geoms, modules, names = nets
     t0 = time.perf_counter()
     held_keys = set(names)
-    extra = [] if args.no_generator_calibration else calibration_extra(held_keys, args.quick, args.calib_generator)
+    extra = [] if args.no_generator_calibration else calibration_extra(held_keys, args.quick, args.calib_generator, batch)
     held_configs = {tuple(g.config_key() for g in n) for n in geoms}
     overlap = sum(tuple(g.config_key() for g in n) in held_configs for n in extra)
     if overlap:
@@ -490,9 +493,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="timed runs per network and pass (two interleaved passes)")
     p.add_argument("--quick", action="store_true", help="quick calibration")
     p.add_argument("--calib-networks", type=int, default=None,
-                   help="random calibration networks (default: calibrate's)")
+                   help="random calibration networks (default: calibrate's, 160 full, 480 full at batch <= 4)")
     p.add_argument("--calib-generator", type=int, default=None,
-                   help="generator calibration networks (default 12 quick, 80 full)")
+                   help="generator calibration networks (default 12 quick, 80 full, 240 full at batch <= 4)")
     p.add_argument("--no-generator-calibration", action="store_true")
     p.add_argument("--no-throughput", action="store_true")
     p.add_argument("--no-layer-sum", action="store_true")

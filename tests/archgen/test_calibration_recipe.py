@@ -23,3 +23,20 @@ def test_a_search_adds_networks_of_its_own_input_shape() -> None:
     assert own[:len(plain)] == plain
     assert len(added) == OWN_SHAPE_NETWORKS and set(_sides(added)) == {(3, 40)}
     assert all(n[-1].name == "classifier" for n in added)
+
+
+def test_a_full_calibration_at_a_small_batch_measures_three_times_the_networks() -> None:
+    """Batch <= 4, full mode: 480 random + 3 x 84 generator networks, the first 160 and the
+    first draws per input shape the same as at batch 32; quick mode and batch 32 unchanged."""
+    from costmodel.calibration import SMALL_BATCH_NETWORKS
+
+    big_random, big_gen = recipe_networks(quick=False, batch_size=1)
+    random_nets, generator = recipe_networks(quick=False, batch_size=32)
+    assert SMALL_BATCH_NETWORKS == 3
+    assert (len(random_nets), len(generator)) == (160, GENERATOR_NETWORKS[1])
+    assert (len(big_random), len(big_gen)) == (480, 3 * GENERATOR_NETWORKS[1])
+    assert big_random[:160] == random_nets
+    assert set(_sides(big_gen)) == set(_sides(generator))
+    assert [len(n) for n in recipe_networks(quick=True, batch_size=1)] == [24, GENERATOR_NETWORKS[0]]
+    assert recipe_networks(quick=False, batch_size=4)[0] == big_random
+    assert len(recipe_networks(quick=False, batch_size=5)[0]) == 160

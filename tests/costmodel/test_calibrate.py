@@ -58,6 +58,39 @@ def test_network_correction_recovers_constant_and_scale() -> None:
         assert estimate_total_ms(n, prof) == pytest.approx(want, rel=0.05)
 
 
+def test_network_correction_takes_the_log_form_when_the_error_grows_with_size() -> None:
+    """End to end = (sum of layers)^1.3 (ms): small networks run relatively faster than large
+    ones, which no constant + scale + per-layer term follows over the 14x range of sizes here; the
+    cross-validation picks the log form, and held-out networks are priced within 3%."""
+    nets = synthetic_networks(80, 4)
+    data = [(n, [true_ms(g) for g in n], sum(true_ms(g) for g in n) ** 1.3) for n in nets]
+    sums = [sum(true_ms(g) for g in n) for n in nets]
+    assert max(sums) / min(sums) > 10  # the sizes the test is about
+    prof = fit_profile(current_context("cpu", 1, 4), [], data, {"statistic": "min"})
+    assert prof.network["form"] == "log"
+    cv = prof.fit_quality["network_forms_cv_mape"]
+    assert cv["log"] < 0.5 * cv["linear"]
+    assert prof.fit_quality["network_oof"]["within_5pct"] > 0.95
+    priced = 0
+    for n in synthetic_networks(15, 5):
+        s = sum(true_ms(g) for g in n)
+        if min(sums) <= s <= max(sums):
+            assert estimate_total_ms(n, prof) == pytest.approx(s ** 1.3, rel=0.03)
+            priced += 1
+    assert priced >= 10
+    # the profile round-trips through JSON with its form
+    again = DeviceProfile.from_dict(json.loads(json.dumps(prof.to_dict())))
+    assert estimate_total_ms(nets[0], again) == estimate_total_ms(nets[0], prof)
+
+
+def test_network_correction_stays_linear_below_the_minimum_of_networks() -> None:
+    nets = synthetic_networks(20, 6)
+    data = [(n, [true_ms(g) for g in n], sum(true_ms(g) for g in n) ** 1.3) for n in nets]
+    prof = fit_profile(current_context("cpu", 1, 4), [], data, {"statistic": "min"})
+    assert prof.network["form"] == "linear"
+    assert "network_forms_cv_mape" not in prof.fit_quality
+
+
 def test_exported_trees_predict_like_sklearn() -> None:
     from sklearn.ensemble import GradientBoostingRegressor
 

@@ -170,3 +170,47 @@ def test_network_correction_never_prices_a_small_network_at_or_below_zero():
     # floors: each layer >= share x scale x its raw time; the constant removes at most (1 - share)
     assert total >= MIN_SHARE_OF_LAYER_SUM**2 * 0.9 * layer_sum - 1e-12
     assert abs(sum(per_layer) + overhead - total) < 1e-12
+
+
+def test_log_form_network_correction_multiplies_every_layer_by_one_factor():
+    """network["form"] == "log": est_ms = raw x exp(clamp(w . (1, ln S, ln^2 S, n/S))), no constant;
+    the features are clamped to the fitted bounds and the factor to exp(+-LOG_NETWORK_CLAMP)."""
+    import dataclasses
+    import math
+
+    from costmodel.modeldef import LOG_NETWORK_CLAMP
+
+    neutral = hand_profile(network={"c0_ms": 0.0, "scale": 1.0})
+    raw = [linear_ms(g) for g in GEOMS]
+    s, n = sum(raw), len(GEOMS)
+    bounds = [[-10.0, 10.0], [0.0, 1000.0]]
+    coef = [0.05, 0.02, -0.01, 0.003]
+    prof = dataclasses.replace(neutral, network={"form": "log", "log_coef": coef, "log_bounds": bounds})
+    k = math.exp(coef[0] + coef[1] * math.log(s) + coef[2] * math.log(s) ** 2 + coef[3] * n / s)
+    per_layer, overhead = estimate_layers_ms(GEOMS, prof)
+    assert overhead == 0.0
+    assert per_layer == pytest.approx([k * t for t in raw], rel=1e-12)
+    assert estimate_total_ms(GEOMS, prof) == pytest.approx(k * s, rel=1e-12)
+    assert estimate(GEOMS, prof).total_est_ms == pytest.approx(k * s, rel=1e-12)
+    # ln S outside the fitted range counts as its bound
+    narrow = dataclasses.replace(neutral, network={"form": "log", "log_coef": [0.0, 0.1, 0.0, 0.0],
+                                                   "log_bounds": [[-1.0, -0.5], [0.0, 1000.0]]})
+    assert estimate_total_ms(GEOMS, narrow) == pytest.approx(s * math.exp(0.1 * -0.5), rel=1e-12)
+    # the factor never leaves exp(+-clamp)
+    wild = dataclasses.replace(neutral, network={"form": "log", "log_coef": [40.0, 0.0, 0.0, 0.0],
+                                                 "log_bounds": bounds})
+    assert estimate_total_ms(GEOMS, wild) == pytest.approx(s * math.exp(LOG_NETWORK_CLAMP), rel=1e-12)
+
+
+@pytest.mark.parametrize("network", [
+    {"form": "log", "log_coef": [0.1, 0.2], "log_bounds": [[0, 1], [0, 1]]},
+    {"form": "log", "log_coef": [0.1, 0.2, 0.0, "x"], "log_bounds": [[0, 1], [0, 1]]},
+    {"form": "log", "log_coef": [0.1, 0.2, 0.0, 0.0]},
+    {"form": "cubic"},
+])
+def test_malformed_network_correction_is_a_clear_error(network):
+    import dataclasses
+
+    prof = dataclasses.replace(hand_profile(), network=network)
+    with pytest.raises(CostModelError, match="network correction is malformed"):
+        estimate_total_ms(GEOMS, prof)
