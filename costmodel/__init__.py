@@ -22,7 +22,10 @@ Modules, in import order:
 * ``profile``  timing protocol, ``time_fn``, ``profile_module(s)`` (CPU and CUDA);
 * ``netgen``  random plain-CNN geometries for calibration;
 * ``measure``  modules built from geometries, ``profile_layer``, calibration's measurements;
-* ``fit``  fitting a profile to measurements (NNLS, ridge, boosted trees, network correction);
+* ``netfit``  the network-level correction (linear or log form, chosen by cross-validation) and
+  the relative least squares the fits share;
+* ``fit``  fitting a profile to measurements (NNLS, ridge, boosted trees; the network correction
+  from ``netfit``);
 * ``calibration``  ``calibrate(device, threads, batch_size, quick) -> DeviceProfile``;
 * ``report``  text/csv/json/markdown rendering and the per-layer bar chart.
 """

@@ -25,10 +25,10 @@ log = logging.getLogger(__name__)
 
 # Batch sizes up to this one count as small: a run is short there and its noise relatively large.
 SMALL_BATCH = 4
-# A full calibration at a small batch size measures this many times the networks: the per-layer
-# model learns the in-context times of more layer configurations, at a cost of about a minute
-# each (docs/benchmarks.md, "Cost model accuracy": 240 -> 720 networks at batch 1, 87% -> 91%
-# of held-out networks within 10%).
+# A full calibration at a small batch size measures this many times the networks (732 instead of
+# 244): the per-layer model learns the in-context times of more layer configurations, for about
+# 2.5 more minutes at batch 1 (docs/benchmarks.md, "Cost model accuracy": 240 -> 720 networks at
+# batch 1, 87% -> 91% and 78% -> 87% of held-out networks within 10%). Bundles keep the base count.
 SMALL_BATCH_NETWORKS = 3
 
 

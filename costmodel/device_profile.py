@@ -28,6 +28,11 @@ from costmodel.errors import CostModelError
 from costmodel.measurements import RUNTIMES
 
 SCHEMA_VERSION = 1
+# A profile whose network correction has the log form is written as version 2, so that an older
+# archgen (which knows only the linear form and would price the bare layer sum) refuses it
+# instead of misreading it; linear profiles stay version 1. This version reads both.
+LOG_FORM_SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (SCHEMA_VERSION, LOG_FORM_SCHEMA_VERSION)
 # Context fields that must match for a profile to be used.
 CONTEXT_KEYS = ("device", "device_name", "runtime", "runtime_version", "threads", "dtype", "batch_size")
 # device, device_name, runtime, runtime_version, threads, torch_version, dtype, batch_size,
@@ -114,19 +119,24 @@ class DeviceProfile:
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
         d["context"] = dict(self.context, fingerprint=self.fingerprint)
+        if self.network.get("form") == "log":
+            d["schema_version"] = LOG_FORM_SCHEMA_VERSION
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> DeviceProfile:
         if not isinstance(d, dict) or "context" not in d or "coeffs" not in d:
             raise CostModelError("not a device profile: missing 'context' or 'coeffs'")
-        if d.get("schema_version") != SCHEMA_VERSION:
+        version = d.get("schema_version")
+        if version not in READABLE_SCHEMA_VERSIONS or isinstance(version, bool):
             raise CostModelError(
-                f"device profile schema_version {d.get('schema_version')!r} is not "
-                f"{SCHEMA_VERSION}; recalibrate with `archgen calibrate`"
+                f"device profile schema_version {version!r} is not "
+                f"{' or '.join(map(str, READABLE_SCHEMA_VERSIONS))}; recalibrate with `archgen calibrate`"
             )
         names = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        fields = {k: v for k, v in d.items() if k in names}
+        fields["schema_version"] = SCHEMA_VERSION  # in memory; to_dict writes the version the form needs
+        return cls(**fields)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the profile as JSON (atomically: a temporary file, then a rename)."""

@@ -135,7 +135,8 @@ def _log_form(network: dict) -> dict[str, object]:
             raise ValueError(network["form"])
         coef = tuple(float(v) for v in network["log_coef"])
         bounds = tuple((float(lo), float(hi)) for lo, hi in network["log_bounds"])
-        if len(coef) != 4 or len(bounds) != 2 or not all(map(math.isfinite, coef)):
+        if len(coef) != 4 or len(bounds) != 2 or not all(map(math.isfinite, coef)) or not all(
+                math.isfinite(lo) and math.isfinite(hi) and lo <= hi for lo, hi in bounds):
             raise ValueError("size")
     except (KeyError, TypeError, ValueError):
         raise CostModelError("the device profile's network correction is malformed; recalibrate with "

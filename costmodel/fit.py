@@ -32,7 +32,7 @@ import numpy as np
 
 from costmodel.device_profile import Context, DeviceProfile, TreeEnsemble
 from costmodel.errors import CostModelError
-from costmodel.estimator import estimate_total_ms
+from costmodel.estimator import estimate_layers_ms
 from costmodel.geometry import LayerGeom
 from costmodel.measurements import Network, Sample
 from costmodel.modeldef import (
@@ -43,8 +43,6 @@ from costmodel.modeldef import (
     grouped_samples,
     linear_features,
     linear_ms,
-    log_network_features,
-    network_factor,
     priced_layers,
     residual_features,
     seed_units,
@@ -52,6 +50,7 @@ from costmodel.modeldef import (
     tree_base_class,
     tree_features,
 )
+from costmodel.netfit import FLOOR_MS, fit_network, nnls_relative
 
 if TYPE_CHECKING:
     from sklearn.ensemble import GradientBoostingRegressor
@@ -60,20 +59,6 @@ MIN_CLASS_SAMPLES = 6
 MIN_TREE_SAMPLES = 30
 TREE_PARAMS = {"n_estimators": 60, "max_depth": 4, "learning_rate": 0.15, "subsample": 0.8}
 RIDGE_LAMBDA = 0.3
-# The log-form network correction is tried only with this many calibration networks or more.
-MIN_LOG_NETWORKS = 40
-# Times below this (ms) count as this much where the fit divides by a time or takes its log:
-# ONNX Runtime reports whole microseconds, and a layer it fused away measures 0.
-FLOOR_MS = 5e-4
-
-
-def _nnls_relative(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Non-negative least squares minimising the relative error of ``x @ coef`` against y."""
-    from scipy.optimize import nnls
-
-    w = 1.0 / np.maximum(y, FLOOR_MS)
-    coef, _ = nnls(x * w[:, None], y * w)
-    return coef
 
 
 def _ridge(x: np.ndarray, r: np.ndarray, lam: float) -> np.ndarray:
@@ -115,9 +100,9 @@ def fit_layers(
         y = np.maximum([_strip_activation(g, t, act_elem_ms) for g, t in rows], FLOOR_MS)
         x = np.array([linear_features(g) for g, _ in rows], dtype=float)
         if cls.startswith("conv") or cls == "dense":
-            coef = _nnls_relative(x, y)
+            coef = nnls_relative(x, y)
         else:  # no MACs: c + b*bytes
-            coef = np.insert(_nnls_relative(x[:, [0, 2]], y), 1, 0.0)
+            coef = np.insert(nnls_relative(x[:, [0, 2]], y), 1, 0.0)
         if coef[0] == 0.0 and coef[1] == 0.0 and coef[2] == 0.0:
             coef[0] = float(np.median(y))
         coeffs[cls] = {"c": float(coef[0]), "a": float(coef[1]), "b": float(coef[2])}
@@ -202,7 +187,7 @@ def fit_act_elem(samples: Sequence[Sample]) -> dict[str, float]:
     for name, rows in by_name.items():
         x = np.array([[1.0, g.acts] for g, _ in rows], dtype=float)
         y = np.array([t for _, t in rows])
-        coef = _nnls_relative(x, y)
+        coef = nnls_relative(x, y)
         out[name] = float(coef[1])
     return out
 
@@ -239,7 +224,7 @@ def fit_profile(
     order = list(range(len(networks)))
     random.Random(seed).shuffle(order)
     k = max(1, min(folds, len(networks)))
-    oof_sum = [0.0] * len(networks)
+    oof_layers: list[list[float]] = [[] for _ in networks]
     for f in range(k):
         held = set(order[f::k])
         train = _in_context([n for i, n in enumerate(networks) if i not in held or k == 1], runtime)
@@ -249,10 +234,11 @@ def fit_profile(
         prof_f = _make(context, c_f, w_f, tr_f, _layer_table(train) if use_table else {}, t_k,
                        act_elem, {"c0_ms": 0.0, "scale": 1.0}, {}, protocol)
         for i in held:
-            oof_sum[i] = estimate_total_ms(networks[i][0], prof_f)
+            oof_layers[i] = estimate_layers_ms(networks[i][0], prof_f)[0]  # neutral correction: raw
     e2e = np.array([n[2] for n in networks])
     n_layers = np.array([float(sum(p is not None for p in priced_layers(n[0], runtime))) for n in networks])
-    network, pred, forms = fit_network(np.array(oof_sum), n_layers, e2e, seed)
+    oof_sum = np.array([sum(layers) for layers in oof_layers])
+    network, pred, forms = fit_network(oof_sum, n_layers, e2e, seed, layers=oof_layers)
     err = np.abs(pred - e2e) / e2e
     quality["network_oof"] = {
         "n": len(networks), "mape": float(err.mean()), "within_10pct": float((err < 0.1).mean()),
@@ -265,72 +251,6 @@ def fit_profile(
     quality["baselines"] = fit_baselines(networks)
     return dataclasses.replace(_make(context, coeffs, weights, trees, table, t_k, act_elem, network,
                                      quality, protocol), reference_ms=reference_ms)
-
-
-def _linear_network(s: np.ndarray, n_layers: np.ndarray, e2e: np.ndarray) -> np.ndarray:
-    """``[c0, scale, per_layer]`` of the linear form."""
-    x = np.c_[np.ones_like(s), s, n_layers]
-    coef = np.array([0.0, float(np.median(e2e / np.maximum(s, 1e-9))), 0.0])
-    if len(s) >= 8:
-        # Relative least squares, unconstrained: the per-layer term is negative when hooks
-        # inflated the in-context layer times (small batches), positive for per-layer costs the
-        # hooks did not see. Kept only if the result stays sane.
-        w = 1.0 / np.maximum(e2e, 1e-9)
-        fitted, *_ = np.linalg.lstsq(x * w[:, None], np.ones_like(e2e), rcond=None)
-        if fitted[1] > 0 and np.all(x @ fitted > 0):
-            coef = fitted
-    elif len(s) >= 4:
-        coef = np.insert(_nnls_relative(x[:, :2], e2e), 2, 0.0)
-    return coef
-
-
-def _linear_predict(coef: np.ndarray, s: np.ndarray, n_layers: np.ndarray) -> np.ndarray:
-    return np.c_[np.ones_like(s), s, n_layers] @ coef
-
-
-def _log_network(s: np.ndarray, n_layers: np.ndarray, e2e: np.ndarray) -> tuple[list[float], list[list[float]]]:
-    """``(coef, bounds)`` of the log form: least squares of ln(T / S) on its features."""
-    s = np.maximum(s, 1e-6)
-    ln_s, per = np.log(s), n_layers / s
-    bounds = [[float(ln_s.min()), float(ln_s.max())], [float(per.min()), float(per.max())]]
-    f = np.array([log_network_features(a, b) for a, b in zip(s, n_layers)])
-    coef, *_ = np.linalg.lstsq(f, np.log(np.maximum(e2e, 1e-9) / s), rcond=None)
-    return [float(v) for v in coef], bounds
-
-
-def _log_predict(coef: list[float], bounds: list[list[float]], s: np.ndarray, n_layers: np.ndarray) -> np.ndarray:
-    return np.array([a * network_factor(coef, bounds, a, b) for a, b in zip(s, n_layers)])
-
-
-def fit_network(s: np.ndarray, n_layers: np.ndarray, e2e: np.ndarray, seed: int = 0,
-                folds: int = 5) -> tuple[dict[str, object], np.ndarray, dict[str, float]]:
-    """The network-level correction from the calibration networks' out-of-fold layer sums ``s``,
-    their priced layer counts and end-to-end times: the linear form, or the log form when the
-    calibration has at least ``MIN_LOG_NETWORKS`` networks and the log form's ``folds``-fold
-    cross-validated relative error on them is lower. Returns ``(network, predictions,
-    {form: cross-validated MAPE})`` (the last empty when only the linear form was tried)."""
-    lin = _linear_network(s, n_layers, e2e)
-    network: dict[str, object] = {"form": "linear", "c0_ms": float(lin[0]), "scale": float(lin[1]),
-                                  "per_layer_ms": float(lin[2])}
-    pred = _linear_predict(lin, s, n_layers)
-    if len(s) < MIN_LOG_NETWORKS:
-        return network, pred, {}
-    order = np.random.default_rng(seed).permutation(len(s))
-    cv = {"linear": np.zeros(len(s)), "log": np.zeros(len(s))}
-    for f in range(folds):
-        test = order[f::folds]
-        train = np.setdiff1d(order, test)
-        c = _linear_network(s[train], n_layers[train], e2e[train])
-        cv["linear"][test] = _linear_predict(c, s[test], n_layers[test])
-        coef, bounds = _log_network(s[train], n_layers[train], e2e[train])
-        cv["log"][test] = _log_predict(coef, bounds, s[test], n_layers[test])
-    mape = {k: float(np.mean(np.abs(v - e2e) / e2e)) for k, v in cv.items()}
-    if mape["log"] < mape["linear"]:
-        coef, bounds = _log_network(s, n_layers, e2e)
-        network = {"form": "log", "log_coef": coef, "log_bounds": bounds, "c0_ms": 0.0, "scale": 1.0,
-                   "per_layer_ms": 0.0}
-        pred = _log_predict(coef, bounds, s, n_layers)
-    return network, pred, mape
 
 
 def _in_context(networks: Sequence[Network], runtime: str) -> list[Sample]:

@@ -85,15 +85,19 @@ _FLOAT_KEYS = {"lr", "weight_decay", "l1", "dropout", "growth", "augment_shift"}
 
 def run_arm(data: str, configs: list[dict], epochs: int, workers: int, seed: int, out: Path) -> dict:
     """One ``archgen search --strategy manual`` over ``configs`` with ``workers`` workers."""
-    if not (out / "trials.csv").exists() or not (out / "bench_wall_s.txt").exists():
+    cfg = {"strategy": "manual", "manual": [_ints_as_ints(c) for c in configs], "trials": len(configs),
+           "max_epochs": epochs, "min_epochs": epochs, "patience": epochs, "seed": seed, "workers": workers,
+           "selection": "best", "data": data}
+    text = yaml.safe_dump(cfg, sort_keys=False)
+    done = (out / "trials.csv").exists() and (out / "bench_wall_s.txt").exists()
+    if not done or (out / "bench_config.yaml").read_text() != text:  # resume only the same run
         if out.exists():
             shutil.rmtree(out)
         out.mkdir(parents=True)
-        cfg = {"strategy": "manual", "manual": [_ints_as_ints(c) for c in configs], "trials": len(configs),
-               "max_epochs": epochs, "min_epochs": epochs, "patience": epochs, "seed": seed, "workers": workers,
-               "selection": "best"}
-        (out / "bench_config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-        cmd = [sys.executable, "-m", "archgen", "search", "--data", data, "--config", str(out / "bench_config.yaml"),
+        (out / "bench_config.yaml").write_text(text)
+        search_cfg = {k: v for k, v in cfg.items() if k != "data"}
+        (out / "search_config.yaml").write_text(yaml.safe_dump(search_cfg, sort_keys=False))
+        cmd = [sys.executable, "-m", "archgen", "search", "--data", data, "--config", str(out / "search_config.yaml"),
                "--out", str(out / "run"), "-q"]
         t0 = time.time()
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -109,6 +113,8 @@ def summarise(trials: pd.DataFrame, workers: int, wall_s: float) -> dict:
     start = pd.to_datetime(trained["datetime_start"])
     end = pd.to_datetime(trained["datetime_complete"])
     span = (end.max() - start.min()).total_seconds()
+    if not span > 0:
+        raise SystemExit("the trials took no measurable time; train more epochs (--epochs)")
     per_epoch = (trained["duration_s"] / trained["epochs"]).tolist()
     epochs = int(trained["epochs"].sum())
     return {"workers": workers, "trials": int(len(trained)), "epochs": epochs, "span_s": round(span, 2),

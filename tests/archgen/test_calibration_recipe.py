@@ -26,8 +26,8 @@ def test_a_search_adds_networks_of_its_own_input_shape() -> None:
 
 
 def test_a_full_calibration_at_a_small_batch_measures_three_times_the_networks() -> None:
-    """Batch <= 4, full mode: 480 random + 3 x 84 generator networks, the first 160 and the
-    first draws per input shape the same as at batch 32; quick mode and batch 32 unchanged."""
+    """Batch <= 4, full mode: 480 random + 3 x 84 generator networks (the first 160 random ones
+    those of batch 32, the same input sizes); quick mode and batch 32 unchanged."""
     from costmodel.calibration import SMALL_BATCH_NETWORKS
 
     big_random, big_gen = recipe_networks(quick=False, batch_size=1)

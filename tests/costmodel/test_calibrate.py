@@ -62,7 +62,7 @@ def test_network_correction_takes_the_log_form_when_the_error_grows_with_size() 
     """End to end = (sum of layers)^1.3 (ms): small networks run relatively faster than large
     ones, which no constant + scale + per-layer term follows over the 14x range of sizes here; the
     cross-validation picks the log form, and held-out networks are priced within 3%."""
-    nets = synthetic_networks(80, 4)
+    nets = synthetic_networks(120, 4)
     data = [(n, [true_ms(g) for g in n], sum(true_ms(g) for g in n) ** 1.3) for n in nets]
     sums = [sum(true_ms(g) for g in n) for n in nets]
     assert max(sums) / min(sums) > 10  # the sizes the test is about
@@ -78,17 +78,37 @@ def test_network_correction_takes_the_log_form_when_the_error_grows_with_size() 
             assert estimate_total_ms(n, prof) == pytest.approx(s ** 1.3, rel=0.03)
             priced += 1
     assert priced >= 10
-    # the profile round-trips through JSON with its form
-    again = DeviceProfile.from_dict(json.loads(json.dumps(prof.to_dict())))
+    # the profile round-trips through JSON with its form, written as schema version 2 (an older
+    # archgen, which knows only the linear form, refuses it instead of misreading it)
+    written = json.loads(json.dumps(prof.to_dict()))
+    assert written["schema_version"] == 2
+    again = DeviceProfile.from_dict(written)
     assert estimate_total_ms(nets[0], again) == estimate_total_ms(nets[0], prof)
+    assert again.to_dict()["schema_version"] == 2
+
+
+def test_network_correction_keeps_the_linear_form_for_a_linear_device() -> None:
+    """120 networks of a device whose end to end is 0.3 ms + 1.2 x the layer sum: the log form
+    is tried and loses the cross-validation."""
+    nets = synthetic_networks(120, 7)
+    data = [(n, [true_ms(g) for g in n], 0.3 + 1.2 * sum(true_ms(g) for g in n)) for n in nets]
+    prof = fit_profile(current_context("cpu", 1, 4), [], data, {"statistic": "min"})
+    cv = prof.fit_quality["network_forms_cv_mape"]
+    assert prof.network["form"] == "linear" and cv["linear"] < cv["log"]
+    assert prof.network["c0_ms"] == pytest.approx(0.3, abs=0.05)
 
 
 def test_network_correction_stays_linear_below_the_minimum_of_networks() -> None:
-    nets = synthetic_networks(20, 6)
+    """Fewer than MIN_LOG_NETWORKS calibration networks (a search's quick calibration has 44):
+    the linear form, written as schema version 1 as before."""
+    from costmodel.netfit import MIN_LOG_NETWORKS
+
+    nets = synthetic_networks(MIN_LOG_NETWORKS - 1, 6)
     data = [(n, [true_ms(g) for g in n], sum(true_ms(g) for g in n) ** 1.3) for n in nets]
     prof = fit_profile(current_context("cpu", 1, 4), [], data, {"statistic": "min"})
     assert prof.network["form"] == "linear"
     assert "network_forms_cv_mape" not in prof.fit_quality
+    assert prof.to_dict()["schema_version"] == 1
 
 
 def test_exported_trees_predict_like_sklearn() -> None:

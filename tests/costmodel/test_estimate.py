@@ -196,6 +196,11 @@ def test_log_form_network_correction_multiplies_every_layer_by_one_factor():
     narrow = dataclasses.replace(neutral, network={"form": "log", "log_coef": [0.0, 0.1, 0.0, 0.0],
                                                    "log_bounds": [[-1.0, -0.5], [0.0, 1000.0]]})
     assert estimate_total_ms(GEOMS, narrow) == pytest.approx(s * math.exp(0.1 * -0.5), rel=1e-12)
+    # and n / S too (here 6 layers / S ms, above the bound 1.0)
+    assert n / s > 1.0
+    per = dataclasses.replace(neutral, network={"form": "log", "log_coef": [0.0, 0.0, 0.0, 0.2],
+                                                "log_bounds": [[-10.0, 10.0], [0.0, 1.0]]})
+    assert estimate_total_ms(GEOMS, per) == pytest.approx(s * math.exp(0.2 * 1.0), rel=1e-12)
     # the factor never leaves exp(+-clamp)
     wild = dataclasses.replace(neutral, network={"form": "log", "log_coef": [40.0, 0.0, 0.0, 0.0],
                                                  "log_bounds": bounds})
@@ -206,6 +211,8 @@ def test_log_form_network_correction_multiplies_every_layer_by_one_factor():
     {"form": "log", "log_coef": [0.1, 0.2], "log_bounds": [[0, 1], [0, 1]]},
     {"form": "log", "log_coef": [0.1, 0.2, 0.0, "x"], "log_bounds": [[0, 1], [0, 1]]},
     {"form": "log", "log_coef": [0.1, 0.2, 0.0, 0.0]},
+    {"form": "log", "log_coef": [0.1, 0.2, 0.0, 0.0], "log_bounds": [[0, float("nan")], [0, 1]]},
+    {"form": "log", "log_coef": [0.1, 0.2, 0.0, 0.0], "log_bounds": [[1, 0], [0, 1]]},
     {"form": "cubic"},
 ])
 def test_malformed_network_correction_is_a_clear_error(network):

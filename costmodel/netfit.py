@@ -1,0 +1,113 @@
+"""The network-level correction of a device profile (``costmodel.modeldef``), fitted on the
+calibration networks' out-of-fold layer sums and end-to-end times: the linear form or the log
+form, whichever cross-validates better on those networks; and the relative least squares the
+fits share. No torch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from costmodel.modeldef import (
+    corrected_layer_ms,
+    log_network_features,
+    network_factor,
+    network_overhead_ms,
+)
+
+# Times below this (ms) count as this much where the fit divides by a time or takes its log:
+# ONNX Runtime reports whole microseconds, and a layer it fused away measures 0.
+FLOOR_MS = 5e-4
+# The log-form network correction is tried only with this many calibration networks or more
+# (full calibrations: 244 and up; a search's quick calibration, 44, keeps the linear form).
+MIN_LOG_NETWORKS = 100
+
+
+def nnls_relative(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Non-negative least squares minimising the relative error of ``x @ coef`` against y."""
+    from scipy.optimize import nnls
+
+    w = 1.0 / np.maximum(y, FLOOR_MS)
+    coef, _ = nnls(x * w[:, None], y * w)
+    return coef
+
+
+def _linear_network(s: np.ndarray, n_layers: np.ndarray, e2e: np.ndarray) -> np.ndarray:
+    """``[c0, scale, per_layer]`` of the linear form."""
+    x = np.c_[np.ones_like(s), s, n_layers]
+    coef = np.array([0.0, float(np.median(e2e / np.maximum(s, 1e-9))), 0.0])
+    if len(s) >= 8:
+        # Relative least squares, unconstrained: the per-layer term is negative when hooks
+        # inflated the in-context layer times (small batches), positive for per-layer costs the
+        # hooks did not see. Kept only if the result stays sane.
+        w = 1.0 / np.maximum(e2e, 1e-9)
+        fitted, *_ = np.linalg.lstsq(x * w[:, None], np.ones_like(e2e), rcond=None)
+        if fitted[1] > 0 and np.all(x @ fitted > 0):
+            coef = fitted
+    elif len(s) >= 4:
+        coef = np.insert(nnls_relative(x[:, :2], e2e), 2, 0.0)
+    return coef
+
+
+def _linear_predict(coef: np.ndarray, s: np.ndarray, n_layers: np.ndarray,
+                    layers: Sequence[Sequence[float]] | None = None) -> np.ndarray:
+    """The linear form's totals; with each network's per-layer times, as the estimator prices
+    them (its floors on a layer and on the constant included)."""
+    if layers is None:
+        return np.c_[np.ones_like(s), s, n_layers] @ coef
+    c0, scale, per_layer = (float(v) for v in coef)
+    out = []
+    for raw in layers:
+        total = sum(corrected_layer_ms(r, scale, per_layer) for r in raw if r > 0.0)
+        out.append(total + network_overhead_ms(c0, total))
+    return np.array(out)
+
+
+def _log_network(s: np.ndarray, n_layers: np.ndarray, e2e: np.ndarray) -> tuple[list[float], list[list[float]]]:
+    """``(coef, bounds)`` of the log form: least squares of ln(T / S) on its features."""
+    s = np.maximum(s, 1e-6)
+    ln_s, per = np.log(s), n_layers / s
+    bounds = [[float(ln_s.min()), float(ln_s.max())], [float(per.min()), float(per.max())]]
+    f = np.array([log_network_features(a, b) for a, b in zip(s, n_layers)])
+    coef, *_ = np.linalg.lstsq(f, np.log(np.maximum(e2e, 1e-9) / s), rcond=None)
+    return [float(v) for v in coef], bounds
+
+
+def _log_predict(coef: list[float], bounds: list[list[float]], s: np.ndarray, n_layers: np.ndarray) -> np.ndarray:
+    return np.array([a * network_factor(coef, bounds, a, b) for a, b in zip(s, n_layers)])
+
+
+def fit_network(s: np.ndarray, n_layers: np.ndarray, e2e: np.ndarray, seed: int = 0, folds: int = 5,
+                layers: Sequence[Sequence[float]] | None = None,
+                ) -> tuple[dict[str, object], np.ndarray, dict[str, float]]:
+    """The network-level correction from the calibration networks' out-of-fold layer sums ``s``,
+    their priced layer counts and end-to-end times: the linear form, or the log form when the
+    calibration has at least ``MIN_LOG_NETWORKS`` networks and the log form's ``folds``-fold
+    cross-validated relative error on them is lower. Returns ``(network, predictions,
+    {form: cross-validated MAPE})`` (the last empty when only the linear form was tried).
+    ``layers``: each network's per-layer times, so that the linear form is scored as the
+    estimator prices it (floors included)."""
+    lin = _linear_network(s, n_layers, e2e)
+    network: dict[str, object] = {"form": "linear", "c0_ms": float(lin[0]), "scale": float(lin[1]),
+                                  "per_layer_ms": float(lin[2])}
+    pred = _linear_predict(lin, s, n_layers, layers)
+    if len(s) < MIN_LOG_NETWORKS:
+        return network, pred, {}
+    order = np.random.default_rng(seed).permutation(len(s))
+    cv = {"linear": np.zeros(len(s)), "log": np.zeros(len(s))}
+    for f in range(folds):
+        test = order[f::folds]
+        train = np.setdiff1d(order, test)
+        c = _linear_network(s[train], n_layers[train], e2e[train])
+        cv["linear"][test] = _linear_predict(c, s[test], n_layers[test],
+                                             None if layers is None else [layers[i] for i in test])
+        coef, bounds = _log_network(s[train], n_layers[train], e2e[train])
+        cv["log"][test] = _log_predict(coef, bounds, s[test], n_layers[test])
+    mape = {k: float(np.mean(np.abs(v - e2e) / e2e)) for k, v in cv.items()}
+    if mape["log"] < mape["linear"]:
+        coef, bounds = _log_network(s, n_layers, e2e)
+        network = {"form": "log", "log_coef": coef, "log_bounds": bounds, "c0_ms": 0.0, "scale": 1.0,
+                   "per_layer_ms": 0.0}
+        pred = _log_predict(coef, bounds, s, n_layers)
+    return network, pred, mape
