@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import TrialState
 
+from archgen import budget
 from archgen import trial_record as tr
 from archgen.errors import SearchConfigError, SpecError, UserError
 from archgen.fsio import atomic_write_yaml
@@ -86,28 +87,27 @@ def run_search(settings: SearchSettings, progress: Progress | None = None) -> di
     lock = RunLock(settings.run_dir)
     lock.acquire()
     try:
-        start = time.time()
-        run_dir = settings.run_dir
+        session, run_dir = time.time(), settings.run_dir
         _remove_partial_files(run_dir)
         _write_config(settings, fingerprint)
-        storage = open_storage(settings.storage, run_dir)
-        study = open_study(settings, space, storage)
-        if resumed and settings.storage is None:
-            n = recover_local_stale(study)
-            if n:
-                log.warning("resumed: %d trial(s) left running by the killed search will be retried", n)
-        if settings.strategy == "pbt":
-            from archgen.pbt import run_pbt
+        study = open_study(settings, space, open_storage(settings.storage, run_dir))
+        if resumed and settings.storage is None and (n := recover_local_stale(study)):
+            log.warning("resumed: %d trial(s) left running by the killed search will be retried", n)
+        start = budget.session_start(study, settings)  # what earlier sessions left of the budget
+        try:
+            if settings.strategy == "pbt":
+                from archgen.pbt import run_pbt
 
-            on_round = None if progress is None else (
-                lambda s: report_progress(progress, s, settings, start))
-            run_pbt(settings, study, dataset, load_profile(settings), space, settings.deadline(start), on_round)
-        else:
-            enqueue_plan(settings, study, space)
-            _run_workers(settings, start, progress)
-            if settings.strategy == "grid" and enqueue_fine_grid(settings, study, space):
+                on_round = None if progress is None else (lambda s: report_progress(progress, s, settings, start))
+                run_pbt(settings, study, dataset, load_profile(settings), space, settings.deadline(start), on_round)
+            else:
+                enqueue_plan(settings, study, space)
                 _run_workers(settings, start, progress)
-        summary: dict[str, Any] = {"run_dir": str(run_dir), "resumed": resumed, "elapsed_s": time.time() - start}
+                if settings.strategy == "grid" and enqueue_fine_grid(settings, study, space):
+                    _run_workers(settings, start, progress)
+        finally:
+            budget.record_used(study, start)
+        summary: dict[str, Any] = {"run_dir": str(run_dir), "resumed": resumed, "elapsed_s": time.time() - session}
         if settings.finalize:
             from archgen.finalize import finalize
 

@@ -408,3 +408,49 @@ def test_disk_full_is_one_line_exit_2(run_cli, tmp_path, spec_file, monkeypatch)
     assert code == 2 and one_line(err) and "No space left on device" in err, err
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.json"]
+
+
+def test_a_finished_time_budgeted_search_run_again_reports_instead_of_searching_on(run_cli, tmp_path, caplog):
+    """The same command again on a run whose time budget is used up: no more trials, the test
+    split stays closed, the recorded result is reported; a larger --time-budget searches on for
+    the difference (archgen.budget)."""
+    import pandas as pd
+
+    cfg = tmp_path / "space.yaml"
+    cfg.write_text(yaml.safe_dump({"space": FAST_SPACE}))
+    out = tmp_path / "run"
+    argv = ("search", "--workers", "1", "--data", "digits", "--strategy", "random", "--max-epochs", "1",
+            "--no-calibrate", "--out", str(out), "-q", "--config", str(cfg))
+    code, _, err = run_cli(*argv, "--time-budget", "6")
+    assert code == 0, err
+    first = pd.read_csv(out / "trials.csv")
+    assert len(first) >= 2  # the budget was spent on trials
+    code, stdout, err = run_cli(*argv, "--time-budget", "6")
+    assert code == 0, err
+    assert "this run has used its time budget" in caplog.text
+    assert "the test split was not opened again" in stdout
+    assert len(pd.read_csv(out / "trials.csv")) == len(first)
+    assert len((out / "test_openings.jsonl").read_text().splitlines()) == 1
+    code, _, err = run_cli(*argv, "--time-budget", "12")
+    assert code == 0, err
+    assert len(pd.read_csv(out / "trials.csv")) > len(first)
+
+
+def test_budget_used_accumulates_over_sessions_and_keeps_the_largest(tmp_path):
+    import optuna
+
+    from archgen import budget
+    from archgen.settings import SearchSettings
+
+    study = optuna.create_study()
+    settings = SearchSettings(data="digits", time_budget_s=100.0, out=str(tmp_path))
+    start = budget.session_start(study, settings)
+    assert abs(start - time.time()) < 1.0  # a new study: the whole budget
+    budget.record_used(study, start - 30.0)  # a session of 30 s
+    assert 30.0 <= budget.used_s(study) < 31.0
+    start = budget.session_start(study, settings)
+    assert 99.0 < settings.deadline(start) - time.time() + 30.0 < 101.0  # 70 s left
+    budget.record_used(study, time.time() - 10.0)  # a joiner that ran 10 s: the study keeps 30
+    assert budget.used_s(study) >= 30.0
+    study.set_user_attr(budget.BUDGET_USED_S, "garbage")
+    assert budget.used_s(study) == 0.0
