@@ -17,7 +17,9 @@ import time
 
 import optuna
 
+from archgen.redact import redact_text
 from archgen.settings import SearchSettings
+from archgen.storage_errors import driver_detail
 
 log = logging.getLogger(__name__)
 
@@ -53,5 +55,4 @@ def record_used(study: optuna.Study, start: float) -> None:
         if used > used_s(study):
             study.set_user_attr(BUDGET_USED_S, used)
     except Exception as exc:  # noqa: BLE001 - the storage may be gone; the trials stand
-        log.warning("could not record the time budget used (%s)", str(exc).splitlines()[0] if str(exc) else
-                    type(exc).__name__)
+        log.warning("could not record the time budget used (%s)", redact_text(driver_detail(exc)))

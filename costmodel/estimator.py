@@ -235,12 +235,8 @@ def estimate_total_ms(
     _, comp, factor = _resolve(profile, batch_size)
     total = 0.0
     if comp.log_coef is not None:
-        n = 0
-        for g in _priced(geoms, comp):
-            if g is not None:
-                total += _layer_raw_ms(g, comp, factor)
-                n += 1
-        return total * network_factor(comp.log_coef, comp.log_bounds, total, n)
+        raw = [_layer_raw_ms(g, comp, factor) for g in _priced(geoms, comp) if g is not None]
+        return sum(raw) * network_factor(comp.log_coef, comp.log_bounds, sum(raw), len(raw))
     for g in _priced(geoms, comp):
         if g is not None:
             total += _corrected_layer_ms(_layer_raw_ms(g, comp, factor), comp)

@@ -234,11 +234,10 @@ def fit_profile(
         prof_f = _make(context, c_f, w_f, tr_f, _layer_table(train) if use_table else {}, t_k,
                        act_elem, {"c0_ms": 0.0, "scale": 1.0}, {}, protocol)
         for i in held:
-            oof_layers[i] = estimate_layers_ms(networks[i][0], prof_f)[0]  # neutral correction: raw
+            raw = estimate_layers_ms(networks[i][0], prof_f)[0]  # neutral correction: the raw times
+            oof_layers[i] = [t for t, g in zip(raw, priced_layers(networks[i][0], runtime)) if g is not None]
     e2e = np.array([n[2] for n in networks])
-    n_layers = np.array([float(sum(p is not None for p in priced_layers(n[0], runtime))) for n in networks])
-    oof_sum = np.array([sum(layers) for layers in oof_layers])
-    network, pred, forms = fit_network(oof_sum, n_layers, e2e, seed, layers=oof_layers)
+    network, pred, forms = fit_network(oof_layers, e2e, seed)
     err = np.abs(pred - e2e) / e2e
     quality["network_oof"] = {
         "n": len(networks), "mape": float(err.mean()), "within_10pct": float((err < 0.1).mean()),

@@ -12,7 +12,7 @@ Per layer, at the profile's batch size ``B0`` (``factor = B / B0``, 1 for a cali
                  = sum * exp(clamp(w . log_network_features(sum, n_layers)))         (log form)
 
 ``share`` is ``MIN_SHARE_OF_LAYER_SUM``. The calibration picks the form whose out-of-fold error on
-its own networks is lower (``costmodel.fit``); in the log form a layer's ``est_ms`` is its time
+its own networks is lower (``costmodel.netfit``); in the log form a layer's ``est_ms`` is its time
 times the network's factor, and there is no per-network constant. The textbook seed form prices a layer at
 ``N_p * N_f * T_k`` with one ``T_k`` per op (conv per kernel size).
 """

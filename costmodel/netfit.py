@@ -50,16 +50,13 @@ def _linear_network(s: np.ndarray, n_layers: np.ndarray, e2e: np.ndarray) -> np.
     return coef
 
 
-def _linear_predict(coef: np.ndarray, s: np.ndarray, n_layers: np.ndarray,
-                    layers: Sequence[Sequence[float]] | None = None) -> np.ndarray:
-    """The linear form's totals; with each network's per-layer times, as the estimator prices
+def _linear_predict(coef: np.ndarray, layers: Sequence[Sequence[float]]) -> np.ndarray:
+    """The linear form's totals of networks given their layers' times, as the estimator prices
     them (its floors on a layer and on the constant included)."""
-    if layers is None:
-        return np.c_[np.ones_like(s), s, n_layers] @ coef
     c0, scale, per_layer = (float(v) for v in coef)
     out = []
     for raw in layers:
-        total = sum(corrected_layer_ms(r, scale, per_layer) for r in raw if r > 0.0)
+        total = sum(corrected_layer_ms(r, scale, per_layer) for r in raw)
         out.append(total + network_overhead_ms(c0, total))
     return np.array(out)
 
@@ -78,20 +75,19 @@ def _log_predict(coef: list[float], bounds: list[list[float]], s: np.ndarray, n_
     return np.array([a * network_factor(coef, bounds, a, b) for a, b in zip(s, n_layers)])
 
 
-def fit_network(s: np.ndarray, n_layers: np.ndarray, e2e: np.ndarray, seed: int = 0, folds: int = 5,
-                layers: Sequence[Sequence[float]] | None = None,
+def fit_network(layers: Sequence[Sequence[float]], e2e: np.ndarray, seed: int = 0, folds: int = 5,
                 ) -> tuple[dict[str, object], np.ndarray, dict[str, float]]:
-    """The network-level correction from the calibration networks' out-of-fold layer sums ``s``,
-    their priced layer counts and end-to-end times: the linear form, or the log form when the
+    """The network-level correction from the calibration networks' out-of-fold times of their
+    priced layers and their end-to-end times: the linear form, or the log form when the
     calibration has at least ``MIN_LOG_NETWORKS`` networks and the log form's ``folds``-fold
     cross-validated relative error on them is lower. Returns ``(network, predictions,
-    {form: cross-validated MAPE})`` (the last empty when only the linear form was tried).
-    ``layers``: each network's per-layer times, so that the linear form is scored as the
-    estimator prices it (floors included)."""
+    {form: cross-validated MAPE})`` (the last empty when only the linear form was tried)."""
+    s = np.array([float(sum(raw)) for raw in layers])
+    n_layers = np.array([float(len(raw)) for raw in layers])
     lin = _linear_network(s, n_layers, e2e)
     network: dict[str, object] = {"form": "linear", "c0_ms": float(lin[0]), "scale": float(lin[1]),
                                   "per_layer_ms": float(lin[2])}
-    pred = _linear_predict(lin, s, n_layers, layers)
+    pred = _linear_predict(lin, layers)
     if len(s) < MIN_LOG_NETWORKS:
         return network, pred, {}
     order = np.random.default_rng(seed).permutation(len(s))
@@ -100,8 +96,7 @@ def fit_network(s: np.ndarray, n_layers: np.ndarray, e2e: np.ndarray, seed: int 
         test = order[f::folds]
         train = np.setdiff1d(order, test)
         c = _linear_network(s[train], n_layers[train], e2e[train])
-        cv["linear"][test] = _linear_predict(c, s[test], n_layers[test],
-                                             None if layers is None else [layers[i] for i in test])
+        cv["linear"][test] = _linear_predict(c, [layers[i] for i in test])
         coef, bounds = _log_network(s[train], n_layers[train], e2e[train])
         cv["log"][test] = _log_predict(coef, bounds, s[test], n_layers[test])
     mape = {k: float(np.mean(np.abs(v - e2e) / e2e)) for k, v in cv.items()}

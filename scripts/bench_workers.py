@@ -42,50 +42,55 @@ import pandas as pd
 import yaml
 
 
-def configs_from_run(run_dir: Path) -> list[dict]:
+def data_space(data: str) -> dict:
+    """The default search space of ``data`` (what a default search draws from)."""
+    from archgen.data import load_dataset
+    from archgen.space import space_from_config
+
+    return space_from_config(load_dataset(data).input_shape, None)
+
+
+def _typed(param, value):
+    """A value read back from ``trials.csv`` as the space holds it (CSV columns with gaps come back
+    as floats: 16.0 for the choice 16)."""
+    if param.kind == "int":
+        return int(value)
+    if param.kind == "float":
+        return float(value)
+    same_type = [c for c in param.choices if type(c) is type(value) and c == value]
+    return (same_type or [c for c in param.choices if c == value] or [value])[0]
+
+
+def configs_from_run(run_dir: Path, space: dict) -> list[dict]:
     """The parameters of every trial of ``run_dir/trials.csv`` that trained at least one epoch."""
     trials = pd.read_csv(run_dir / "trials.csv")
     trained = trials[pd.to_numeric(trials["epochs"], errors="coerce").fillna(0) > 0]
-    cols = [c for c in trials.columns if c.startswith("params_")]
     out = []
     for _, row in trained.iterrows():
         cfg = {}
-        for c in cols:
-            v = row[c]
-            if isinstance(v, float) and math.isnan(v):
+        for name, param in space.items():
+            v = row.get(f"params_{name}")
+            if v is None or (isinstance(v, float) and math.isnan(v)):
                 continue
-            if hasattr(v, "item"):
-                v = v.item()
-            cfg[c[len("params_"):]] = v
+            cfg[name] = _typed(param, v.item() if hasattr(v, "item") else v)
         out.append(cfg)
     return out
 
 
-def configs_sampled(data: str, n: int, seed: int) -> list[dict]:
-    """``n`` configurations drawn by Optuna's random sampler from the default space of ``data``."""
+def configs_sampled(space: dict, n: int, seed: int) -> list[dict]:
+    """``n`` configurations drawn by Optuna's random sampler from ``space``."""
     import optuna
 
-    from archgen.data import load_dataset
-    from archgen.space import space_from_config, suggest
+    from archgen.space import suggest
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    dataset = load_dataset(data)
-    space = space_from_config(dataset.input_shape, None)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     return [suggest(study.ask(), space) for _ in range(n)]
 
 
-def _ints_as_ints(cfg: dict) -> dict:
-    return {k: (int(v) if isinstance(v, float) and v.is_integer() and k not in _FLOAT_KEYS else v)
-            for k, v in cfg.items()}
-
-
-_FLOAT_KEYS = {"lr", "weight_decay", "l1", "dropout", "growth", "augment_shift"}
-
-
 def run_arm(data: str, configs: list[dict], epochs: int, workers: int, seed: int, out: Path) -> dict:
     """One ``archgen search --strategy manual`` over ``configs`` with ``workers`` workers."""
-    cfg = {"strategy": "manual", "manual": [_ints_as_ints(c) for c in configs], "trials": len(configs),
+    cfg = {"strategy": "manual", "manual": configs, "trials": len(configs),
            "max_epochs": epochs, "min_epochs": epochs, "patience": epochs, "seed": seed, "workers": workers,
            "selection": "best", "data": data}
     text = yaml.safe_dump(cfg, sort_keys=False)
@@ -136,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
 
-    configs = configs_from_run(args.from_run) if args.from_run else configs_sampled(args.data, args.sample, args.seed)
+    space = data_space(args.data)
+    configs = configs_from_run(args.from_run, space) if args.from_run else configs_sampled(space, args.sample, args.seed)
     if not configs:
         raise SystemExit("no configurations to run (the run directory has no trained trial)")
     arms = [int(w) for w in args.workers.split(",")]

@@ -23,8 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="intra-op threads (default 1)")
     p.add_argument("--batch-size", type=at.batch_int, default=None, metavar="B",
                    help="batch size (default 32; with --check: the cached profile with the smallest one)")
-    p.add_argument("--quick", action="store_true", help="fewer networks and repeats (< 1 min); without it: 244 networks, three times as many at "
-                        "batch sizes <= 4 when measuring here (a few minutes on one core)")
+    p.add_argument("--quick", action="store_true",
+                   help="fewer networks and repeats (< 1 min); without it: 244 networks, three times as "
+                        "many at batch sizes <= 4 when measuring here (a few minutes on one core)")
     p.add_argument("--seed", type=at.seed_int, default=0, help="seed of the calibration networks")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="write the profile here instead of the per-device cache")
