@@ -6,6 +6,7 @@ measurements can be saved and fitted later, or come from another device's bundle
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -18,12 +19,17 @@ from costmodel.geometry import LayerGeom
 from costmodel.measurements import Measurements
 from costmodel.netgen import random_plain_cnn
 from costmodel.profile import PROTOCOL, resolve_clock, resolve_device
-from costmodel.timing import steady_allocator
+from costmodel.timing import repeat_agreement, steady_allocator
 
 log = logging.getLogger(__name__)
 
 
 # Batch sizes up to this one count as small: a run is short there and its noise relatively large.
+# A calibration whose networks agree with themselves (odd rounds against even rounds) within 10%
+# for fewer than this share of them was measured on a noisy machine, and says so. Quiet runs on
+# the 2-core machines gave 88-100% (docs/benchmarks.md, the noise floors of "Cost model accuracy");
+# a shared host under load 53-74%.
+NOISY_BELOW = 0.8
 SMALL_BATCH = 4
 # A full calibration at a small batch size measures this many times the networks (732 instead of
 # 244): the per-layer model learns the in-context times of more layer configurations, for about
@@ -88,18 +94,19 @@ def measure_calibration(
     say(f"calibrating {context['device']} ({context['device_name']}), {runtime}, {threads} thread(s), "
         f"batch {batch_size}: {len(micro_geoms)} micro-benchmarks, {len(networks)} networks, "
         f"{reps} repeats")
+    rounds: list[list[float]] = []  # each network's end-to-end times, for the noise floor
     if runtime == "onnxruntime":
         import costmodel.ort as ort
 
         micro = ort.measure_micro(micro_geoms, batch_size, threads, reps, clock)
-        profiled = ort.measure_networks(networks, batch_size, threads, reps, clock, seed, say)
+        profiled = ort.measure_networks(networks, batch_size, threads, reps, clock, seed, say, rounds)
         reference = ort.reference_ms(threads, clock)
         timer = resolve_clock(clock, threads)
     else:
         from costmodel.measure import measure_micro, measure_networks, reference_ms
 
         micro = measure_micro(micro_geoms, batch_size, dev, threads, reps, clock)
-        profiled = measure_networks(networks, batch_size, dev, threads, reps, clock, seed, say)
+        profiled = measure_networks(networks, batch_size, dev, threads, reps, clock, seed, say, rounds)
         reference = reference_ms(dev, threads, clock)
         timer = resolve_clock(clock, threads) if dev == "cpu" else "cuda-events"
     protocol = dict(PROTOCOL, repeats=reps, quick=quick, n_networks=len(networks), clock=timer,
@@ -107,7 +114,7 @@ def measure_calibration(
     if runtime == "onnxruntime":
         protocol.update(ort.PROTOCOL)
     return Measurements(context=context, protocol=protocol, micro=micro, networks=profiled,
-                        reference_ms=reference)
+                        reference_ms=reference, noise_floor=repeat_agreement(rounds))
 
 
 def fit_measurements(measurements: Measurements, seed: int = 0,
@@ -120,9 +127,24 @@ def fit_measurements(measurements: Measurements, seed: int = 0,
     profile = fit_profile(measurements.context, measurements.micro, measurements.networks,
                           measurements.protocol, seed=seed, reference_ms=measurements.reference_ms)
     q = profile.fit_quality.get("network_oof", {})
+    noise = measurements.noise_floor
     say(f"fit: calibration networks out of fold MAPE {100 * q.get('mape', math.nan):.1f}%, "
         f"within 10% {100 * q.get('within_10pct', math.nan):.0f}%, "
-        f"within 5% {100 * q.get('within_5pct', math.nan):.0f}%")
+        f"within 5% {100 * q.get('within_5pct', math.nan):.0f}%"
+        + (f"; repeatability: their odd and even rounds agree within 10% for "
+           f"{100 * noise['within_10pct']:.0f}%" if noise else ""))
+    if noise and noise["within_10pct"] < NOISY_BELOW:
+        noisy = (f"the machine was noisy while calibrating: the same networks timed twice (odd rounds "
+                 f"against even rounds) agree within 10% for only {100 * noise['within_10pct']:.0f}% of "
+                 f"them (median {noise['median_abs_pct']:.1f}% apart); another process, a busy sibling "
+                 "hyperthread or a shared host competed for the CPU, and this profile's estimates are "
+                 "less certain than a quiet machine's; calibrate again when it is quieter")
+        if progress:
+            progress(f"warning: {noisy}")
+        else:
+            log.warning("%s", noisy)
+    if noise:
+        profile = dataclasses.replace(profile, fit_quality=dict(profile.fit_quality, noise_floor=dict(noise)))
     return profile
 
 

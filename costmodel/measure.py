@@ -112,9 +112,10 @@ def measure_micro(geoms: Sequence[LayerGeom], batch_size: int, device: str, thre
 
 def measure_networks(networks: Sequence[list[LayerGeom]], batch_size: int, device: str,
                      threads: int, repeats: int, clock: str, seed: int,
-                     say: Callable[[str], None]) -> list[Network]:
+                     say: Callable[[str], None], rounds_out: list[list[float]] | None = None) -> list[Network]:
     """Build and profile the calibration networks, interleaved in chunks of ``CHUNK`` after
-    ``WARMUP_S`` seconds of interleaved warm-up: ``(geoms, per-layer ms, end-to-end ms)``."""
+    ``WARMUP_S`` seconds of interleaved warm-up: ``(geoms, per-layer ms, end-to-end ms)``.
+    ``rounds_out`` receives each network's end-to-end times in round order (the noise floor)."""
     import torch
 
     torch.manual_seed(seed)
@@ -124,6 +125,8 @@ def measure_networks(networks: Sequence[list[LayerGeom]], batch_size: int, devic
         pairs = [(module_from_geoms(g).to(device), input_for(g, batch_size, device)) for g in part]
         for mp in profile_modules(pairs, device, threads, repeats, 2, clock, warmup_s=WARMUP_S):
             profiled.append((list(mp.geoms), list(mp.meas_ms), mp.e2e_ms))
+            if rounds_out is not None:
+                rounds_out.append(list(mp.e2e_samples_ms))
         say(f"profiled {len(profiled)}/{len(networks)} networks")
     return profiled
 

@@ -10,11 +10,14 @@ A measurements file is JSON::
      "protocol": {...},
      "micro": [{"geom": {LayerGeom fields}, "ms": 0.012}, ...],
      "networks": [{"geoms": [{...}, ...], "layers_ms": [...], "e2e_ms": 0.41}, ...],
-     "reference_ms": 0.85}
+     "reference_ms": 0.85,
+     "noise_floor": {"n": 244, "within_10pct": 0.97, "within_5pct": 0.9, "median_abs_pct": 1.2}}
 
 ``micro`` holds isolated layers of the cheap ops, ``networks`` the calibration networks with
 their per-layer in-context times (aligned with ``geoms``) and end-to-end times;
-``reference_ms`` the time of the drift reference workload when it was measured.
+``reference_ms`` the time of the drift reference workload when it was measured; ``noise_floor``
+(optional) how closely the calibration networks agreed with themselves, each one's minimum over its
+odd rounds against its minimum over its even rounds (``costmodel.timing.repeat_agreement``).
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ class Measurements:
     micro: list[Sample] = field(default_factory=list)
     networks: list[Network] = field(default_factory=list)
     reference_ms: float | None = None
+    noise_floor: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -83,6 +87,7 @@ class Measurements:
             "networks": [{"geoms": [geom_to_dict(g) for g in geoms], "layers_ms": list(ms),
                           "e2e_ms": e2e} for geoms, ms, e2e in self.networks],
             "reference_ms": self.reference_ms,
+            **({"noise_floor": dict(self.noise_floor)} if self.noise_floor else {}),
         }
 
     @classmethod
@@ -114,7 +119,8 @@ class Measurements:
         if ref is not None and not _ms(ref, f"{source}: reference_ms") > 0:
             raise CostModelError(f"{source}: reference_ms must be above 0")
         return cls(context=dict(context), protocol=dict(d.get("protocol") or {}), micro=micro,
-                   networks=networks, reference_ms=None if ref is None else float(ref))
+                   networks=networks, reference_ms=None if ref is None else float(ref),
+                   noise_floor=_noise_floor(d.get("noise_floor"), source))
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         path = Path(path)
@@ -152,6 +158,18 @@ def _context(ctx: object, source: str) -> dict[str, object]:
     if not isinstance(ctx.get("device_name"), str) or not ctx["device_name"]:
         raise CostModelError(f"{source}: context.device_name must name the device")
     return ctx
+
+
+def _noise_floor(value: object, source: str) -> dict[str, float] | None:
+    if value is None:
+        return None
+    keys = ("n", "within_10pct", "within_5pct", "median_abs_pct")
+    if not isinstance(value, dict) or sorted(value) != sorted(keys):
+        raise CostModelError(f"{source}: noise_floor must be an object with {', '.join(keys)}")
+    out = {k: _ms(value[k], f"{source}: noise_floor.{k}") for k in keys}
+    if out["within_10pct"] > 1 or out["within_5pct"] > 1 or out["n"] < 1:
+        raise CostModelError(f"{source}: noise_floor shares must lie in [0, 1] and n must be >= 1")
+    return out
 
 
 def _list(d: dict[str, object], key: str, where: str) -> list[object]:

@@ -151,8 +151,10 @@ def time_geoms(networks: Sequence[Sequence[LayerGeom]], batch_size: int, threads
 
 
 def measure_networks(networks: Sequence[Sequence[LayerGeom]], batch_size: int, threads: int,
-                     repeats: int, clock: str, seed: int, say: Callable[[str], None]) -> list[Network]:
-    """The calibration networks in ONNX Runtime, in chunks as ``costmodel.measure`` does."""
+                     repeats: int, clock: str, seed: int, say: Callable[[str], None],
+                     rounds_out: list[list[float]] | None = None) -> list[Network]:
+    """The calibration networks in ONNX Runtime, in chunks as ``costmodel.measure`` does
+    (``rounds_out`` as there)."""
     out: list[Network] = []
     overhead = node_overhead_ms(threads, clock)  # once for all chunks
     for start in range(0, len(networks), timing.CHUNK):
@@ -161,6 +163,8 @@ def measure_networks(networks: Sequence[Sequence[LayerGeom]], batch_size: int, t
                                                             warmup_s=timing.WARMUP_S, seed=seed + start,
                                                             overhead=overhead)):
             out.append((list(geoms), layers, min(e2e)))
+            if rounds_out is not None:
+                rounds_out.append(list(e2e))
         say(f"profiled {len(out)}/{len(networks)} networks (onnxruntime)")
     return out
 

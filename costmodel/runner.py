@@ -88,7 +88,7 @@ def measure_bundle(folder: str | os.PathLike[str], threads: int | None = None, r
     if bundle["runtime"] == "onnxruntime":  # the profiler's own cost per node, from the bundle's probes
         short, long = (folder / "models" / f"probe{n}.onnx" for n in timing_ort.PROBE_NODES)
         overhead = timing_ort.profiler_overhead_ms(short, long, threads, clock)
-    timed: dict[str, list[tuple[list[float], float]]] = {}
+    timed: dict[str, list[tuple[list[float], list[float]]]] = {}
     for key, nets in groups.items():
         timed[key] = []
         for part in _chunks(len(nets)):
@@ -105,18 +105,25 @@ def measure_bundle(folder: str | os.PathLike[str], threads: int | None = None, r
         "format": MEASUREMENTS_FORMAT, "version": VERSION, "context": target_context(bundle, threads),
         "protocol": protocol,
         "micro": [{"geom": g, "ms": layers[0]} for g, (layers, _) in zip(bundle["micro"], timed["micro"])],
-        "networks": [{"geoms": n, "layers_ms": layers, "e2e_ms": e2e}
+        "networks": [{"geoms": n, "layers_ms": layers, "e2e_ms": min(e2e)}
                      for n, (layers, e2e) in zip(bundle["networks"], timed["networks"])],
-        "reference_ms": timed["reference"][0][1],
+        "reference_ms": min(timed["reference"][0][1]),
+        **_noise_floor([e2e for _, e2e in timed["networks"]]),
     }
+
+
+def _noise_floor(rounds: list[list[float]]) -> dict[str, Any]:
+    floor = timing.repeat_agreement(rounds)
+    return {"noise_floor": floor} if floor else {}
 
 
 def _measure_part(folder: Path, bundle: Mapping[str, Any], key: str, indices: range, nets: list[list[dict]],
                   batch: int, threads: int, repeats: int, clock: str, warmup_s: float,
-                  overhead: float) -> list[tuple[list[float], float]]:
-    """Time one chunk. Networks: per layer and end to end. Micro-benchmarks: in ONNX Runtime
-    their node time (as in networks, and as a local calibration takes it), in torch the whole
-    one-layer module's time (as ``costmodel.measure.measure_micro``). The reference: end to end."""
+                  overhead: float) -> list[tuple[list[float], list[float]]]:
+    """Time one chunk: per item its minimum times (networks: per layer; micro-benchmarks: in ONNX
+    Runtime their node time, as in networks and as a local calibration takes it, in torch the whole
+    one-layer module's time, as ``costmodel.measure.measure_micro``) and its end-to-end times in
+    round order."""
     per_layer = key == "networks" or (key == "micro" and bundle["runtime"] == "onnxruntime")
     if bundle["runtime"] == "onnxruntime":
         import numpy as np
@@ -130,7 +137,7 @@ def _measure_part(folder: Path, bundle: Mapping[str, Any], key: str, indices: ra
                           timing.module_paths([g.get("name", "") for g in geoms]), len(geoms)))
         out = timing_ort.time_ort_networks(items, threads, repeats, clock, per_layer=per_layer, warmup_s=warmup_s,
                                            node_overhead_ms=overhead if per_layer else 0.0)
-        return [(layers, min(e2e)) for layers, _, e2e in out]
+        return [(layers, list(e2e)) for layers, _, e2e in out]
     import torch
 
     activations = {k: tuple(v) for k, v in bundle["activations"].items()}
@@ -142,7 +149,7 @@ def _measure_part(folder: Path, bundle: Mapping[str, Any], key: str, indices: ra
             timers.append(timing.TorchTimer(module, timing.random_input(geoms[0], batch), firsts, "cpu",
                                      timing.cpu_timer(clock, threads), per_layer))
         timing.run_interleaved(timers, repeats, 2, warmup_s)
-    return [(t.layer_min_ms()[0] if per_layer else [min(t.e2e)], min(t.e2e)) for t in timers]
+    return [(t.layer_min_ms()[0] if per_layer else [min(t.e2e)], list(t.e2e)) for t in timers]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

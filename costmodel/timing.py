@@ -106,6 +106,21 @@ def iqr(values: Sequence[float]) -> float:
 
 # -- PyTorch: networks from geometry records ---------------------------------------------------
 
+def repeat_agreement(rounds: Sequence[Sequence[float]]) -> dict[str, float] | None:
+    """The noise floor of one measurement session: each network's minimum over its odd rounds
+    against its minimum over its even rounds (``rounds``: each network's end-to-end times in round
+    order). Returns the share of networks whose two minima agree within 10% and within 5%, and the
+    median disagreement in percent, or None when no network has two rounds. A model fitted to these
+    times cannot be expected to price networks more closely than they agree with themselves."""
+    pairs = [(min(r[0::2]), min(r[1::2])) for r in rounds if len(r) >= 2]
+    err = sorted(abs(b - a) / a for a, b in pairs if a > 0)
+    if not err:
+        return None
+    return {"n": len(err), "within_10pct": sum(e < 0.1 for e in err) / len(err),
+            "within_5pct": sum(e < 0.05 for e in err) / len(err),
+            "median_abs_pct": 100 * statistics.median(err)}
+
+
 def layout(names: Sequence[str]) -> list[tuple[str, str]]:
     """Per layer ``(container, local name)``: ``s1.conv1`` -> (``s1``, ``conv1``); an undotted
     name is top level (container ""). A prefix that comes back after another one gets a new

@@ -258,7 +258,7 @@ def measure_interleaved(batch: int, threads: int, runtime: str, args: argparse.N
         reference_ms,
     )
     from costmodel.profile import PROTOCOL, profile_modules, resolve_clock
-    from costmodel.timing import steady_allocator
+    from costmodel.timing import repeat_agreement, steady_allocator
 
     calib = calibration_networks(args.quick, 0, args.calib_networks, batch) + [list(n) for n in extra]
     nets = calib + [list(n) for n in held]
@@ -302,7 +302,8 @@ def measure_interleaved(batch: int, threads: int, runtime: str, args: argparse.N
                     allocator=steady_allocator())
     measured = Measurements(context=current_context(args.device, threads, batch, runtime=runtime),
                             protocol=protocol, micro=micro,
-                            networks=[timed[i][:3] for i in range(len(calib))], reference_ms=ref)
+                            networks=[timed[i][:3] for i in range(len(calib))], reference_ms=ref,
+                            noise_floor=repeat_agreement([timed[i][3] for i in range(len(calib))]))
     samples = [timed[len(calib) + j][3] for j in range(len(held))]
     args.held_layers = [timed[len(calib) + j][1] for j in range(len(held))]  # for --dump
     return (measured, [min(s) for s in samples], [min(s[0::2]) for s in samples],
@@ -362,13 +363,17 @@ def run_config(batch: int, threads: int, runtime: str, args: argparse.Namespace,
     return result
 
 
-def replay(path: str) -> dict:
-    """``run_config`` from a ``--dump`` file: refit and evaluate without measuring."""
+def replay(path: str, subset: int | None = None, seed: int = 0) -> dict:
+    """``run_config`` from a ``--dump`` file: refit and evaluate without measuring (on a seeded
+    random ``subset`` of the calibration networks when given: what fewer networks would give)."""
     d = json.loads(Path(path).read_text())
     held = d["held_out"]
     geoms = [[geom_from_dict(g, "held-out") for g in n] for n in held["geoms"]]
-    return evaluate(Measurements.from_dict(d["calibration"]), d["calibration_s"], geoms,
-                    held["ref"], held["a"], held["b"])
+    measured = Measurements.from_dict(d["calibration"])
+    if subset is not None and subset < len(measured.networks):
+        measured = dataclasses.replace(
+            measured, networks=random.Random(seed).sample(measured.networks, subset))
+    return evaluate(measured, d["calibration_s"], geoms, held["ref"], held["a"], held["b"])
 
 
 def evaluate(measured: Measurements, calib_s: float, geoms: list, meas_ref: list, meas_a: list,
@@ -520,6 +525,9 @@ def main(argv: list[str] | None = None) -> int:
                         "the machine's drift between measurement sessions")
     p.add_argument("--replay", default=None, nargs="+",
                    help="refit and evaluate --dump files instead of measuring")
+    p.add_argument("--replay-subset", type=int, default=None,
+                   help="with --replay: refit on this many of the calibration networks (seeded sample)")
+    p.add_argument("--replay-seed", type=int, default=0, help="seed of --replay-subset's sample")
     args = p.parse_args(argv)
     args.argv = ["python", "scripts/bench_costmodel.py", *(argv or sys.argv[1:])]
     global args_clock, SHAPES
@@ -530,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     configs = args.configs or ("b32t1,b32t2,b1t1" if args.device == "cpu" else "b32t1,b1t1")
     info = machine()
     if args.replay:
-        results = [replay(path) for path in args.replay]
+        results = [replay(path, args.replay_subset, args.replay_seed) for path in args.replay]
         text = write_markdown(results, None, None, args, info)
         Path(args.out).write_text(text + "\n")
         print(text)

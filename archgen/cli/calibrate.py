@@ -89,9 +89,18 @@ def run(args: argparse.Namespace) -> int:
     say(f"{'fitted' if args.measurements else 'calibrated'} in {time.perf_counter() - start:.0f} s: "
         f"{profile.describe()}; calibration networks (out of fold): MAPE "
         f"{100 * q.get('mape', float('nan')):.1f}%, within 10% {100 * q.get('within_10pct', float('nan')):.0f}%, "
-        f"within 5% {100 * q.get('within_5pct', float('nan')):.0f}%")
+        f"within 5% {100 * q.get('within_5pct', float('nan')):.0f}%"
+        + _noise_text(profile.fit_quality.get("noise_floor")))
     sys.stdout.write(f"{path}\n")
     return 0
+
+
+def _noise_text(noise: dict | None) -> str:
+    """The calibration's noise floor beside its fit: how closely the machine repeated itself."""
+    if not noise:
+        return ""
+    return (f"; repeatability (the same networks, odd rounds against even rounds): within 10% "
+            f"{100 * noise['within_10pct']:.0f}%, within 5% {100 * noise['within_5pct']:.0f}%")
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -67,6 +67,8 @@ def test_bundle_round_trip(tmp_path: Path, runtime: str) -> None:
     assert profile.runtime == runtime and profile.batch_size == 2
     assert profile.reference_ms == pytest.approx(doc["reference_ms"])
     assert profile.fit_quality["network_oof"]["n"] == len(networks)
+    assert doc["noise_floor"]["n"] == len(networks)  # run.py measures its own noise floor
+    assert profile.fit_quality["noise_floor"] == measured.noise_floor == doc["noise_floor"]
     # The fitted profile prices networks: the calibration networks' estimates are within a
     # factor of two of their measured times.
     for geoms, _, e2e in measured.networks:
@@ -115,6 +117,8 @@ def test_cli_bundle_then_measurements(tmp_path: Path, monkeypatch) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == str(profile_path)
     assert "within 10%" in done.stderr
+    last = done.stderr.strip().splitlines()[-1]  # the fit beside the noise floor the target measured
+    assert last.startswith("fitted in") and "repeatability (the same networks, odd rounds against even rounds): within 10%" in last
     # without --out the profile goes next to the measurements, never over an existing file
     done = subprocess.run([sys.executable, "-m", "archgen", "calibrate", "--measurements", str(out)],
                           capture_output=True, text=True, timeout=300, cwd=REPO)
@@ -155,6 +159,11 @@ CONV = ('{"name": "a", "op": "conv", "c_in": 1, "c_out": 2, "h_in": 4, "w_in": 4
      '"networks": []}', "protocol"),
     ('{"format": "archgen-measurements", "version": 1, "context": ' + CTX + ', "micro": [], "networks": [], '
      '"reference_ms": 0}', "reference_ms must be above 0"),
+    ('{"format": "archgen-measurements", "version": 1, "context": ' + CTX + ', "micro": [], "networks": [], '
+     '"noise_floor": {"n": 3}}', "noise_floor must be an object with"),
+    ('{"format": "archgen-measurements", "version": 1, "context": ' + CTX + ', "micro": [], "networks": [], '
+     '"noise_floor": {"n": 3, "within_10pct": 1.5, "within_5pct": 0.5, "median_abs_pct": 2}}',
+     "noise_floor shares must lie in"),
 ])
 def test_bad_measurements_files_are_one_clear_error(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "m.json"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -10,13 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from costmodel.calibration import calibrate
+from costmodel.calibration import calibrate, fit_measurements
 from costmodel.device_profile import DeviceProfile, current_context
 from costmodel.errors import CostModelError
 from costmodel.estimator import compile_trees, estimate, estimate_total_ms
 from costmodel.fit import _export_gbr, fit_layers, fit_profile
 from costmodel.geometry import LayerGeom
+from costmodel.measurements import Measurements
 from costmodel.netgen import random_plain_cnn
+from costmodel.timing import repeat_agreement
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -141,7 +144,11 @@ def test_tiny_real_calibration_gives_a_usable_profile(tmp_path: Path) -> None:
     assert prof.protocol["statistic"] == "min" and prof.protocol["repeats"] == 2
     assert {"conv", "dense", "pool_max"} <= set(prof.coeffs)
     assert prof.fit_quality["network_oof"]["n"] == 4
+    noise = prof.fit_quality["noise_floor"]  # odd against even rounds of the same networks
+    assert noise["n"] == 4 and 0 <= noise["within_5pct"] <= noise["within_10pct"] <= 1
+    assert noise["median_abs_pct"] >= 0
     back = DeviceProfile.load(prof.save(tmp_path / "p.json"))
+    assert back.fit_quality["noise_floor"] == noise
     back.check_context(batch_size=2)
     net = synthetic_networks(1, 9)[0]
     assert estimate(net, back).total_est_ms == pytest.approx(estimate_total_ms(net, prof))
@@ -155,3 +162,38 @@ def test_cuda_calibration() -> None:
     assert prof.context["device"] == "cuda"
     assert prof.context["device_name"] == torch.cuda.get_device_name(0)
     assert estimate_total_ms(synthetic_networks(1, 5)[0], prof) > 0
+
+
+def test_repeat_agreement_compares_odd_and_even_rounds() -> None:
+    # network 1: rounds 1.0, 1.2, 1.0, 1.1 -> minima 1.0 and 1.1 (10% apart: not within 10%)
+    # network 2: 2.0, 2.05, 2.1, 2.2 -> 2.0 and 2.05 (2.5%); network 3: 3.0, 3.2 -> 3.0, 3.2 (6.7%)
+    # a network timed once says nothing and is left out
+    floor = repeat_agreement([[1.0, 1.2, 1.0, 1.1], [2.0, 2.05, 2.1, 2.2], [3.0, 3.2], [5.0]])
+    assert floor is not None and floor["n"] == 3
+    assert floor["within_10pct"] == pytest.approx(2 / 3)
+    assert floor["within_5pct"] == pytest.approx(1 / 3)
+    assert floor["median_abs_pct"] == pytest.approx(100 * 0.2 / 3)
+    assert repeat_agreement([[1.0]]) is None
+
+
+def test_a_noisy_calibration_says_so_and_keeps_its_noise_floor(tmp_path: Path) -> None:
+    nets = synthetic_networks(12, 6)
+    data = [(n, [true_ms(g) for g in n], sum(true_ms(g) for g in n)) for n in nets]
+    said: list[str] = []
+    noisy = {"n": 12, "within_10pct": 0.5, "within_5pct": 0.25, "median_abs_pct": 9.5}
+    measured = Measurements(context=current_context("cpu", 1, 8), protocol={"statistic": "min"},
+                            networks=data, noise_floor=noisy)
+    prof = fit_measurements(measured, progress=said.append)
+    assert prof.fit_quality["noise_floor"] == noisy
+    assert any("repeatability" in m and "within 10% for 50%" in m for m in said)
+    assert any(m.startswith("warning: the machine was noisy") and "only 50%" in m for m in said)
+    back = Measurements.load(measured.save(tmp_path / "m.json"))
+    assert back.noise_floor == noisy
+    quiet = dict(noisy, within_10pct=0.85)
+    said.clear()
+    fit_measurements(dataclasses.replace(measured, noise_floor=quiet), progress=said.append)
+    assert not any("warning" in m for m in said)
+    said.clear()
+    assert "noise_floor" not in fit_measurements(dataclasses.replace(measured, noise_floor=None),
+                                                 progress=said.append).fit_quality
+    assert not any("repeatability" in m or "noisy" in m for m in said)

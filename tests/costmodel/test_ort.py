@@ -95,6 +95,7 @@ def test_an_onnxruntime_profile_prices_fused_groups_as_one_layer() -> None:
     assert profile.runtime == "onnxruntime" and profile.context["runtime_version"]
     assert profile.context["graph_optimization"] == "all" and profile.reference_ms > 0
     assert profile.protocol["executor"] == "sequential"
+    assert profile.fit_quality["noise_floor"]["n"] == len(nets)  # its two rounds against each other
     geoms = [LayerGeom("s1.conv1", "conv", 3, 16, 32, 32, 32, 32, 3, 1, 1),
              LayerGeom("s1.bn1", "bn", 16, 16, 32, 32, 32, 32, bias=False),
              LayerGeom("s1.act1", "act", 16, 16, 32, 32, 32, 32, bias=False, activation="relu"),
