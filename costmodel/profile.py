@@ -13,7 +13,10 @@ Timing protocol (recorded in every device profile, see ``PROTOCOL``):
 * Warm-up per shape (``warmup`` calls, at least 2) before any timed call, so one-time costs
   (allocator growth, oneDNN primitive creation, cuDNN autotuning) are excluded.
 * The statistic is the **minimum** of ``repeats`` calls (noise on a busy machine only ever adds
-  time), reported with the interquartile range of the calls as its spread.
+  time), reported with the interquartile range of the calls as its spread. At batch sizes up to
+  ``costmodel.timing.SETTLE_BATCH`` models timed together get more rounds while their minima are
+  still falling (``costmodel.timing.run_rounds``, up to twice ``repeats``): on a noisy machine a
+  minimum over a fixed number of calls did not repeat from one process to the next.
 * Whole models: timed end-to-end without hooks and, interleaved call by call, with
   boundary hooks on every leaf module; a layer's time runs from its first leaf call's start to
   the next layer's first start, so per-layer times telescope to the hooked end-to-end time.
@@ -53,6 +56,9 @@ PROTOCOL = {
     "cuda_timer": "torch.cuda.Event + synchronize",
     "warmup_min": 2,
     "per_layer": "leaf-module boundary hooks, interleaved with unhooked end-to-end calls",
+    "settle": (f"at batch <= {timing.SETTLE_BATCH}, blocks of half the rounds more while over "
+               f"{timing.SETTLE_SHARE:.0%} of the minima still fall by over {timing.SETTLE_GAIN:.0%}, "
+               f"up to {timing.SETTLE_MAX}x the rounds"),
 }
 
 
@@ -229,7 +235,8 @@ def profile_modules(pairs: list[tuple[nn.Module, torch.Tensor]], device: str = "
     with fixed_threads(threads), torch.no_grad():
         timers = [_model_timer(m, x, device, timer, per_layer) for m, x in pairs]
         try:
-            timing.run_interleaved(timers, repeats, warmup, warmup_s)
+            timing.run_interleaved(timers, repeats, warmup, warmup_s,
+                                   settle=max(int(t.x.shape[0]) for t in timers) <= timing.SETTLE_BATCH)
         except timing.MeasureError as exc:
             raise CostModelError(str(exc)) from None
     clock_name = resolve_clock(clock, threads) if device == "cpu" else "cuda-events"

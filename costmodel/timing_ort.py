@@ -15,9 +15,25 @@ from pathlib import Path
 from typing import Any
 
 if __package__:
-    from costmodel.timing import MeasureError, cpu_timer, iqr, lower_half_mean, run_interleaved
+    from costmodel.timing import (
+        SETTLE_BATCH,
+        MeasureError,
+        cpu_timer,
+        iqr,
+        lower_half_mean,
+        run_interleaved,
+        run_rounds,
+    )
 else:  # in a calibration bundle, next to timing.py
-    from timing import MeasureError, cpu_timer, iqr, lower_half_mean, run_interleaved
+    from timing import (
+        SETTLE_BATCH,
+        MeasureError,
+        cpu_timer,
+        iqr,
+        lower_half_mean,
+        run_interleaved,
+        run_rounds,
+    )
 
 GRAPH_OPTIMIZATION = "all"
 
@@ -152,9 +168,7 @@ def time_ort_networks(items: Sequence[tuple[Any, Any, Mapping[str, int], int]], 
         for t in timers:  # the profiled session's own warm-up run, dropped from its profile
             if t.profiled is not None:
                 t.profiled.run(None, t.feed)
-        for _ in range(repeats):
-            for t in timers:
-                t.run_round()
+        run_rounds(timers, repeats, settle=all(x.shape[0] <= SETTLE_BATCH for _, x, _, _ in items))
         return [(*t.layer_ms(), list(t.e2e)) for t in timers]
 
 

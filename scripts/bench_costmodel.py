@@ -525,6 +525,8 @@ def main(argv: list[str] | None = None) -> int:
                         "the machine's drift between measurement sessions")
     p.add_argument("--replay", default=None, nargs="+",
                    help="refit and evaluate --dump files instead of measuring")
+    p.add_argument("--no-settle", action="store_true",
+                   help="a fixed number of rounds at small batch sizes too (costmodel.timing.run_rounds)")
     p.add_argument("--replay-subset", type=int, default=None,
                    help="with --replay: refit on this many of the calibration networks (seeded sample)")
     p.add_argument("--replay-seed", type=int, default=0, help="seed of --replay-subset's sample")
@@ -534,6 +536,10 @@ def main(argv: list[str] | None = None) -> int:
     args_clock = args.clock
     if args.small_inputs:
         SHAPES = SMALL_SHAPES + SHAPES
+    if args.no_settle:
+        import costmodel.timing
+
+        costmodel.timing.SETTLE_MAX = 1
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     configs = args.configs or ("b32t1,b32t2,b1t1" if args.device == "cpu" else "b32t1,b1t1")
     info = machine()

@@ -85,7 +85,7 @@ def test_profile_module_onnx_lines_up_with_the_traced_layers() -> None:
     assert len(prof.meas_ms) == len(geoms) and all(t >= 0 for t in prof.meas_ms)
     assert prof.meas_ms[0] > 0 and prof.meas_ms[3] > 0  # the convs ran and were attributed
     assert prof.e2e_ms > 0 and prof.clock.startswith("onnxruntime")
-    assert len(prof.e2e_samples_ms) == 5
+    assert 5 <= len(prof.e2e_samples_ms) <= 10  # five rounds, more while the minimum still falls
 
 
 def test_an_onnxruntime_profile_prices_fused_groups_as_one_layer() -> None:

@@ -189,3 +189,52 @@ def test_measurements_record_the_allocator_and_old_profiles_are_flagged() -> Non
     old = dataclasses.replace(profile, protocol={k: v for k, v in profile.protocol.items() if k != "allocator"})
     assert predates_steady_allocator(old)
     assert not predates_steady_allocator(default_profile())
+
+
+class _ScriptedTimer:
+    """A timer whose end-to-end times come from a function of the round."""
+
+    def __init__(self, time_of_round) -> None:
+        self.time_of_round = time_of_round
+        self.e2e: list[float] = []
+
+    def run_round(self) -> None:
+        self.e2e.append(self.time_of_round(len(self.e2e)))
+
+
+def test_rounds_go_on_while_the_minima_still_fall_and_stop_once_they_settle() -> None:
+    from costmodel.timing import SETTLE_MAX, run_rounds, still_falling
+
+    # a quiet machine: every round alike, the first half already holds the minimum
+    quiet = [_ScriptedTimer(lambda r: 1.0 + 0.01 * (r % 3)) for _ in range(10)]
+    assert run_rounds(quiet, 10, settle=True) == 10 and all(len(t.e2e) == 10 for t in quiet)
+    # a noisy one whose quiet moment comes late: 2.0 until round 7, 1.0 after. After the 10
+    # rounds asked for the minimum (1.0) is below the first half's (2.0): still falling; after a
+    # block of 5 more the first half (rounds 0-6) still misses it; after another it holds it
+    late = [_ScriptedTimer(lambda r: 2.0 if r < 7 else 1.0) for _ in range(10)]
+    assert run_rounds(late, 10, settle=True) == 20 and min(late[0].e2e) == 1.0
+    # a machine as slow in every round as in the first gives no sign of settling later: stop
+    assert run_rounds([_ScriptedTimer(lambda r: 2.0 if r < 12 else 1.0)], 10, settle=True) == 10
+    # minima that fall every round stop at SETTLE_MAX times the rounds asked for
+    falling = [_ScriptedTimer(lambda r: 10.0 / (1 + r)) for _ in range(4)]
+    assert run_rounds(falling, 6, settle=True) == 6 * SETTLE_MAX
+    # without settling (the default; batch sizes above SETTLE_BATCH), exactly the rounds asked for
+    assert run_rounds([_ScriptedTimer(lambda r: 10.0 / (1 + r))], 6) == 6
+    # one network in ten still falling is settled; two are not
+    settled = [[1.0] * 6] * 9 + [[2.0, 2.0, 2.0, 1.0, 1.0, 1.0]]
+    assert not still_falling(settled)
+    assert still_falling(settled[1:] + [[2.0, 2.0, 2.0, 1.0, 1.0, 1.0]])
+
+
+def test_small_batches_settle_and_large_ones_keep_their_rounds(monkeypatch) -> None:
+    """profile_modules asks run_interleaved to settle at batch sizes up to SETTLE_BATCH only."""
+    import costmodel.timing as timing
+
+    asked: list[bool] = []
+    real = timing.run_interleaved
+    monkeypatch.setattr(timing, "run_interleaved",
+                        lambda timers, *a, settle=False: (asked.append(settle), real(timers, *a, settle=settle)))
+    for batch in (1, timing.SETTLE_BATCH, timing.SETTLE_BATCH + 1):
+        out = profile_modules([(small_cnn(), torch.randn(batch, 3, 32, 32))], repeats=3, per_layer=False)
+        assert 3 <= len(out[0].e2e_samples_ms) <= 3 * timing.SETTLE_MAX
+    assert asked == [True, True, False]
