@@ -50,6 +50,7 @@ PROTOCOL = {
     "per_layer": "onnxruntime node profiling (whole microseconds), less the profiler's cost per node "
                  "(measured on chains of Relu nodes), mean of the lower half of runs",
     "statistic": TORCH_PROTOCOL["statistic"],
+    "settle": "no: the rounds asked for",
 }
 
 

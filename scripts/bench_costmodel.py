@@ -526,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replay", default=None, nargs="+",
                    help="refit and evaluate --dump files instead of measuring")
     p.add_argument("--no-settle", action="store_true",
-                   help="a fixed number of rounds at small batch sizes too (costmodel.timing.run_rounds)")
+                   help="PyTorch: a fixed number of rounds at small batch sizes too (costmodel.timing.run_rounds)")
     p.add_argument("--replay-subset", type=int, default=None,
                    help="with --replay: refit on this many of the calibration networks (seeded sample)")
     p.add_argument("--replay-seed", type=int, default=0, help="seed of --replay-subset's sample")
