@@ -24,12 +24,12 @@ from costmodel.timing import repeat_agreement, steady_allocator
 log = logging.getLogger(__name__)
 
 
-# Batch sizes up to this one count as small: a run is short there and its noise relatively large.
 # A calibration whose networks agree with themselves (odd rounds against even rounds) within 10%
 # for fewer than this share of them was measured on a noisy machine, and says so. Quiet runs on
 # the 2-core machines gave 88-100% (docs/benchmarks.md, the noise floors of "Cost model accuracy");
-# a shared host under load 53-74%.
+# a shared host under load 50-77%.
 NOISY_BELOW = 0.8
+# Batch sizes up to this one count as small: a run is short there and its noise relatively large.
 SMALL_BATCH = 4
 # A full calibration at a small batch size measures this many times the networks (732 instead of
 # 244): the per-layer model learns the in-context times of more layer configurations, for about

@@ -164,12 +164,15 @@ def _noise_floor(value: object, source: str) -> dict[str, float] | None:
     if value is None:
         return None
     keys = ("n", "within_10pct", "within_5pct", "median_abs_pct")
-    if not isinstance(value, dict) or sorted(value) != sorted(keys):
+    if not isinstance(value, dict) or not set(keys) <= set(value):
         raise CostModelError(f"{source}: noise_floor must be an object with {', '.join(keys)}")
-    out = {k: _ms(value[k], f"{source}: noise_floor.{k}") for k in keys}
-    if out["within_10pct"] > 1 or out["within_5pct"] > 1 or out["n"] < 1:
+    for k in keys:
+        v = value[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf"):
+            raise CostModelError(f"{source}: noise_floor.{k} must be a finite number >= 0, not {v!r}")
+    if value["within_10pct"] > 1 or value["within_5pct"] > 1 or value["n"] < 1:
         raise CostModelError(f"{source}: noise_floor shares must lie in [0, 1] and n must be >= 1")
-    return out
+    return {"n": int(value["n"]), **{k: float(value[k]) for k in keys[1:]}}
 
 
 def _list(d: dict[str, object], key: str, where: str) -> list[object]:

@@ -209,9 +209,10 @@ def profile_module(module: nn.Module, example_input: torch.Tensor, device: str =
                    clock: str = "auto") -> ModelProfile:
     """Profile ``module`` on ``example_input`` (its batch size is the profiled batch size).
 
-    Per-layer times are the minimum over ``repeats`` hooked calls; ``e2e_ms`` is the minimum
-    over as many unhooked calls, interleaved with the hooked ones. The module is put in eval
-    mode and moved to ``device`` (left there).
+    Per-layer times are the minimum over ``repeats`` hooked calls (up to twice as many at small
+    batch sizes while the minima still fall: ``costmodel.timing.run_rounds``); ``e2e_ms`` is the
+    minimum over as many unhooked calls, interleaved with the hooked ones. The module is put in
+    eval mode and moved to ``device`` (left there).
     """
     return profile_modules([(module, example_input)], device, threads, repeats, warmup, clock)[0]
 
@@ -236,7 +237,7 @@ def profile_modules(pairs: list[tuple[nn.Module, torch.Tensor]], device: str = "
         timers = [_model_timer(m, x, device, timer, per_layer) for m, x in pairs]
         try:
             timing.run_interleaved(timers, repeats, warmup, warmup_s,
-                                   settle=max(int(t.x.shape[0]) for t in timers) <= timing.SETTLE_BATCH)
+                                   settle=max((int(t.x.shape[0]) for t in timers), default=0) <= timing.SETTLE_BATCH)
         except timing.MeasureError as exc:
             raise CostModelError(str(exc)) from None
     clock_name = resolve_clock(clock, threads) if device == "cpu" else "cuda-events"

@@ -110,8 +110,9 @@ def repeat_agreement(rounds: Sequence[Sequence[float]]) -> dict[str, float] | No
     """The noise floor of one measurement session: each network's minimum over its odd rounds
     against its minimum over its even rounds (``rounds``: each network's end-to-end times in round
     order). Returns the share of networks whose two minima agree within 10% and within 5%, and the
-    median disagreement in percent, or None when no network has two rounds. A model fitted to these
-    times cannot be expected to price networks more closely than they agree with themselves."""
+    median disagreement in percent, or None when no network has two rounds. It says how the machine
+    behaved while measuring; each half holds half the rounds, so a model fitted to the minima over
+    all of them can price networks more closely than this."""
     pairs = [(min(r[0::2]), min(r[1::2])) for r in rounds if len(r) >= 2]
     err = sorted(abs(b - a) / a for a, b in pairs if a > 0)
     if not err:

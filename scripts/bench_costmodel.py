@@ -133,7 +133,8 @@ def calibration_extra(held_keys: set[str], quick: bool, n: int | None = None,
 
 def measure(modules: list, geoms: list[list[LayerGeom]], batch: int, threads: int, device: str,
             repeats: int, runtime: str = "torch") -> tuple[list[float], list[float], list[float]]:
-    """(reference, pass A, pass B): 2 x ``repeats`` rounds over all networks, interleaved;
+    """(reference, pass A, pass B): 2 x ``repeats`` rounds over all networks (up to twice as many at
+    small batch sizes while the minima still fall), interleaved;
     A = minimum over odd rounds, B = over even rounds, reference = minimum over all."""
     import torch
 
@@ -297,6 +298,8 @@ def measure_interleaved(batch: int, threads: int, runtime: str, args: argparse.N
             log.info("profiled %d/%d networks", len(timed), len(nets))
         ref = reference_ms(args.device, threads, args.clock)
         protocol = dict(PROTOCOL)
+        if args.no_settle:
+            protocol["settle"] = "no: --no-settle"
     protocol.update(repeats=reps, quick=args.quick, n_networks=len(calib), n_micro=len(micro_geoms),
                     clock=resolve_clock(args.clock, threads), seed=0, interleaved_with_held_out=len(held),
                     allocator=steady_allocator())

@@ -202,7 +202,7 @@ class _ScriptedTimer:
         self.e2e.append(self.time_of_round(len(self.e2e)))
 
 
-def test_rounds_go_on_while_the_minima_still_fall_and_stop_once_they_settle() -> None:
+def test_rounds_go_on_while_the_minima_still_fall_and_stop_once_they_settle(monkeypatch) -> None:
     from costmodel.timing import SETTLE_MAX, run_rounds, still_falling
 
     # a quiet machine: every round alike, the first half already holds the minimum
@@ -213,6 +213,11 @@ def test_rounds_go_on_while_the_minima_still_fall_and_stop_once_they_settle() ->
     # block of 5 more the first half (rounds 0-6) still misses it; after another it holds it
     late = [_ScriptedTimer(lambda r: 2.0 if r < 7 else 1.0) for _ in range(10)]
     assert run_rounds(late, 10, settle=True) == 20 and min(late[0].e2e) == 1.0
+    # ... and it stops there because the minima settled, not at the cap: with room for 30 rounds
+    monkeypatch.setattr("costmodel.timing.SETTLE_MAX", 3)
+    late = [_ScriptedTimer(lambda r: 2.0 if r < 7 else 1.0) for _ in range(10)]
+    assert run_rounds(late, 10, settle=True) == 20
+    monkeypatch.setattr("costmodel.timing.SETTLE_MAX", SETTLE_MAX)
     # a machine as slow in every round as in the first gives no sign of settling later: stop
     assert run_rounds([_ScriptedTimer(lambda r: 2.0 if r < 12 else 1.0)], 10, settle=True) == 10
     # minima that fall every round stop at SETTLE_MAX times the rounds asked for
@@ -237,4 +242,5 @@ def test_small_batches_settle_and_large_ones_keep_their_rounds(monkeypatch) -> N
     for batch in (1, timing.SETTLE_BATCH, timing.SETTLE_BATCH + 1):
         out = profile_modules([(small_cnn(), torch.randn(batch, 3, 32, 32))], repeats=3, per_layer=False)
         assert 3 <= len(out[0].e2e_samples_ms) <= 3 * timing.SETTLE_MAX
+    assert len(out[0].e2e_samples_ms) == 3  # the batch above SETTLE_BATCH: exactly the rounds asked for
     assert asked == [True, True, False]
