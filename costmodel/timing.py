@@ -363,17 +363,14 @@ def run_interleaved(timers: Sequence[Any], repeats: int, warmup: int = 2, warmup
         run_rounds(timers, repeats, settle)
 
 
-# On a noisy machine (a shared host, a busy sibling hyperthread) most runs are slower than the
-# machine can run, and a minimum over a fixed number of rounds is found only when a quiet moment
-# fell among them: two processes timing the same 40 networks at batch 1 with 21 rounds agreed
-# within 10% for 62% of them, with 42 rounds for 98% (docs/benchmarks.md, "Cost model accuracy").
-# So the rounds go on while the minima are still falling: while, for more than SETTLE_SHARE of
-# the networks, the minimum over all rounds is more than SETTLE_GAIN below the minimum over their
-# first half; at most SETTLE_MAX times the rounds asked for. On a quiet machine the first half
-# already holds the minimum and nothing is added. Only at batch sizes up to SETTLE_BATCH: there a
-# run takes a few ms and the minima repeated better (61-90% -> 91-95% of 80 networks within 10% at
-# batch 1, 1.6x the rounds); at batch 32 they already repeated for 92-100% and settling doubled
-# the rounds for no clear gain (scripts/bench_settle.py).
+# On a noisy machine (a shared host, a busy sibling hyperthread) a minimum over a fixed number of
+# rounds is found only when a quiet moment fell among them. So the rounds go on while, for more
+# than SETTLE_SHARE of the networks, the minimum over all rounds is more than SETTLE_GAIN below
+# the minimum over their first half; at most SETTLE_MAX times the rounds asked for; on a quiet
+# machine nothing is added. Only at batch sizes up to SETTLE_BATCH: at batch 1 the minima of 80
+# networks in two processes agreed within 10% for 61-90% with 21 rounds, 91-95% settled (1.6x the
+# rounds); at batch 32 for 92-100% already, and settling doubled the rounds for no clear gain
+# (scripts/bench_settle.py; docs/benchmarks.md, "A noisy machine").
 SETTLE_GAIN = 0.03
 SETTLE_SHARE = 0.1
 SETTLE_MAX = 2
