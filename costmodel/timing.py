@@ -104,8 +104,6 @@ def iqr(values: Sequence[float]) -> float:
     return q[2] - q[0]
 
 
-# -- PyTorch: networks from geometry records ---------------------------------------------------
-
 def repeat_agreement(rounds: Sequence[Sequence[float]]) -> dict[str, float] | None:
     """The noise floor of one measurement session: each network's minimum over its odd rounds
     against its minimum over its even rounds (``rounds``: each network's end-to-end times in round
@@ -114,13 +112,15 @@ def repeat_agreement(rounds: Sequence[Sequence[float]]) -> dict[str, float] | No
     behaved while measuring; each half holds half the rounds, so a model fitted to the minima over
     all of them can price networks more closely than this."""
     pairs = [(min(r[0::2]), min(r[1::2])) for r in rounds if len(r) >= 2]
-    err = sorted(abs(b - a) / a for a, b in pairs if a > 0)
+    err = [abs(b - a) / a for a, b in pairs if a > 0]
     if not err:
         return None
     return {"n": len(err), "within_10pct": sum(e < 0.1 for e in err) / len(err),
             "within_5pct": sum(e < 0.05 for e in err) / len(err),
             "median_abs_pct": 100 * statistics.median(err)}
 
+
+# -- PyTorch: networks from geometry records ---------------------------------------------------
 
 def layout(names: Sequence[str]) -> list[tuple[str, str]]:
     """Per layer ``(container, local name)``: ``s1.conv1`` -> (``s1``, ``conv1``); an undotted
@@ -390,9 +390,10 @@ def run_rounds(timers: Sequence[Any], repeats: int, settle: bool = False) -> int
     done, cap = 0, repeats * (SETTLE_MAX if settle else 1)
     block = repeats
     while done < cap and (done == 0 or still_falling([t.e2e for t in timers])):
-        for _ in range(min(block, cap - done)):
+        n = min(block, cap - done)
+        for _ in range(n):
             for t in timers:
                 t.run_round()
-        done += min(block, cap - done)
+        done += n
         block = max(2, repeats // 2)
     return done

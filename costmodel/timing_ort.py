@@ -15,23 +15,9 @@ from pathlib import Path
 from typing import Any
 
 if __package__:
-    from costmodel.timing import (
-        MeasureError,
-        cpu_timer,
-        iqr,
-        lower_half_mean,
-        run_interleaved,
-        run_rounds,
-    )
+    from costmodel.timing import MeasureError, cpu_timer, iqr, lower_half_mean, run_interleaved
 else:  # in a calibration bundle, next to timing.py
-    from timing import (
-        MeasureError,
-        cpu_timer,
-        iqr,
-        lower_half_mean,
-        run_interleaved,
-        run_rounds,
-    )
+    from timing import MeasureError, cpu_timer, iqr, lower_half_mean, run_interleaved
 
 GRAPH_OPTIMIZATION = "all"
 
@@ -166,11 +152,13 @@ def time_ort_networks(items: Sequence[tuple[Any, Any, Mapping[str, int], int]], 
         for t in timers:  # the profiled session's own warm-up run, dropped from its profile
             if t.profiled is not None:
                 t.profiled.run(None, t.feed)
-        # Fixed rounds: a layer's time here is the mean of the lower half of its runs, not their
-        # minimum, and settling (more rounds in some chunks than in others) moved the end-to-end
-        # minima away from the layer sums: 88% -> 82% of held-out networks within 10% at batch 1
-        # (docs/benchmarks.md, "A noisy machine").
-        run_rounds(timers, repeats)
+        # Fixed rounds, no settling (costmodel.timing.run_rounds): a layer's time here is the mean
+        # of the lower half of its runs, not their minimum, and more rounds in some chunks than in
+        # others moved the end-to-end minima away from the layer sums: 88% -> 82% of held-out
+        # networks within 10% at batch 1 (docs/benchmarks.md, "A noisy machine").
+        for _ in range(repeats):
+            for t in timers:
+                t.run_round()
         return [(*t.layer_ms(), list(t.e2e)) for t in timers]
 
 
