@@ -26,6 +26,7 @@ from typing import TypedDict
 from costmodel.atomic import atomic_write_text
 from costmodel.errors import CostModelError
 from costmodel.measurements import RUNTIMES
+from costmodel.timing import MMAP_OFF
 
 SCHEMA_VERSION = 1
 # A profile whose network correction has the log form is written as version 2, so that an older
@@ -293,11 +294,19 @@ def cache_path(ctx: Context) -> Path:
 def predates_steady_allocator(profile: DeviceProfile) -> bool:
     """Whether ``profile`` was measured before calibration kept freed memory in the process
     (``costmodel.timing.steady_allocator``): its times of layers with large outputs may include
-    page faults (up to several times the layer's time) that measurements now leave out. Only
-    measured profiles (their protocol records the repeats) of PyTorch on the CPU can be: ONNX
-    Runtime keeps its tensors in its own arena, and on CUDA the host's malloc hardly counts."""
-    return (not profile.is_default and "repeats" in profile.protocol and "allocator" not in profile.protocol
-            and profile.runtime == "torch" and profile.context.get("device") == "cpu")
+    page faults (up to several times the layer's time) that measurements now leave out. That is
+    a profile with no allocator in its protocol, or (at batch sizes above 4, the smallest where a
+    calibration network has a buffer over 32 MiB) one measured with glibc's thresholds raised but
+    mmap still on. Only measured profiles (their protocol records the repeats) of PyTorch on the
+    CPU can be: ONNX Runtime keeps its tensors in its own arena, and on CUDA the host's malloc
+    hardly counts."""
+    if profile.is_default or "repeats" not in profile.protocol or profile.runtime != "torch" or (
+            profile.context.get("device") != "cpu"):
+        return False
+    allocator = str(profile.protocol.get("allocator", ""))
+    if not allocator:
+        return True
+    return allocator.startswith("glibc") and MMAP_OFF not in allocator and profile.batch_size > 4
 
 
 def load_cached(device: str = "cpu", threads: int = 1, batch_size: int = 32,

@@ -38,11 +38,16 @@ def _linear_network(s: np.ndarray, n_layers: np.ndarray, e2e: np.ndarray) -> np.
     x = np.c_[np.ones_like(s), s, n_layers]
     coef = np.array([0.0, float(np.median(e2e / np.maximum(s, 1e-9))), 0.0])
     if len(s) >= 8:
-        # Relative least squares, unconstrained: the per-layer term is negative when hooks
-        # inflated the in-context layer times (small batches), positive for per-layer costs the
-        # hooks did not see. Kept only if the result stays sane.
+        # Relative least squares: the per-layer term is negative when hooks inflated the
+        # in-context layer times (small batches), positive for per-layer costs the hooks did not
+        # see. The constant is a fixed cost of a call, never negative: fitted below zero (the
+        # constant and the per-layer term trading off), it is left out and the rest refitted; a
+        # negative one had priced small batch-32 networks up to 40% low (docs/benchmarks.md).
+        # Kept only if the result stays sane.
         w = 1.0 / np.maximum(e2e, 1e-9)
         fitted, *_ = np.linalg.lstsq(x * w[:, None], np.ones_like(e2e), rcond=None)
+        if fitted[0] < 0:
+            fitted = np.insert(np.linalg.lstsq(x[:, 1:] * w[:, None], np.ones_like(e2e), rcond=None)[0], 0, 0.0)
         if fitted[1] > 0 and np.all(x @ fitted > 0):
             coef = fitted
     elif len(s) >= 4:

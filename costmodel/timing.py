@@ -30,23 +30,24 @@ class MeasureError(RuntimeError):
 
 
 # -- the allocator ------------------------------------------------------------------------------
-# glibc's malloc hands freed memory back to the system (it trims the top of the heap and unmaps
-# blocks above its mmap threshold, a threshold it moves as the process runs) and page-faults it
-# in again on the next call. At batch 1 a conv with a large output paid for that 3-6x over
-# (3->64 channels, 5x5, 96x96: 4.4 ms against 0.95 ms), depending on what the process had
-# allocated before (docs/benchmarks.md, "Cost model accuracy"). Measurements keep freed memory
-# in the process instead: what jemalloc and tcmalloc do, and what a long-running inference
-# process reaches with glibc when started with MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_.
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+# glibc's malloc hands freed memory back to the system (it trims the heap and unmaps blocks above
+# its mmap threshold, which moves as the process runs) and page-faults it in on the next call: a
+# batch-1 conv with a large output paid 3-6x (3->64 channels, 5x5, 96x96: 4.4 ms against 0.95 ms),
+# and a batch-32 network at 96x96 with 38 MB outputs, above any threshold glibc accepts, 2-4x
+# (docs/benchmarks.md). Measurements keep freed memory in the process instead (thresholds raised,
+# mmap off): what jemalloc and tcmalloc do, and what a long-running inference process gets with
+# glibc when started with MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_ and MALLOC_MMAP_MAX_=0.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # mallopt parameters (malloc.h)
 MMAP_THRESHOLD = 32 * 1024 * 1024  # the largest glibc accepts on 64-bit systems
 TRIM_THRESHOLD = 1 << 30
+MMAP_OFF = "mmap off"  # in the protocol's allocator: no buffer is mapped per call, however large
 _allocator: str | None = None
 
 
 def steady_allocator() -> str:
     """Keep freed memory in this process from now on (glibc: ``mallopt``), so that a network
-    run again and again does not page-fault its buffers back in on every call; buffers above 32
-    MiB (large outputs at large batch sizes) are still mapped per call. Returns what is in force,
+    run again and again does not page-fault its buffers back in on every call (buffers of any
+    size: mmap is off, so those above 32 MiB come from the heap too). Returns what is in force,
     as the protocol records it; idempotent, and for the rest of the process (memory freed later
     is not handed back to the system below the trim threshold either). Elsewhere (Windows,
     macOS, musl) nothing changes."""
@@ -63,12 +64,14 @@ def steady_allocator() -> str:
             version = libc.gnu_get_libc_version().decode()
             mmap_ok = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
             trim_ok = libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+            off = libc.mallopt(M_MMAP_MAX, 0) == 1
         except (OSError, AttributeError, ValueError, TypeError):
             return _allocator
-        if mmap_ok or trim_ok:
+        if mmap_ok or trim_ok or off:
             _allocator = (f"glibc {version} malloc"
                           + (f", mmap threshold {MMAP_THRESHOLD >> 20} MiB" if mmap_ok else "")
-                          + (f", trim threshold {TRIM_THRESHOLD >> 20} MiB" if trim_ok else ""))
+                          + (f", trim threshold {TRIM_THRESHOLD >> 20} MiB" if trim_ok else "")
+                          + (f", {MMAP_OFF}" if off else ""))
     return _allocator
 
 
@@ -363,14 +366,12 @@ def run_interleaved(timers: Sequence[Any], repeats: int, warmup: int = 2, warmup
         run_rounds(timers, repeats, settle)
 
 
-# On a noisy machine (a shared host, a busy sibling hyperthread) a minimum over a fixed number of
-# rounds is found only when a quiet moment fell among them. So the rounds go on while, for more
-# than SETTLE_SHARE of the networks, the minimum over all rounds is more than SETTLE_GAIN below
-# the minimum over their first half; at most SETTLE_MAX times the rounds asked for; on a quiet
-# machine nothing is added. Only at batch sizes up to SETTLE_BATCH: at batch 1 the minima of 80
-# networks in two processes agreed within 10% for 61-90% with 21 rounds, 91-95% settled (1.6x the
-# rounds); at batch 32 for 92-100% already, and settling doubled the rounds for no clear gain
-# (scripts/bench_settle.py; docs/benchmarks.md, "A noisy machine").
+# On a noisy machine a minimum over a fixed number of rounds is found only when a quiet moment fell
+# among them. So the rounds go on while, for more than SETTLE_SHARE of the networks, the minimum
+# over all rounds is more than SETTLE_GAIN below the minimum over their first half; at most
+# SETTLE_MAX times the rounds asked for. Only at batch sizes up to SETTLE_BATCH: at batch 1 the
+# minima of 80 networks in two processes agreed within 10% for 61-90% with 21 rounds, 91-95%
+# settled; at batch 32 for 92-100% already (docs/benchmarks.md, "A noisy machine").
 SETTLE_GAIN = 0.03
 SETTLE_SHARE = 0.1
 SETTLE_MAX = 2

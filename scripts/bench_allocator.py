@@ -11,7 +11,11 @@ the held-out order as JSON. Run it twice per setting and compare the files with 
     python scripts/bench_allocator.py --compare /tmp/x_plain1.json /tmp/x_plain2.json
 
 The measurement keeps freed memory in the process (``costmodel.timing.steady_allocator``); with
-``--default-allocator`` it does not (glibc's own thresholds), as before that change.
+``--allocator default`` it does not (glibc's own thresholds), as before that change; with
+``--allocator thresholds`` glibc's thresholds are raised but mmap stays on (buffers above 32 MiB
+mapped per call), as before mmap was turned off. ``--batch-size 32`` times them at batch 32.
+Comparing two files of different settings gives each network's time under the second against
+the first.
 """
 
 from __future__ import annotations
@@ -34,7 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="write the held-out networks' times (ms) here")
     ap.add_argument("--order-seed", type=int, default=1)
     ap.add_argument("--networks", type=int, default=120)
-    ap.add_argument("--default-allocator", action="store_true", help="leave glibc's thresholds as they are")
+    ap.add_argument("--batch-size", type=int, default=1)
+    ap.add_argument("--allocator", choices=("steady", "thresholds", "default"), default="steady",
+                    help="steady: the measurement protocol's; thresholds: glibc's mmap and trim thresholds "
+                         "raised, mmap on; default: glibc's own settings")
     ap.add_argument("--compare", nargs=2, metavar="FILE", help="agreement of two --out files")
     args = ap.parse_args(argv)
     if args.compare:
@@ -45,14 +52,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.out:
         ap.error("--out FILE or --compare FILE FILE")
-    if args.default_allocator:
+    if args.allocator != "steady":
+        import ctypes
+
         import costmodel.timing as timing
 
-        timing._allocator = "system default (left as it is)"  # steady_allocator() then does nothing
+        if args.allocator == "thresholds":
+            libc = ctypes.CDLL(None)
+            libc.mallopt(timing.M_MMAP_THRESHOLD, timing.MMAP_THRESHOLD)
+            libc.mallopt(timing.M_TRIM_THRESHOLD, timing.TRIM_THRESHOLD)
+        timing._allocator = f"{args.allocator} (set here)"  # steady_allocator() then does nothing
     geoms, modules, _ = bench_costmodel.held_out_networks(args.networks)
     order = list(range(len(geoms)))
     random.Random(args.order_seed).shuffle(order)
-    ref, _, _ = bench_costmodel.measure([modules[i] for i in order], [geoms[i] for i in order], 1, 1, "cpu", 10)
+    ref, _, _ = bench_costmodel.measure([modules[i] for i in order], [geoms[i] for i in order], args.batch_size,
+                                        1, "cpu", 10)
     times = [0.0] * len(geoms)
     for k, i in enumerate(order):
         times[i] = ref[k]

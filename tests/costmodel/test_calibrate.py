@@ -61,6 +61,27 @@ def test_network_correction_recovers_constant_and_scale() -> None:
         assert estimate_total_ms(n, prof) == pytest.approx(want, rel=0.05)
 
 
+def test_network_correction_never_takes_a_negative_constant() -> None:
+    """End to end = 1.1 x the layer sum - 0.1 ms: the unconstrained fit's constant would be
+    -0.1 ms, which on real devices is the constant and the per-layer term trading off, and priced
+    the smallest networks far too low. The constant is dropped and the scale and per-layer term
+    are the relative least squares without it."""
+    from costmodel.netfit import _linear_network
+
+    nets = synthetic_networks(40, 2)
+    sums = np.array([sum(true_ms(g) for g in n) for n in nets])
+    counts = np.array([float(len(n)) for n in nets])
+    e2e = 1.1 * sums - 0.1
+    c0, scale, per_layer = _linear_network(sums, counts, e2e)
+    assert c0 == 0.0 and scale > 0
+    w = 1 / e2e
+    want, *_ = np.linalg.lstsq(np.c_[sums, counts] * w[:, None], np.ones_like(e2e), rcond=None)
+    assert (scale, per_layer) == pytest.approx(tuple(want), rel=1e-9)
+    # a positive constant is kept as fitted
+    c0, scale, _ = _linear_network(sums, counts, 1.1 * sums + 0.1)
+    assert c0 == pytest.approx(0.1, abs=1e-6) and scale == pytest.approx(1.1, rel=1e-6)
+
+
 def test_network_correction_takes_the_log_form_when_the_error_grows_with_size() -> None:
     """End to end = (sum of layers)^1.3 (ms): small networks run relatively faster than large
     ones, which no constant + scale + per-layer term follows over the 14x range of sizes here; the

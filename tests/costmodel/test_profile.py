@@ -131,15 +131,17 @@ torch.set_num_threads(1)
 if sys.argv[1] == "steady":
     from costmodel.timing import steady_allocator
     print(steady_allocator(), file=sys.stderr)
-conv = nn.Conv2d(3, 64, 5, padding=2)  # a 2.4 MB output at batch 1: above glibc's mmap threshold
-x = torch.randn(1, 3, 96, 96)
+conv = nn.Conv2d(3, 64, 5, padding=2)
+# batch 1: a 2.4 MB output, above glibc's default mmap threshold; batch 16: 38 MB, above the
+# largest threshold glibc accepts (32 MiB)
+x = torch.randn(int(sys.argv[2]), 3, 96, 96)
 with torch.no_grad():
     for _ in range(5):
         conv(x)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(20):
+    for _ in range(int(sys.argv[3])):
         conv(x)
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20)
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / int(sys.argv[3]))
 """
 
 
@@ -151,12 +153,12 @@ def test_steady_allocator_stops_page_faults_on_every_call() -> None:
     import subprocess
     import sys
 
-    def faults(mode: str) -> float:
-        out = subprocess.run([sys.executable, "-c", FAULTS_PER_CALL, mode], capture_output=True, text=True,
-                             check=True)
+    def faults(mode: str, batch: int = 1, calls: int = 20) -> float:
+        out = subprocess.run([sys.executable, "-c", FAULTS_PER_CALL, mode, str(batch), str(calls)],
+                             capture_output=True, text=True, check=True)
         return float(out.stdout.strip())
 
-    from costmodel.timing import steady_allocator
+    from costmodel.timing import MMAP_OFF, steady_allocator
 
     applied = steady_allocator()
     assert applied == steady_allocator()  # idempotent
@@ -165,18 +167,24 @@ def test_steady_allocator_stops_page_faults_on_every_call() -> None:
     if not applied.startswith("glibc") or "LD_PRELOAD" in os.environ or any(
             k.startswith("MALLOC_") for k in os.environ):
         pytest.skip(f"not glibc's malloc with its default settings: {applied}")
-    assert "mmap threshold 32 MiB" in applied
+    assert "mmap threshold 32 MiB" in applied and MMAP_OFF in applied
     default, steady = faults("default"), faults("steady")
     assert default > 100  # every call maps and faults in megabytes again
     # one 2.4 MB output faulted in again is ~590 faults; what is left is noise from other work
     # in the process (a loaded CI run saw 29 faults a call, an idle one 0)
     assert steady < 100 and steady < default / 20
+    # A buffer above 32 MiB was still mapped afresh on every call with the thresholds raised
+    # (~9,200 faults a call for this 38 MB output, and twice the time of a 96x96 network at
+    # batch 32); with mmap off it comes from the heap and stays there.
+    large_default, large_steady = faults("default", 16, 6), faults("steady", 16, 6)
+    assert large_default > 4000
+    assert large_steady < 400 and large_steady < large_default / 20
 
 
 def test_measurements_record_the_allocator_and_old_profiles_are_flagged() -> None:
     from costmodel.calibration import measure_calibration
     from costmodel.device_profile import default_profile, predates_steady_allocator
-    from costmodel.timing import steady_allocator
+    from costmodel.timing import MMAP_OFF, steady_allocator
 
     measured = measure_calibration(batch_size=1, quick=True, n_networks=2, repeats=1)
     assert measured.protocol["allocator"] == steady_allocator()
@@ -189,6 +197,17 @@ def test_measurements_record_the_allocator_and_old_profiles_are_flagged() -> Non
     old = dataclasses.replace(profile, protocol={k: v for k, v in profile.protocol.items() if k != "allocator"})
     assert predates_steady_allocator(old)
     assert not predates_steady_allocator(default_profile())
+    # Raised thresholds without mmap off: buffers over 32 MiB were faulted in on every call. No
+    # calibration network has one at batch sizes up to 4; at larger ones the profile is flagged.
+    thresholds = "glibc 2.41 malloc, mmap threshold 32 MiB, trim threshold 1024 MiB"
+    before_mmap_off = dataclasses.replace(profile, protocol=dict(profile.protocol, allocator=thresholds))
+    assert not predates_steady_allocator(before_mmap_off)
+    at_32 = dataclasses.replace(before_mmap_off, context=dict(profile.context, batch_size=32))
+    assert predates_steady_allocator(at_32)
+    assert not predates_steady_allocator(dataclasses.replace(
+        at_32, protocol=dict(profile.protocol, allocator=thresholds + ", " + MMAP_OFF)))
+    assert not predates_steady_allocator(dataclasses.replace(  # not glibc: nothing was changed
+        at_32, protocol=dict(profile.protocol, allocator="system default")))
 
 
 class _ScriptedTimer:
