@@ -513,7 +513,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sum-networks", type=int, default=30)
     p.add_argument("--clock", default="auto", choices=("auto", "wall", "thread"),
                    help="CPU clock: auto = thread CPU time at 1 thread, perf_counter otherwise")
-    p.add_argument("--out", default="docs/_bench_costmodel.md")
+    p.add_argument("--out", default=None,
+                   help="write the markdown here too (measuring runs: default docs/_bench_costmodel.md, "
+                        "not tracked; --replay: only when given)")
     p.add_argument("--json", default=None, help="also write raw figures as JSON")
     p.add_argument("--dump", default=None,
                    help="also write each configuration's raw measurements to DUMP.bBtT[-ort].json")
@@ -549,9 +551,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.replay:
         results = [replay(path, args.replay_subset, args.replay_seed) for path in args.replay]
         text = write_markdown(results, None, None, args, info)
-        Path(args.out).write_text(text + "\n")
+        if args.out:
+            Path(args.out).write_text(text + "\n")
         print(text)
         return 0
+    args.out = args.out or "docs/_bench_costmodel.md"
     nets = held_out_networks(args.networks)
     log.info("%d held-out networks ready", len(nets[0]))
     results = []
