@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 from dataclasses import asdict, dataclass, field
@@ -26,7 +27,7 @@ from typing import TypedDict
 from costmodel.atomic import atomic_write_text
 from costmodel.errors import CostModelError
 from costmodel.measurements import RUNTIMES
-from costmodel.timing import MMAP_OFF
+from costmodel.timing import MMAP_OFF, MMAP_THRESHOLD
 
 SCHEMA_VERSION = 1
 # A profile whose network correction has the log form is written as version 2, so that an older
@@ -295,18 +296,32 @@ def predates_steady_allocator(profile: DeviceProfile) -> bool:
     """Whether ``profile`` was measured before calibration kept freed memory in the process
     (``costmodel.timing.steady_allocator``): its times of layers with large outputs may include
     page faults (up to several times the layer's time) that measurements now leave out. That is
-    a profile with no allocator in its protocol, or (at batch sizes above 4, the smallest where a
-    calibration network has a buffer over 32 MiB) one measured with glibc's thresholds raised but
-    mmap still on. Only measured profiles (their protocol records the repeats) of PyTorch on the
-    CPU can be: ONNX Runtime keeps its tensors in its own arena, and on CUDA the host's malloc
-    hardly counts."""
+    a profile with no allocator in its protocol, or one measured with glibc's thresholds raised
+    but mmap still on whose layers had a buffer over 32 MiB (faulted in on every call then): at
+    large batch sizes, or the search's networks at a large input size. Only measured profiles
+    (their protocol records the repeats) of PyTorch on the CPU can be: ONNX Runtime keeps its
+    tensors in its own arena, and on CUDA the host's malloc hardly counts."""
     if profile.is_default or "repeats" not in profile.protocol or profile.runtime != "torch" or (
             profile.context.get("device") != "cpu"):
         return False
     allocator = str(profile.protocol.get("allocator", ""))
     if not allocator:
         return True
-    return allocator.startswith("glibc") and MMAP_OFF not in allocator and profile.batch_size > 4
+    return allocator.startswith("glibc") and MMAP_OFF not in allocator and _largest_buffer(profile) > MMAP_THRESHOLD
+
+
+def _largest_buffer(profile: DeviceProfile) -> float:
+    """Bytes of the largest layer input or output the profile's table measured (infinite when
+    the table is empty or unreadable: unknown)."""
+    sizes = []
+    for key in profile.table:
+        f = key.split("|")  # LayerGeom.config_key: op, c_in, c_out, h_in, w_in, h_out, w_out, ... dtype
+        try:
+            c_in, c_out, h_in, w_in, h_out, w_out, dtype = (int(v) for v in (*f[1:7], f[-1]))
+        except (ValueError, IndexError):
+            return math.inf
+        sizes.append(max(c_in * h_in * w_in, c_out * h_out * w_out) * dtype * profile.batch_size)
+    return max(sizes, default=math.inf)
 
 
 def load_cached(device: str = "cpu", threads: int = 1, batch_size: int = 32,

@@ -26,7 +26,7 @@ Timing protocol (recorded in every device profile, see ``PROTOCOL``):
   about 10% higher than calibration's, and the hooked layer times carried a cold-cache cost
   the network correction could not remove (docs/benchmarks.md, "Cost model accuracy").
 * Freed memory stays in the process while measuring (``costmodel.timing.steady_allocator``:
-  glibc's mmap and trim thresholds raised, recorded as ``protocol["allocator"]``): otherwise a
+  glibc's mmap and trim thresholds raised and mmap off, recorded as ``protocol["allocator"]``): otherwise a
   layer with a large output page-faults its buffers in again on every call, and one conv ran
   at 0.95 ms or 4.4 ms depending on what the process had allocated before.
 """

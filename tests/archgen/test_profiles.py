@@ -389,8 +389,20 @@ def test_a_cached_profile_measured_before_the_steady_allocator_says_to_recalibra
     from archgen.drift import check_drift
 
     assert check_drift(dataclasses.replace(old, reference_ms=1.0)) is None
-    current = dataclasses.replace(fake_profile(1), protocol={"repeats": 21, "allocator": "glibc 2.36 malloc"})
+    # glibc's thresholds raised but mmap still on (2026-12-01 to 12-07): flagged as well, while
+    # its reference workload (batch 1, small buffers) is still compared with one timed now
+    thresholds = dataclasses.replace(old, protocol={
+        "repeats": 21, "allocator": "glibc 2.36 malloc, mmap threshold 32 MiB, trim threshold 1024 MiB"})
+    cache_it(thresholds)
+    assert choose_profile().note.endswith("recalibrate with `archgen calibrate --batch-size 1`")
+    monkeypatch.setattr("costmodel.measure.reference_ms", lambda *a, **k: 2.0)
+    report = check_drift(dataclasses.replace(thresholds, reference_ms=1.0))
+    assert report is not None and report.ratio == pytest.approx(2.0)
+    search_run.ensure_profile(settings)
+    assert len(calls) == 2  # calibrated anew
+    current = dataclasses.replace(fake_profile(1), protocol={
+        "repeats": 21, "allocator": "glibc 2.36 malloc, mmap threshold 32 MiB, trim threshold 1024 MiB, mmap off"})
     cache_it(current)
     assert choose_profile().note == f"cached {current.describe()} ({cache_path(current.context)})"
     search_run.ensure_profile(settings)
-    assert len(calls) == 1  # the current profile is used as it is
+    assert len(calls) == 2  # the current profile is used as it is
