@@ -26,6 +26,7 @@ from typing import TypedDict
 
 from costmodel.atomic import atomic_write_text
 from costmodel.errors import CostModelError
+from costmodel.geometry import parse_config_key
 from costmodel.measurements import RUNTIMES
 from costmodel.timing import MMAP_OFF, MMAP_THRESHOLD
 
@@ -315,11 +316,12 @@ def _largest_buffer(profile: DeviceProfile) -> float:
     the table is empty or unreadable: unknown)."""
     sizes = []
     for key in profile.table:
-        f = key.split("|")  # LayerGeom.config_key: op, c_in, c_out, h_in, w_in, h_out, w_out, ... dtype
-        try:
-            c_in, c_out, h_in, w_in, h_out, w_out, dtype = (int(v) for v in (*f[1:7], f[-1]))
-        except (ValueError, IndexError):
+        # LayerGeom.config_tuple: op, c_in, c_out, h_in, w_in, h_out, w_out, ..., dtype_bytes
+        f = parse_config_key(key)
+        dims = (*f[1:7], f[-1])
+        if len(f) < 8 or not all(isinstance(v, int) for v in dims):
             return math.inf
+        c_in, c_out, h_in, w_in, h_out, w_out, dtype = dims
         sizes.append(max(c_in * h_in * w_in, c_out * h_out * w_out) * dtype * profile.batch_size)
     return max(sizes, default=math.inf)
 
