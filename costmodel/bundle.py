@@ -7,9 +7,9 @@ there.
                    size, repeats and protocol (``costmodel.runner`` reads it)
     models/*.onnx  the networks exported to ONNX (onnxruntime bundles only; a torch bundle's
                    runner builds its networks from the geometries)
-    run.py         ``costmodel.runner`` itself, with ``timing.py`` and ``timing_ort.py`` (the
-                   timing code of a local calibration): needs Python, numpy and onnxruntime (or
-                   only torch for a torch bundle)
+    run.py         ``costmodel.runner`` itself, with ``speed.py``, ``timing.py`` and
+                   ``timing_ort.py`` (the timing code of a local calibration): needs Python,
+                   numpy and onnxruntime (or only torch for a torch bundle)
     README.txt     what to do with it
 
 On the target: ``python run.py --out measurements.json``; back here:
@@ -57,7 +57,7 @@ def write_bundle(folder: str | os.PathLike[str], networks: Sequence[Sequence[Lay
                  batch_size: int = 1, repeats: int = 9, protocol: dict[str, object] | None = None,
                  progress: Callable[[str], None] | None = None) -> Path:
     """Write the bundle to ``folder`` (which must not exist yet; written whole or not at all)."""
-    from costmodel.measure import REFERENCE_GEOMS
+    from costmodel.measure import ANCHOR_GEOMS, REFERENCE_GEOMS
 
     if runtime not in RUNTIMES:
         raise CostModelError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
@@ -73,6 +73,7 @@ def write_bundle(folder: str | os.PathLike[str], networks: Sequence[Sequence[Lay
         "micro": [geom_to_dict(g) for g in micro],
         "networks": [[geom_to_dict(g) for g in n] for n in networks],
         "reference": [geom_to_dict(g) for g in REFERENCE_GEOMS],
+        "anchors": [[geom_to_dict(g) for g in n] for n in ANCHOR_GEOMS],
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -100,14 +101,15 @@ def _export_models(models: Path, micro: Sequence[LayerGeom], networks: Sequence[
                    batch_size: int, say: Callable[[str], None]) -> None:
     import torch
 
-    from costmodel.measure import REFERENCE_GEOMS
+    from costmodel.measure import ANCHOR_GEOMS, REFERENCE_GEOMS
     from costmodel.ort import export_geoms, write_probes
 
     models.mkdir()
     write_probes(models)
     torch.manual_seed(0)
-    groups = {"micro": [[g] for g in micro], "networks": list(networks), "reference": [list(REFERENCE_GEOMS)]}
+    groups = {"micro": [[g] for g in micro], "networks": list(networks), "reference": [list(REFERENCE_GEOMS)],
+              "anchors": [list(n) for n in ANCHOR_GEOMS]}
     for key, nets in groups.items():
         for i, geoms in enumerate(nets):
             export_geoms(geoms, batch_size, models / f"{key}{i}.onnx")
-    say(f"exported {len(micro) + len(networks) + 3} ONNX models")
+    say(f"exported {sum(len(n) for n in groups.values()) + 2} ONNX models")

@@ -12,6 +12,7 @@ import math
 import random
 from collections.abc import Callable, Sequence
 
+import costmodel.speed as speed
 from costmodel.device_profile import RUNTIMES, DeviceProfile, cache_path, current_context
 from costmodel.errors import CostModelError
 from costmodel.fit import fit_profile
@@ -95,22 +96,25 @@ def measure_calibration(
         f"batch {batch_size}: {len(micro_geoms)} micro-benchmarks, {len(networks)} networks, "
         f"{reps} repeats")
     rounds: list[list[float]] = []  # each network's end-to-end times, for the noise floor
+    moved: dict[str, object] = {}  # the machine's speed between chunks (costmodel.speed)
     if runtime == "onnxruntime":
         import costmodel.ort as ort
 
         micro = ort.measure_micro(micro_geoms, batch_size, threads, reps, clock)
-        profiled = ort.measure_networks(networks, batch_size, threads, reps, clock, seed, say, rounds)
+        profiled = ort.measure_networks(networks, batch_size, threads, reps, clock, seed, say, rounds, moved)
         reference = ort.reference_ms(threads, clock)
         timer = resolve_clock(clock, threads)
     else:
         from costmodel.measure import measure_micro, measure_networks, reference_ms
 
         micro = measure_micro(micro_geoms, batch_size, dev, threads, reps, clock)
-        profiled = measure_networks(networks, batch_size, dev, threads, reps, clock, seed, say, rounds)
+        profiled = measure_networks(networks, batch_size, dev, threads, reps, clock, seed, say, rounds, moved)
         reference = reference_ms(dev, threads, clock)
         timer = resolve_clock(clock, threads) if dev == "cpu" else "cuda-events"
     protocol = dict(PROTOCOL, repeats=reps, quick=quick, n_networks=len(networks), clock=timer,
-                    n_micro=len(micro_geoms), seed=seed, allocator=allocator)
+                    n_micro=len(micro_geoms), seed=seed, allocator=allocator, **{speed.PROTOCOL_KEY: moved})
+    if speed.describe(moved):
+        say(speed.describe(moved))
     if runtime == "onnxruntime":
         protocol.update(ort.PROTOCOL)
     return Measurements(context=context, protocol=protocol, micro=micro, networks=profiled,

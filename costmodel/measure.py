@@ -21,6 +21,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+import costmodel.speed as speed
 import costmodel.timing as timing
 from costmodel.activations import ACTIVATIONS, CALIBRATED
 from costmodel.errors import CostModelError
@@ -112,22 +113,38 @@ def measure_micro(geoms: Sequence[LayerGeom], batch_size: int, device: str, thre
 
 def measure_networks(networks: Sequence[list[LayerGeom]], batch_size: int, device: str,
                      threads: int, repeats: int, clock: str, seed: int,
-                     say: Callable[[str], None], rounds_out: list[list[float]] | None = None) -> list[Network]:
+                     say: Callable[[str], None], rounds_out: list[list[float]] | None = None,
+                     speed_out: dict[str, object] | None = None) -> list[Network]:
     """Build and profile the calibration networks, interleaved in chunks of ``CHUNK`` after
-    ``WARMUP_S`` seconds of interleaved warm-up: ``(geoms, per-layer ms, end-to-end ms)``.
-    ``rounds_out`` receives each network's end-to-end times in round order (the noise floor)."""
+    ``WARMUP_S`` seconds of interleaved warm-up: ``(geoms, per-layer ms, end-to-end ms)``, at the
+    machine's median speed over the chunks (``costmodel.speed``: the ``ANCHOR_GEOMS`` networks
+    are timed in every chunk). ``rounds_out`` receives each network's end-to-end times in round
+    order (the noise floor); ``speed_out`` the speed record (``costmodel.speed.speed_record``)."""
     import torch
 
     torch.manual_seed(seed)
-    profiled: list[Network] = []
+    anchors = [(module_from_geoms(list(g)).to(device), input_for(list(g), batch_size, device)) for g in ANCHOR_GEOMS]
+    chunks: list[list] = []
+    anchor_ms: list[list[float]] = []
+    done = 0
     for start in range(0, len(networks), CHUNK):
         part = networks[start:start + CHUNK]
         pairs = [(module_from_geoms(g).to(device), input_for(g, batch_size, device)) for g in part]
-        for mp in profile_modules(pairs, device, threads, repeats, 2, clock, warmup_s=WARMUP_S):
-            profiled.append((list(mp.geoms), list(mp.meas_ms), mp.e2e_ms))
+        out = profile_modules(pairs + anchors, device, threads, repeats, 2, clock, warmup_s=WARMUP_S)
+        chunks.append(out[:len(part)])
+        anchor_ms.append([mp.e2e_ms for mp in out[len(part):]])
+        done += len(part)
+        say(f"profiled {done}/{len(networks)} networks")
+    factors = speed.chunk_factors(anchor_ms)
+    profiled: list[Network] = []
+    for factor, out in zip(factors, chunks):
+        for mp in out:
+            layers, rounds = speed.scale_network(mp.meas_ms, mp.e2e_samples_ms, factor)
+            profiled.append((list(mp.geoms), layers, mp.e2e_ms * factor))
             if rounds_out is not None:
-                rounds_out.append(list(mp.e2e_samples_ms))
-        say(f"profiled {len(profiled)}/{len(networks)} networks")
+                rounds_out.append(rounds)
+    if speed_out is not None:
+        speed_out.update(speed.speed_record(anchor_ms, factors))
     return profiled
 
 
@@ -142,6 +159,23 @@ REFERENCE_GEOMS = (
     LayerGeom("ref.fc", "dense", 64, 10, 1, 1, 1, 1),
 )
 REFERENCE_REPEATS = 30
+# The speed anchors (``costmodel.speed``), timed in every chunk of calibration networks at the
+# calibration's batch size: the reference workload, a network whose time is mostly a dense layer
+# reading its weights, and one of batch norm and pooling on small convolutions.
+ANCHOR_GEOMS: tuple[tuple[LayerGeom, ...], ...] = (
+    REFERENCE_GEOMS,
+    (LayerGeom("a1.conv1", "conv", 1, 16, 28, 28, 28, 28, 3, 1, 1, activation="relu"),
+     LayerGeom("a1.pool", "pool", 16, 16, 28, 28, 14, 14, 2, 2, bias=False),
+     LayerGeom("fc1", "dense", 16 * 14 * 14, 128, 1, 1, 1, 1, activation="relu"),
+     LayerGeom("fc2", "dense", 128, 10, 1, 1, 1, 1)),
+    (LayerGeom("a2.conv1", "conv", 3, 16, 32, 32, 32, 32, 3, 1, 1, activation="relu"),
+     LayerGeom("a2.bn1", "bn", 16, 16, 32, 32, 32, 32, bias=False),
+     LayerGeom("a2.pool", "pool", 16, 16, 32, 32, 16, 16, 2, 2, bias=False),
+     LayerGeom("a3.conv1", "conv", 16, 32, 16, 16, 16, 16, 3, 1, 1, activation="relu"),
+     LayerGeom("a3.bn1", "bn", 32, 32, 16, 16, 16, 16, bias=False),
+     LayerGeom("gap", "gap", 32, 32, 16, 16, 1, 1, bias=False, mode="avg"),
+     LayerGeom("fc", "dense", 32, 10, 1, 1, 1, 1)),
+)
 
 
 def reference_ms(device: str = "cpu", threads: int = 1, clock: str = "auto") -> float:

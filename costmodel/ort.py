@@ -10,7 +10,9 @@ folding, conv + activation fusion, NCHWc layouts). End to end: the clock around
 ``session.run``, minimum over the runs, runs interleaved across networks, each timed run right
 after a run of the same network. Per layer: a second session with profiling on, run in the same
 rounds; each node's duration (whole microseconds) goes to the layer whose module the node came
-from, nodes ONNX Runtime added (layout reorders) to the layer before them. Which layers run
+from, nodes ONNX Runtime added (layout reorders, a flatten) to the layer after them, the consumer
+they were made for (a reorder to NCHW before a dense layer scales with that layer's input, and
+had made the conv or pool before it look up to twice as slow as elsewhere). Which layers run
 fused (a conv with its batch norm and activation) is the cost model's business
 (``costmodel.modeldef.fusion_heads``): it prices a fused group as one layer, however ONNX
 Runtime names the fused node.
@@ -21,11 +23,13 @@ onnxruntime and torch are imported inside the functions (torch only to export).
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import costmodel.speed as speed
 import costmodel.timing as timing
 import costmodel.timing_ort as timing_ort
 from costmodel.errors import CostModelError
@@ -134,39 +138,63 @@ def time_networks(items: Sequence[tuple[Path, np.ndarray, Mapping[str, int], int
                                                          warmup_s, overhead))
 
 
-def time_geoms(networks: Sequence[Sequence[LayerGeom]], batch_size: int, threads: int, repeats: int,
-               clock: str, per_layer: bool = True, warmup_s: float = 0.0, seed: int = 0,
-               overhead: float | None = None) -> list[tuple[list[float], list[float], list[float]]]:
+def export_items(networks: Sequence[Sequence[LayerGeom]], batch_size: int, folder: Path,
+                 seed: int = 0) -> list[tuple[Path, np.ndarray, dict[str, int], int]]:
+    """``networks`` exported into ``folder`` as ``time_networks`` takes them."""
     import torch
 
     from costmodel.measure import module_paths
 
     torch.manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    items = []
+    for i, geoms in enumerate(networks):
+        path = folder / f"net{i}.onnx"
+        x = export_geoms(geoms, batch_size, path)
+        items.append((path, x, module_paths(list(geoms)), len(geoms)))
+    return items
+
+
+def time_geoms(networks: Sequence[Sequence[LayerGeom]], batch_size: int, threads: int, repeats: int,
+               clock: str, per_layer: bool = True, warmup_s: float = 0.0, seed: int = 0,
+               overhead: float | None = None) -> list[tuple[list[float], list[float], list[float]]]:
     with tempfile.TemporaryDirectory() as tmp:
-        items = []
-        for i, geoms in enumerate(networks):
-            path = Path(tmp) / f"net{i}.onnx"
-            x = export_geoms(geoms, batch_size, path)
-            items.append((path, x, module_paths(list(geoms)), len(geoms)))
+        items = export_items(networks, batch_size, Path(tmp), seed)
         return time_networks(items, threads, repeats, clock, per_layer, warmup_s=warmup_s, overhead=overhead)
 
 
 def measure_networks(networks: Sequence[Sequence[LayerGeom]], batch_size: int, threads: int,
                      repeats: int, clock: str, seed: int, say: Callable[[str], None],
-                     rounds_out: list[list[float]] | None = None) -> list[Network]:
-    """The calibration networks in ONNX Runtime, in chunks as ``costmodel.measure`` does
-    (``rounds_out`` as there)."""
+                     rounds_out: list[list[float]] | None = None,
+                     speed_out: dict[str, object] | None = None) -> list[Network]:
+    """The calibration networks in ONNX Runtime, in chunks as ``costmodel.measure`` does, with
+    its speed anchors in every chunk (``rounds_out`` and ``speed_out`` as there)."""
+    from costmodel.measure import ANCHOR_GEOMS
+
     out: list[Network] = []
     overhead = node_overhead_ms(threads, clock)  # once for all chunks
-    for start in range(0, len(networks), timing.CHUNK):
-        part = networks[start:start + timing.CHUNK]
-        for geoms, (layers, _, e2e) in zip(part, time_geoms(part, batch_size, threads, repeats, clock,
-                                                            warmup_s=timing.WARMUP_S, seed=seed + start,
-                                                            overhead=overhead)):
+    chunks: list[list[tuple[list[float], list[float], list[float]]]] = []
+    anchor_ms: list[list[float]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        anchors = export_items(ANCHOR_GEOMS, batch_size, Path(tmp) / "anchors", seed)
+        for start in range(0, len(networks), timing.CHUNK):
+            part = networks[start:start + timing.CHUNK]
+            items = export_items(part, batch_size, Path(tmp) / f"chunk{start}", seed + start)
+            timed = time_networks(items + anchors, threads, repeats, clock, warmup_s=timing.WARMUP_S,
+                                  overhead=overhead)
+            shutil.rmtree(Path(tmp) / f"chunk{start}")
+            chunks.append(timed[:len(part)])
+            anchor_ms.append([min(e2e) for _, _, e2e in timed[len(part):]])
+            say(f"profiled {start + len(part)}/{len(networks)} networks (onnxruntime)")
+    factors = speed.chunk_factors(anchor_ms)
+    for start, factor, timed in zip(range(0, len(networks), timing.CHUNK), factors, chunks):
+        for geoms, (layers, _, e2e) in zip(networks[start:start + timing.CHUNK], timed):
+            layers, e2e = speed.scale_network(layers, e2e, factor)
             out.append((list(geoms), layers, min(e2e)))
             if rounds_out is not None:
-                rounds_out.append(list(e2e))
-        say(f"profiled {len(out)}/{len(networks)} networks (onnxruntime)")
+                rounds_out.append(e2e)
+    if speed_out is not None:
+        speed_out.update(speed.speed_record(anchor_ms, factors))
     return out
 
 

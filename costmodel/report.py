@@ -46,8 +46,26 @@ def _totals_lines(report: CostReport) -> list[str]:
             f"sum of measured layers {layer_sum:.4g} ms; estimate error {err:+.1f}% "
             f"(minimum of repeats, clock {report.meas_clock})"
         )
+        coarse = _below_profiler_resolution(report)
+        if coarse:
+            lines.append(f"{coarse} layer(s) measured under {RESOLUTION_NOTE_MS * 1e3:g} us: ONNX Runtime's "
+                         "profiler reports whole microseconds, less its own cost per node, so those "
+                         "per-layer times are at its resolution (the end-to-end time is not)")
     lines.append(report.profile_note)
     return lines
+
+
+# ONNX Runtime per-layer times under this (ms) are within a microsecond or two of its profiler's
+# resolution (whole microseconds, less the profiler's cost per node, about 1.8 us here).
+RESOLUTION_NOTE_MS = 0.002
+
+
+def _below_profiler_resolution(report: CostReport) -> int:
+    """How many priced layers an ONNX Runtime profile measured under ``RESOLUTION_NOTE_MS``."""
+    if "onnxruntime" not in (report.meas_clock or "") or "meas_ms" not in report.table.columns:
+        return 0
+    t = report.table
+    return int(((t["est_ms"] > 0) & (t["meas_ms"] < RESOLUTION_NOTE_MS)).sum())
 
 
 def _markdown(table: pd.DataFrame) -> str:

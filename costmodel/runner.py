@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Any
 
 if __package__:
+    import costmodel.speed as speed
     import costmodel.timing as timing
     import costmodel.timing_ort as timing_ort
-else:  # run.py in a calibration bundle, next to timing.py and timing_ort.py
+else:  # run.py in a calibration bundle, next to speed.py, timing.py and timing_ort.py
+    import speed
     import timing
     import timing_ort
 
@@ -34,7 +36,7 @@ BUNDLE_FORMAT = "archgen-bundle"
 MEASUREMENTS_FORMAT = "archgen-measurements"
 VERSION = 1
 # The files of a bundle's runner: this one (as run.py) and what it imports.
-FILES = ("timing.py", "timing_ort.py")
+FILES = ("speed.py", "timing.py", "timing_ort.py")
 
 
 def device_name() -> str:
@@ -88,19 +90,29 @@ def measure_bundle(folder: str | os.PathLike[str], threads: int | None = None, r
     if bundle["runtime"] == "onnxruntime":  # the profiler's own cost per node, from the bundle's probes
         short, long = (folder / "models" / f"probe{n}.onnx" for n in timing_ort.PROBE_NODES)
         overhead = timing_ort.profiler_overhead_ms(short, long, threads, clock)
+    anchors = bundle.get("anchors", [])  # timed in every chunk of networks (speed.py)
+    anchor_ms: list[list[float]] = []
     timed: dict[str, list[tuple[list[float], list[float]]]] = {}
     for key, nets in groups.items():
         timed[key] = []
         for part in _chunks(len(nets)):
+            entries = [(key, i, nets[i]) for i in part]
+            entries += [("anchors", k, g) for k, g in enumerate(anchors)] if key == "networks" else []
             # the reference workload at batch 1, as a local profile times it (archgen.drift)
-            timed[key] += _measure_part(folder, bundle, key, part, [nets[i] for i in part],
-                                        batch if key != "reference" else 1, threads,
-                                        repeats if key != "reference" else 30, clock,
-                                        warmup_s if key == "networks" else 0.0, overhead)
+            out = _measure_part(folder, bundle, key, entries, batch if key != "reference" else 1, threads,
+                                repeats if key != "reference" else 30, clock,
+                                warmup_s if key == "networks" else 0.0, overhead)
             if key == "networks":
-                say(f"measured {len(timed[key])}/{len(nets)} networks")
+                anchor_ms += [[min(e2e) for _, e2e in out[len(part):]]] if anchors else []
+                say(f"measured {len(timed[key]) + len(part)}/{len(nets)} networks")
+            timed[key] += out[:len(part)]
+    factors = speed.chunk_factors(anchor_ms) if anchors else [1.0] * len(list(_chunks(len(groups["networks"]))))
+    timed["networks"] = [speed.scale_network(layers, e2e, factors[i // timing.CHUNK])
+                         for i, (layers, e2e) in enumerate(timed["networks"])]
     protocol = dict(bundle.get("protocol", {}), repeats=repeats, clock=timing.resolve_clock(clock, threads),
                     measured_by="bundle run.py", allocator=allocator)
+    if anchors:
+        protocol[speed.PROTOCOL_KEY] = speed.speed_record(anchor_ms, factors)
     return {
         "format": MEASUREMENTS_FORMAT, "version": VERSION, "context": target_context(bundle, threads),
         "protocol": protocol,
@@ -117,7 +129,7 @@ def _noise_floor(rounds: list[list[float]]) -> dict[str, Any]:
     return {"noise_floor": floor} if floor else {}
 
 
-def _measure_part(folder: Path, bundle: Mapping[str, Any], key: str, indices: range, nets: list[list[dict]],
+def _measure_part(folder: Path, bundle: Mapping[str, Any], key: str, entries: list[tuple[str, int, list[dict]]],
                   batch: int, threads: int, repeats: int, clock: str, warmup_s: float,
                   overhead: float) -> list[tuple[list[float], list[float]]]:
     """Time one chunk: per item its minimum times (networks: per layer; micro-benchmarks: in ONNX
@@ -130,10 +142,10 @@ def _measure_part(folder: Path, bundle: Mapping[str, Any], key: str, indices: ra
 
         rng = np.random.default_rng(0)
         items = []
-        for i, geoms in zip(indices, nets):
+        for group, i, geoms in entries:
             g0 = geoms[0]
             shape = (batch, g0["c_in"]) if g0["op"] == "dense" else (batch, g0["c_in"], g0["h_in"], g0["w_in"])
-            items.append((folder / "models" / f"{key}{i}.onnx", rng.standard_normal(shape).astype(np.float32),
+            items.append((folder / "models" / f"{group}{i}.onnx", rng.standard_normal(shape).astype(np.float32),
                           timing.module_paths([g.get("name", "") for g in geoms]), len(geoms)))
         out = timing_ort.time_ort_networks(items, threads, repeats, clock, per_layer=per_layer, warmup_s=warmup_s,
                                            node_overhead_ms=overhead if per_layer else 0.0)
@@ -144,7 +156,7 @@ def _measure_part(folder: Path, bundle: Mapping[str, Any], key: str, indices: ra
     torch.manual_seed(0)
     with timing.torch_threads(threads), torch.no_grad():
         timers = []
-        for geoms in nets:
+        for _, _, geoms in entries:
             module, firsts = timing.build_module(geoms, activations)
             timers.append(timing.TorchTimer(module, timing.random_input(geoms[0], batch), firsts, "cpu",
                                      timing.cpu_timer(clock, threads), per_layer))

@@ -2,7 +2,8 @@
 inside the functions; no torch): sessions as the protocol fixes them (sequential executor,
 ``intra_op_num_threads`` fixed, graph optimizations on), end-to-end times around
 ``session.run``, per-layer times from ONNX Runtime's node profiling (whole microseconds; the
-mean of the lower half of the runs), each node attributed to the layer its module path names.
+mean of the lower half of the runs), each node attributed to the layer its module path names
+(a node ONNX Runtime made up to the next layer, its consumer).
 """
 
 from __future__ import annotations
@@ -61,15 +62,18 @@ def module_path(node_name: str) -> str | None:
 
 
 def node_layers(node_names: Sequence[str], layer_of_path: Mapping[str, int]) -> list[int]:
-    """The layer each node (in execution order) is attributed to: its module's layer, else the
-    layer of the node before it (the first layer for nodes before any known one)."""
+    """The layer each node (in execution order) is attributed to: its module's layer, else (a
+    node ONNX Runtime made up: a layout reorder, a flatten) the layer of the next node that has
+    one, the consumer it was made for (the last layer for nodes after every known one). A
+    reorder to NCHW before a dense layer's flatten then counts on the dense layer, whose input
+    size it scales with, not on whichever conv or pool came before it."""
     known = [layer_of_path.get(module_path(n) or "") for n in node_names]
-    last = next((k for k in known if k is not None), 0)
-    out = []
-    for k in known:
-        last = k if k is not None else last
-        out.append(last)
-    return out
+    out: list[int] = []
+    following = next((k for k in reversed(known) if k is not None), 0)
+    for k in reversed(known):
+        following = k if k is not None else following
+        out.append(following)
+    return out[::-1]
 
 
 def parse_profile(path: str | os.PathLike[str]) -> list[list[tuple[str, float]]]:

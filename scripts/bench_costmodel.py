@@ -239,78 +239,72 @@ def throughput(geoms: list[list[LayerGeom]], modules: list, profile, n_fvcore: i
 
 def measure_interleaved(batch: int, threads: int, runtime: str, args: argparse.Namespace,
                         held: list[list[LayerGeom]], extra: list[list[LayerGeom]],
-                        ) -> tuple[Measurements, list[float], list[float], list[float]]:
+                        ) -> tuple[Measurements, dict[str, list]]:
     """Calibration and held-out networks measured in the same chunks (``--interleaved``).
 
-    The calibration's micro-benchmarks first, then every network, calibration and held out in
-    one seeded random order, profiled as calibration profiles its networks (chunks of
-    ``CHUNK``, ``default_repeats`` interleaved rounds, per-layer hooks); the held-out networks
-    are built from their geometries. A change of the machine's state between two measurement
-    sessions minutes apart (docs/benchmarks.md) then lands on the calibration and the held-out
-    networks alike: what is left is the model's error. Returns (the calibration's
-    measurements, held-out reference, pass A, pass B), passes as in ``measure``."""
+    The calibration's micro-benchmarks first, then every network, calibration and held out (each
+    held-out network twice: two separately built instances), in one seeded random order, measured
+    as calibration measures its networks (``measure_networks``: chunks of ``CHUNK``,
+    ``default_repeats`` interleaved rounds, per-layer times, the speed anchors timed in every
+    chunk and every chunk's times brought to the machine's median speed). A change of the
+    machine's state between chunks then lands on the calibration and the held-out networks alike.
+    Returns the calibration's measurements and, for the held-out networks: ``ref`` (first
+    instance, minimum over all rounds, at the median speed), ``a`` / ``b`` (over odd / even
+    rounds), ``ref_raw`` (``ref`` as measured, before the speed normalization), ``second`` /
+    ``second_raw`` (the second instance, in another chunk) and ``layers`` (first instance)."""
     from costmodel.calibration import calibration_networks, default_repeats
     from costmodel.device_profile import current_context
     from costmodel.measure import (
-        input_for,
         measure_micro,
+        measure_networks,
         micro_benchmark_geoms,
-        module_from_geoms,
         reference_ms,
     )
-    from costmodel.profile import PROTOCOL, profile_modules, resolve_clock
+    from costmodel.profile import PROTOCOL, resolve_clock
     from costmodel.timing import repeat_agreement, steady_allocator
 
     calib = calibration_networks(args.quick, 0, args.calib_networks, batch) + [list(n) for n in extra]
-    nets = calib + [list(n) for n in held]
+    nets = calib + [list(n) for n in held] + [list(n) for n in held]
     order = list(range(len(nets)))
     random.Random(4242).shuffle(order)
     reps = default_repeats(args.quick, batch)
     micro_geoms = micro_benchmark_geoms(args.quick, 0)
-    log.info("b%d t%d %s interleaved: %d calibration + %d held-out networks, %d rounds", batch, threads,
+    log.info("b%d t%d %s interleaved: %d calibration + 2 x %d held-out networks, %d rounds", batch, threads,
              runtime, len(calib), len(held), reps)
-    timed: dict[int, tuple[list, list[float], float, list[float]]] = {}
+    rounds: list[list[float]] = []
+    moved: dict[str, object] = {}
+    ordered = [nets[i] for i in order]
+    say = lambda m: log.info("%s", m)  # noqa: E731
     if runtime == "onnxruntime":
         from costmodel import ort
 
         micro = ort.measure_micro(micro_geoms, batch, threads, reps, args.clock)
-        overhead = ort.node_overhead_ms(threads, args.clock)
-        for start in range(0, len(order), CHUNK):
-            idx = order[start:start + CHUNK]
-            out = ort.time_geoms([nets[i] for i in idx], batch, threads, reps, args.clock,
-                                 warmup_s=WARMUP_S, seed=start, overhead=overhead)
-            for i, (layers, _, e2e) in zip(idx, out):
-                timed[i] = (nets[i], list(layers), min(e2e), list(e2e))
-            log.info("profiled %d/%d networks", len(timed), len(nets))
+        out = ort.measure_networks(ordered, batch, threads, reps, args.clock, 0, say, rounds, moved)
         ref = ort.reference_ms(threads, args.clock)
         protocol = dict(PROTOCOL, **ort.PROTOCOL)
     else:
-        import torch
-
         micro = measure_micro(micro_geoms, batch, args.device, threads, reps, args.clock)
-        torch.manual_seed(0)
-        for start in range(0, len(order), CHUNK):
-            idx = order[start:start + CHUNK]
-            pairs = [(module_from_geoms(nets[i]), input_for(nets[i], batch, args.device)) for i in idx]
-            out = profile_modules(pairs, args.device, threads, reps, 2, args.clock, warmup_s=WARMUP_S)
-            for i, mp in zip(idx, out):
-                timed[i] = (list(mp.geoms), list(mp.meas_ms), mp.e2e_ms, list(mp.e2e_samples_ms))
-            log.info("profiled %d/%d networks", len(timed), len(nets))
+        out = measure_networks(ordered, batch, args.device, threads, reps, args.clock, 0, say, rounds, moved)
         ref = reference_ms(args.device, threads, args.clock)
         protocol = dict(PROTOCOL)
         if args.no_settle:
             protocol["settle"] = "no: --no-settle"
+    factors = moved["factors"]
+    timed = {i: (*out[p], rounds[p], factors[p // CHUNK]) for p, i in enumerate(order)}
     protocol.update(repeats=reps, quick=args.quick, n_networks=len(calib), n_micro=len(micro_geoms),
                     clock=resolve_clock(args.clock, threads), seed=0, interleaved_with_held_out=len(held),
-                    allocator=steady_allocator())
+                    allocator=steady_allocator(), speed=moved)
+    log.info("speed factors per chunk: %s", " ".join(f"{f:.3f}" for f in factors))
     measured = Measurements(context=current_context(args.device, threads, batch, runtime=runtime),
                             protocol=protocol, micro=micro,
                             networks=[timed[i][:3] for i in range(len(calib))], reference_ms=ref,
                             noise_floor=repeat_agreement([timed[i][3] for i in range(len(calib))]))
-    samples = [timed[len(calib) + j][3] for j in range(len(held))]
-    args.held_layers = [timed[len(calib) + j][1] for j in range(len(held))]  # for --dump
-    return (measured, [min(s) for s in samples], [min(s[0::2]) for s in samples],
-            [min(s[1::2]) for s in samples])
+    first = [timed[len(calib) + j] for j in range(len(held))]
+    second = [timed[len(calib) + len(held) + j] for j in range(len(held))]
+    return measured, {
+        "ref": [t[2] for t in first], "a": [min(t[3][0::2]) for t in first], "b": [min(t[3][1::2]) for t in first],
+        "ref_raw": [t[2] / t[4] for t in first], "second": [t[2] for t in second],
+        "second_raw": [t[2] / t[4] for t in second], "layers": [t[1] for t in first]}
 
 
 def run_config(batch: int, threads: int, runtime: str, args: argparse.Namespace, nets: tuple) -> dict:
@@ -322,8 +316,10 @@ def run_config(batch: int, threads: int, runtime: str, args: argparse.Namespace,
     overlap = sum(tuple(g.config_key() for g in n) in held_configs for n in extra)
     if overlap:
         raise SystemExit(f"{overlap} calibration networks equal held-out ones; fix the seeds")
+    extra_truths: dict[str, list] = {}
     if args.interleaved:
-        measured, meas_ref, meas_a, meas_b = measure_interleaved(batch, threads, runtime, args, geoms, extra)
+        measured, extra_truths = measure_interleaved(batch, threads, runtime, args, geoms, extra)
+        meas_ref, meas_a, meas_b = extra_truths.pop("ref"), extra_truths.pop("a"), extra_truths.pop("b")
         calib_s = time.perf_counter() - t0
     else:
         measured = measure_calibration(device=args.device, threads=threads, batch_size=batch,
@@ -347,11 +343,10 @@ def run_config(batch: int, threads: int, runtime: str, args: argparse.Namespace,
     if args.dump:
         dump = {"calibration": measured.to_dict(), "calibration_s": calib_s, "reference_after_ms": ref_after,
                 "held_out": {"geoms": [[geom_to_dict(g) for g in n] for n in geoms], "names": names,
-                             "ref": meas_ref, "a": meas_a, "b": meas_b,
-                             "layers": getattr(args, "held_layers", None)}}
+                             "ref": meas_ref, "a": meas_a, "b": meas_b, **extra_truths}}
         Path(f"{args.dump}.b{batch}t{threads}{'' if runtime == 'torch' else '-ort'}.json").write_text(
             json.dumps(dump))
-    result = evaluate(measured, calib_s, geoms, meas_ref, meas_a, meas_b)
+    result = evaluate(measured, calib_s, geoms, meas_ref, meas_a, meas_b, extra_truths)
     if args.second_pass:  # the held-out set measured again, minutes later: drift between sessions
         meas_2, _, _ = measure(modules, geoms, batch, threads, args.device, args.repeats, runtime)
         result["metrics"]["noise floor across passes: second pass against the first"] = metrics(meas_2, meas_ref)
@@ -376,11 +371,12 @@ def replay(path: str, subset: int | None = None, seed: int = 0) -> dict:
     if subset is not None and subset < len(measured.networks):
         measured = dataclasses.replace(
             measured, networks=random.Random(seed).sample(measured.networks, subset))
-    return evaluate(measured, d["calibration_s"], geoms, held["ref"], held["a"], held["b"])
+    extra = {k: held[k] for k in ("ref_raw", "second", "second_raw") if held.get(k)}
+    return evaluate(measured, d["calibration_s"], geoms, held["ref"], held["a"], held["b"], extra)
 
 
 def evaluate(measured: Measurements, calib_s: float, geoms: list, meas_ref: list, meas_a: list,
-             meas_b: list) -> dict:
+             meas_b: list, extra: dict[str, list] | None = None) -> dict:
     profile = fit_measurements(measured, progress=lambda m: log.info("%s", m))
     batch, threads = profile.batch_size, int(profile.context["threads"])
     base = profile.fit_quality["baselines"]
@@ -398,6 +394,15 @@ def evaluate(measured: Measurements, calib_s: float, geoms: list, meas_ref: list
     rows["(d) calibrated, against pass A only"] = metrics(preds[
         "(d) calibrated (table + trees + network correction)"], meas_a)
     rows["noise floor: pass B against pass A"] = metrics(meas_b, meas_a)
+    extra = extra or {}
+    d = "(d) calibrated (table + trees + network correction)"
+    if extra.get("second"):  # --interleaved: a second instance of each, in another chunk
+        rows["noise floor: second instance, another chunk"] = metrics(extra["second"], meas_ref)
+    if extra.get("ref_raw"):  # the same, before the speed normalization
+        rows["(d) calibrated, against the times before speed normalization"] = metrics(preds[d], extra["ref_raw"])
+        if extra.get("second_raw"):
+            rows["noise floor: second instance, another chunk, before speed normalization"] = metrics(
+                extra["second_raw"], extra["ref_raw"])
     hits = sum(g.config_key() in profile.table for n in geoms for g in n)
     total_layers = sum(len(n) for n in geoms)
     return {
@@ -407,6 +412,7 @@ def evaluate(measured: Measurements, calib_s: float, geoms: list, meas_ref: list
         "table_hit_share": hits / total_layers, "median_meas_ms": statistics.median(meas_ref),
         "profile": profile, "meas": meas_ref, "meas_a": meas_a, "meas_b": meas_b, "pred": preds,
         "network_correction": profile.network,
+        "speed_spread": (measured.protocol.get("speed") or {}).get("spread"),
     }
 
 
@@ -455,7 +461,10 @@ def write_markdown(results: list[dict], tp: dict | None, sums: dict | None, args
              "(timings pinned with taskset)"
              + ("; **interleaved**: calibration and held-out networks measured in the same chunks, in "
                 "one seeded random order, calibration's rounds (`default_repeats`), held-out networks "
-                "built from their geometries; passes A and B split those rounds"
+                "built from their geometries, each twice (two instances, in different chunks); passes A "
+                "and B split those rounds; the speed anchors timed in every chunk and every chunk's "
+                "times brought to the machine's median speed, as calibration does (`costmodel.speed`): "
+                "the reference is the first instance at that speed"
                 if args.interleaved else ""), ""]
     for r in results:
         lines += [f"### {r['runtime']}, batch {r['batch_size']}, {r['threads']} thread(s)", "",
@@ -463,7 +472,9 @@ def write_markdown(results: list[dict], tp: dict | None, sums: dict | None, args
                   f"networks; held-out median latency {r['median_meas_ms']:.2f} ms; "
                   f"layer-table hit share {100 * r['table_hit_share']:.0f}%"
                   + (f"; reference workload after the held-out networks / at calibration: "
-                     f"{r['reference_drift']:.3f}" if r.get("reference_drift") else ""), "",
+                     f"{r['reference_drift']:.3f}" if r.get("reference_drift") else "")
+                  + (f"; machine speed between chunks: {100 * (r['speed_spread'] - 1):.0f}% apart "
+                     "(fastest / slowest chunk, from the anchors)" if r.get("speed_spread") else ""), "",
                   "| predictor | Kendall tau | MAPE % | P95 abs err % | within +-10% | within +-5% |",
                   "|---|---|---|---|---|---|"]
         for name, m in r["metrics"].items():

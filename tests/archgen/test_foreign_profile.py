@@ -184,7 +184,7 @@ def test_latency_labels(fitted: DeviceProfile, tmp_path: Path) -> None:
 
 
 def test_search_with_an_onnxruntime_profile_measures_model_onnx_in_onnxruntime(
-        run_cli, space_file: Path, tmp_path: Path) -> None:
+        run_cli, tmp_path: Path) -> None:
     """A local onnxruntime profile: the screen prices ONNX Runtime's fused layers, finalize
     times best/model.onnx in ONNX Runtime (this machine: the target), per layer."""
     import random
@@ -196,10 +196,14 @@ def test_search_with_an_onnxruntime_profile_measures_model_onnx_in_onnxruntime(
     nets = [random_plain_cnn(rng, max_macs=2_000_000) for _ in range(6)]
     profile = calibrate(runtime="onnxruntime", batch_size=1, quick=True, networks=nets, repeats=2)
     path = profile.save(tmp_path / "ort.json")
+    # A second stage wide enough to run for tens of microseconds: ONNX Runtime's profiler reports
+    # whole microseconds, and the 8-filter convs on digits' 8x8 images can all read 0 under load.
+    space = tmp_path / "wide.yaml"
+    space.write_text(yaml.safe_dump({"space": dict(TINY_SPACE, stages=2, base_filters=[32, 48])}))
     out = tmp_path / "run"
     code, stdout, err = run_cli(
         "search", "--workers", "1", "--data", "digits", "--strategy", "random", "--trials", "2", "--max-epochs", "1",
-        "--threads", "1", "--config", str(space_file), "--out", str(out), "-q", "--device-profile", str(path),
+        "--threads", "1", "--config", str(space), "--out", str(out), "-q", "--device-profile", str(path),
     )
     assert code == 0, err
     metrics = json.loads((out / "test_metrics.json").read_text())
@@ -208,7 +212,9 @@ def test_search_with_an_onnxruntime_profile_measures_model_onnx_in_onnxruntime(
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["runtime"] == "onnxruntime" and config["latency_profile"] == "calibrated"
     table = pd.read_csv(out / "best" / "cost.csv")
-    assert (table["meas_ms"] >= 0).all() and table["meas_ms"].sum() > 0
+    assert (table["meas_ms"] >= 0).all()
+    convs = table.loc[table["op"] == "conv"]
+    assert convs.loc[convs["macs"].idxmax(), "meas_ms"] > 0
     # batch norm right after a conv without activation would be fused; dropout always is
     if "dropout" in set(table["op"]):
         assert (table.loc[table["op"] == "dropout", "est_ms"] == 0).all()

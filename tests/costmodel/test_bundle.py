@@ -15,7 +15,7 @@ from costmodel.bundle import write_bundle
 from costmodel.calibration import fit_measurements
 from costmodel.errors import CostModelError
 from costmodel.estimator import estimate_total_ms
-from costmodel.measure import micro_benchmark_geoms
+from costmodel.measure import ANCHOR_GEOMS, micro_benchmark_geoms
 from costmodel.measurements import Measurements
 from costmodel.netgen import random_plain_cnn
 
@@ -44,11 +44,11 @@ def test_bundle_round_trip(tmp_path: Path, runtime: str) -> None:
     micro = micro_benchmark_geoms(quick=True)[:12]
     folder = write_bundle(tmp_path / "bundle", networks, micro, runtime=runtime, batch_size=2, repeats=3)
     names = sorted(p.name for p in folder.iterdir())
-    assert names == (["README.txt", "bundle.json", "models", "run.py", "timing.py", "timing_ort.py"]
-                     if runtime == "onnxruntime" else ["README.txt", "bundle.json", "run.py", "timing.py",
+    assert names == (["README.txt", "bundle.json", "models", "run.py", "speed.py", "timing.py", "timing_ort.py"]
+                     if runtime == "onnxruntime" else ["README.txt", "bundle.json", "run.py", "speed.py", "timing.py",
                                                        "timing_ort.py"])
-    if runtime == "onnxruntime":
-        assert len(list((folder / "models").glob("*.onnx"))) == len(networks) + len(micro) + 3  # + 2 probes
+    if runtime == "onnxruntime":  # + the reference workload, 2 probes and the speed anchors
+        assert len(list((folder / "models").glob("*.onnx"))) == len(networks) + len(micro) + 3 + len(ANCHOR_GEOMS)
     assert "python run.py --out measurements.json" in (folder / "README.txt").read_text()
 
     out = tmp_path / "measurements.json"
@@ -57,6 +57,8 @@ def test_bundle_round_trip(tmp_path: Path, runtime: str) -> None:
     doc = json.loads(out.read_text())
     assert doc["context"]["runtime"] == runtime and doc["context"]["batch_size"] == 2
     assert doc["reference_ms"] > 0
+    # one chunk: the anchors were timed with it, and there was nothing to normalize
+    assert doc["protocol"]["speed"]["anchors"] == len(ANCHOR_GEOMS) and doc["protocol"]["speed"]["factors"] == [1.0]
 
     measured = Measurements.load(out)
     assert len(measured.networks) == len(networks) and len(measured.micro) == len(micro)

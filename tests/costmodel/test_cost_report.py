@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -53,6 +54,19 @@ def test_error_column_when_profiled() -> None:
     assert d["layers"][1]["err_pct"] == pytest.approx(table["err_pct"][1])
     assert d["meas_clock"] == "thread" and d["e2e_meas_ms"] == 0.9
     assert "measured end-to-end 0.9 ms" in render(report, "table")
+
+
+def test_onnxruntime_layers_at_the_profilers_resolution_are_named() -> None:
+    """Layers ONNX Runtime measured under 2 us are at its profiler's resolution (whole
+    microseconds): the report says how many, and only for ONNX Runtime measurements."""
+    report = estimate(GEOMS)
+    meas = ModelProfile(tuple(GEOMS), (0.5, 0.0, 0.0012), (0.01, 0.0, 0.001), 0.9, 0.02, 0.5012,
+                        "cpu", 1, 1, 3, "onnxruntime, thread")
+    text = render(report.with_measurements(meas), "table")
+    assert "2 layer(s) measured under 2 us" in text and "whole microseconds" in text
+    torch_meas = dataclasses.replace(meas, clock="thread")
+    assert "whole microseconds" not in render(report.with_measurements(torch_meas), "table")
+    assert "whole microseconds" not in render(profiled(), "table")
 
 
 def test_plot_writes_png(tmp_path: Path) -> None:

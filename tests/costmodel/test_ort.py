@@ -29,8 +29,12 @@ def test_node_names_map_to_module_paths() -> None:
     paths = {"s1.conv1": 0, "s1.act1": 0, "s1.pool": 1, "fc": 2}
     names = ["ReorderInput", "/s1/act1/Relu_output_0_nchwc", "/s1/pool/MaxPool", "ReorderOutput",
              "/flatten/Flatten", "fused /fc/Gemm"]
-    # made-up nodes go to the layer before them (the first layer when none is before)
-    assert node_layers(names, paths) == [0, 0, 1, 1, 1, 2]
+    # made-up nodes go to the layer after them, their consumer: the reorder to NCHW and the
+    # flatten before a dense layer count on the dense layer
+    assert node_layers(names, paths) == [0, 0, 1, 2, 2, 2]
+    # after every known node: the last layer
+    assert node_layers(names + ["ReorderOutput_token_3"], paths) == [0, 0, 1, 2, 2, 2, 2]
+    assert node_layers(["ReorderOutput"], paths) == [0]
 
 
 def test_parse_profile_groups_node_events_by_run(tmp_path: Path) -> None:

@@ -1,0 +1,140 @@
+"""The machine's speed between chunks of calibration networks: anchors timed in every chunk
+bring each chunk's times to the machine's median speed (costmodel.speed)."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import pytest
+
+import costmodel.measure as measure
+import costmodel.speed as speed
+import costmodel.timing as timing
+from costmodel.profile import ModelProfile
+
+
+def test_chunk_factors_bring_every_chunk_to_the_median_speed() -> None:
+    # three chunks; the second ran 10% slow on both anchors, the third 20% fast on one of them
+    anchors = [[1.0, 2.0], [1.1, 2.2], [0.8, 2.0]]
+    factors = speed.chunk_factors(anchors)
+    assert factors[0] == pytest.approx(1.0)
+    assert factors[1] == pytest.approx(1 / 1.1)
+    assert factors[2] == pytest.approx(math.sqrt(1 / 0.8))  # geometric mean over the anchors
+    record = speed.speed_record(anchors, factors)
+    assert record["chunks"] == 3 and record["anchors"] == 2
+    assert record["spread"] == pytest.approx(max(factors) / min(factors), abs=1e-4)
+    assert "moved 23%" in speed.describe(record)  # 1.118 / 0.909
+
+
+@pytest.mark.parametrize("anchors", [[], [[1.0, 2.0]], [[1.0], [0.0]], [[1.0, 2.0], [1.0]], [[], []]])
+def test_chunk_factors_leave_times_alone_without_two_usable_chunks(anchors: list) -> None:
+    assert speed.chunk_factors(anchors) == [1.0] * len(anchors)
+    assert speed.describe(speed.speed_record(anchors, [1.0] * len(anchors))) == ""
+
+
+def _fake_profiles(slow_chunk: int, slowdown: float):
+    """profile_modules stand-in: every module measures 1 ms per layer and its layers' sum end to
+    end, ``slowdown`` times that in the ``slow_chunk``-th call (a machine slowed for a while)."""
+    calls = {"n": 0}
+
+    def fake(pairs, device="cpu", threads=1, repeats=15, warmup=3, clock="auto", per_layer=True, warmup_s=0.0):
+        f = slowdown if calls["n"] == slow_chunk else 1.0
+        calls["n"] += 1
+        out = []
+        for module, x in pairs:
+            from costmodel.geometry import trace_module
+
+            geoms, _ = trace_module(module, x)
+            layers = tuple(f * 1.0 for _ in geoms)
+            out.append(ModelProfile(tuple(geoms), layers, tuple(0.0 for _ in geoms), sum(layers), 0.0, sum(layers),
+                                    "cpu", threads, int(x.shape[0]), repeats, "thread",
+                                    (sum(layers), 1.01 * sum(layers))))
+        return out
+
+    return fake
+
+
+def test_a_chunk_measured_while_the_machine_was_slow_is_brought_back(monkeypatch) -> None:
+    """Seven networks in chunks of three: the second chunk measured 1.5x slow (anchors
+    included); its networks come out at the other chunks' speed, and the record says so."""
+    from costmodel.netgen import random_plain_cnn
+
+    monkeypatch.setattr(measure, "CHUNK", 3)
+    monkeypatch.setattr(measure, "profile_modules", _fake_profiles(slow_chunk=1, slowdown=1.5))
+    rng = random.Random(5)
+    nets = [random_plain_cnn(rng, max_macs=2_000_000) for _ in range(7)]
+    record: dict[str, object] = {}
+    rounds: list[list[float]] = []
+    out = measure.measure_networks(nets, 1, "cpu", 1, 2, "auto", 0, lambda m: None, rounds, record)
+    assert record["chunks"] == 3 and record["anchors"] == len(measure.ANCHOR_GEOMS)
+    assert record["factors"] == pytest.approx([1.0, 1 / 1.5, 1.0], abs=1e-4)
+    assert record["spread"] == pytest.approx(1.5, abs=1e-3)
+    for (geoms, layers, e2e), rnd in zip(out, rounds):
+        assert layers == pytest.approx([1.0] * len(geoms))  # the slow chunk's 1.5 ms layers at 1 ms
+        assert e2e == pytest.approx(len(geoms)) and rnd == pytest.approx([len(geoms), 1.01 * len(geoms)])
+
+
+def test_calibration_records_the_speed_and_each_chunk_times_the_anchors(monkeypatch) -> None:
+    from costmodel.calibration import measure_calibration
+
+    monkeypatch.setattr(measure, "CHUNK", 3)
+    seen: list[int] = []
+    real = measure.profile_modules
+
+    def spy(pairs, *a, **k):
+        seen.append(len(pairs))
+        return real(pairs, *a, **k)
+
+    monkeypatch.setattr(measure, "profile_modules", spy)
+    from costmodel.netgen import random_plain_cnn
+
+    rng = random.Random(2)
+    nets = [random_plain_cnn(rng, max_macs=2_000_000) for _ in range(5)]
+    m = measure_calibration(batch_size=1, quick=True, networks=nets, repeats=2)
+    assert seen == [3 + len(measure.ANCHOR_GEOMS), 2 + len(measure.ANCHOR_GEOMS)]
+    rec = m.protocol[speed.PROTOCOL_KEY]
+    assert rec["chunks"] == 2 and len(rec["anchor_ms"]) == 2 and all(t > 0 for a in rec["anchor_ms"] for t in a)
+    assert rec["factors"] == pytest.approx(speed.chunk_factors(rec["anchor_ms"]), abs=1e-3)
+
+
+def test_onnxruntime_calibration_times_the_anchors_in_every_chunk(monkeypatch) -> None:
+    pytest.importorskip("onnxruntime")
+    import costmodel.ort as ort
+    from costmodel.netgen import random_plain_cnn
+
+    monkeypatch.setattr(timing, "CHUNK", 2)
+    sizes: list[int] = []
+    real = ort.time_networks
+
+    def spy(items, *a, **k):
+        sizes.append(len(items))
+        return real(items, *a, **k)
+
+    monkeypatch.setattr(ort, "time_networks", spy)
+    rng = random.Random(3)
+    nets = [random_plain_cnn(rng, max_macs=2_000_000) for _ in range(3)]
+    record: dict[str, object] = {}
+    out = ort.measure_networks(nets, 1, 1, 2, "auto", 0, lambda m: None, None, record)
+    assert sizes[-2:] == [2 + len(measure.ANCHOR_GEOMS), 1 + len(measure.ANCHOR_GEOMS)]
+    assert record["chunks"] == 2 and record["anchors"] == len(measure.ANCHOR_GEOMS)
+    assert len(out) == 3 and all(e2e > 0 for _, _, e2e in out)
+
+
+def test_a_bundle_times_the_anchors_in_every_chunk(tmp_path: Path, monkeypatch) -> None:
+    """run.py (here in-process) times the bundle's anchors with each chunk and records the speed
+    in the measurements' protocol, as a local calibration does."""
+    import costmodel.runner as runner
+    from costmodel.bundle import write_bundle
+    from costmodel.netgen import random_plain_cnn
+
+    rng = random.Random(4)
+    nets = [random_plain_cnn(rng, max_macs=2_000_000) for _ in range(5)]
+    folder = write_bundle(tmp_path / "b", nets, [], runtime="torch", batch_size=1, repeats=2)
+    monkeypatch.setattr(timing, "CHUNK", 3)
+    doc = runner.measure_bundle(folder, warmup_s=0.0)
+    rec = doc["protocol"][speed.PROTOCOL_KEY]
+    assert rec["chunks"] == 2 and rec["anchors"] == len(measure.ANCHOR_GEOMS)
+    assert rec["factors"] == pytest.approx(speed.chunk_factors(rec["anchor_ms"]), abs=1e-3)
+    assert len(doc["networks"]) == 5 and all(n["e2e_ms"] > 0 for n in doc["networks"])
