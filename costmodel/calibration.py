@@ -113,8 +113,6 @@ def measure_calibration(
         timer = resolve_clock(clock, threads) if dev == "cpu" else "cuda-events"
     protocol = dict(PROTOCOL, repeats=reps, quick=quick, n_networks=len(networks), clock=timer,
                     n_micro=len(micro_geoms), seed=seed, allocator=allocator, **{speed.PROTOCOL_KEY: moved})
-    if speed.describe(moved):
-        say(speed.describe(moved))
     if runtime == "onnxruntime":
         protocol.update(ort.PROTOCOL)
     return Measurements(context=context, protocol=protocol, micro=micro, networks=profiled,
@@ -137,6 +135,9 @@ def fit_measurements(measurements: Measurements, seed: int = 0,
         f"within 5% {100 * q.get('within_5pct', math.nan):.0f}%"
         + (f"; repeatability: their odd and even rounds agree within 10% for "
            f"{100 * noise['within_10pct']:.0f}%" if noise else ""))
+    moved = speed.describe(measurements.protocol.get(speed.PROTOCOL_KEY))  # type: ignore[arg-type]
+    if moved:  # here or in a bundle's run.py
+        say(moved)
     if noise and noise["within_10pct"] < NOISY_BELOW:
         noisy = (f"the machine was noisy while calibrating: the same networks timed twice (odd rounds "
                  f"against even rounds) agree within 10% for only {100 * noise['within_10pct']:.0f}% of "

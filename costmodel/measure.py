@@ -123,18 +123,17 @@ def measure_networks(networks: Sequence[list[LayerGeom]], batch_size: int, devic
     import torch
 
     torch.manual_seed(seed)
-    anchors = [(module_from_geoms(list(g)).to(device), input_for(list(g), batch_size, device)) for g in ANCHOR_GEOMS]
+    ranges = speed.chunk_ranges(len(networks), CHUNK)
+    anchors = [(module_from_geoms(list(g)).to(device), input_for(list(g), batch_size, device))
+               for g in (ANCHOR_GEOMS if ranges else ())]
     chunks: list[list] = []
     anchor_ms: list[list[float]] = []
-    done = 0
-    for start in range(0, len(networks), CHUNK):
-        part = networks[start:start + CHUNK]
-        pairs = [(module_from_geoms(g).to(device), input_for(g, batch_size, device)) for g in part]
+    for part in ranges:
+        pairs = [(module_from_geoms(networks[i]).to(device), input_for(networks[i], batch_size, device)) for i in part]
         out = profile_modules(pairs + anchors, device, threads, repeats, 2, clock, warmup_s=WARMUP_S)
         chunks.append(out[:len(part)])
         anchor_ms.append([mp.e2e_ms for mp in out[len(part):]])
-        done += len(part)
-        say(f"profiled {done}/{len(networks)} networks")
+        say(f"profiled {part.stop}/{len(networks)} networks")
     factors = speed.chunk_factors(anchor_ms)
     profiled: list[Network] = []
     for factor, out in zip(factors, chunks):
@@ -144,7 +143,7 @@ def measure_networks(networks: Sequence[list[LayerGeom]], batch_size: int, devic
             if rounds_out is not None:
                 rounds_out.append(rounds)
     if speed_out is not None:
-        speed_out.update(speed.speed_record(anchor_ms, factors))
+        speed_out.update(speed.speed_record(anchor_ms, factors, [len(r) for r in ranges]))
     return profiled
 
 

@@ -52,7 +52,8 @@ PROTOCOL = {
     "graph_optimization": timing_ort.GRAPH_OPTIMIZATION,
     "executor": "sequential",
     "per_layer": "onnxruntime node profiling (whole microseconds), less the profiler's cost per node "
-                 "(measured on chains of Relu nodes), mean of the lower half of runs",
+                 "(measured on chains of Relu nodes), mean of the lower half of runs; nodes onnxruntime "
+                 "made up (reorders, flatten) on the layer after them",
     "statistic": TORCH_PROTOCOL["statistic"],
     "settle": "no: the rounds asked for",
 }
@@ -175,26 +176,28 @@ def measure_networks(networks: Sequence[Sequence[LayerGeom]], batch_size: int, t
     overhead = node_overhead_ms(threads, clock)  # once for all chunks
     chunks: list[list[tuple[list[float], list[float], list[float]]]] = []
     anchor_ms: list[list[float]] = []
+    ranges = speed.chunk_ranges(len(networks), timing.CHUNK)
     with tempfile.TemporaryDirectory() as tmp:
-        anchors = export_items(ANCHOR_GEOMS, batch_size, Path(tmp) / "anchors", seed)
-        for start in range(0, len(networks), timing.CHUNK):
-            part = networks[start:start + timing.CHUNK]
-            items = export_items(part, batch_size, Path(tmp) / f"chunk{start}", seed + start)
+        # the same files (architectures and weights) in every chunk, each chunk its own sessions
+        anchors = export_items(ANCHOR_GEOMS if ranges else (), batch_size, Path(tmp) / "anchors", seed)
+        for part in ranges:
+            folder = Path(tmp) / f"chunk{part.start}"
+            items = export_items([networks[i] for i in part], batch_size, folder, seed + part.start)
             timed = time_networks(items + anchors, threads, repeats, clock, warmup_s=timing.WARMUP_S,
                                   overhead=overhead)
-            shutil.rmtree(Path(tmp) / f"chunk{start}")
+            shutil.rmtree(folder)
             chunks.append(timed[:len(part)])
             anchor_ms.append([min(e2e) for _, _, e2e in timed[len(part):]])
-            say(f"profiled {start + len(part)}/{len(networks)} networks (onnxruntime)")
+            say(f"profiled {part.stop}/{len(networks)} networks (onnxruntime)")
     factors = speed.chunk_factors(anchor_ms)
-    for start, factor, timed in zip(range(0, len(networks), timing.CHUNK), factors, chunks):
-        for geoms, (layers, _, e2e) in zip(networks[start:start + timing.CHUNK], timed):
+    for part, factor, timed in zip(ranges, factors, chunks):
+        for i, (layers, _, e2e) in zip(part, timed):
             layers, e2e = speed.scale_network(layers, e2e, factor)
-            out.append((list(geoms), layers, min(e2e)))
+            out.append((list(networks[i]), layers, min(e2e)))
             if rounds_out is not None:
                 rounds_out.append(e2e)
     if speed_out is not None:
-        speed_out.update(speed.speed_record(anchor_ms, factors))
+        speed_out.update(speed.speed_record(anchor_ms, factors, [len(r) for r in ranges]))
     return out
 
 

@@ -1,8 +1,8 @@
 """Measure a calibration bundle where the network will run: the bundle's ``run.py``.
 
 ``costmodel.bundle`` writes a bundle (the calibration networks' geometries, their ONNX exports
-for onnxruntime, and this file with ``costmodel.timing`` and ``costmodel.timing_ort`` next to
-it); on the target device::
+for onnxruntime, and this file with ``costmodel.speed``, ``costmodel.timing`` and
+``costmodel.timing_ort`` next to it); on the target device::
 
     python run.py --out measurements.json        # in the bundle's directory
 
@@ -68,8 +68,7 @@ def target_context(bundle: Mapping[str, Any], threads: int) -> dict[str, Any]:
 
 
 def _chunks(n: int) -> Iterator[range]:
-    for start in range(0, n, timing.CHUNK):
-        yield range(start, min(n, start + timing.CHUNK))
+    yield from speed.chunk_ranges(n, timing.CHUNK)
 
 
 def measure_bundle(folder: str | os.PathLike[str], threads: int | None = None, repeats: int | None = None,
@@ -106,13 +105,14 @@ def measure_bundle(folder: str | os.PathLike[str], threads: int | None = None, r
                 anchor_ms += [[min(e2e) for _, e2e in out[len(part):]]] if anchors else []
                 say(f"measured {len(timed[key]) + len(part)}/{len(nets)} networks")
             timed[key] += out[:len(part)]
-    factors = speed.chunk_factors(anchor_ms) if anchors else [1.0] * len(list(_chunks(len(groups["networks"]))))
-    timed["networks"] = [speed.scale_network(layers, e2e, factors[i // timing.CHUNK])
-                         for i, (layers, e2e) in enumerate(timed["networks"])]
+    sizes = [len(r) for r in _chunks(len(groups["networks"]))]
+    moved = speed.speed_record(anchor_ms, speed.chunk_factors(anchor_ms) if anchors else [1.0] * len(sizes), sizes)
+    timed["networks"] = [speed.scale_network(layers, e2e, factor)
+                         for (layers, e2e), factor in zip(timed["networks"], speed.network_factors(moved))]
     protocol = dict(bundle.get("protocol", {}), repeats=repeats, clock=timing.resolve_clock(clock, threads),
                     measured_by="bundle run.py", allocator=allocator)
     if anchors:
-        protocol[speed.PROTOCOL_KEY] = speed.speed_record(anchor_ms, factors)
+        protocol[speed.PROTOCOL_KEY] = moved
     return {
         "format": MEASUREMENTS_FORMAT, "version": VERSION, "context": target_context(bundle, threads),
         "protocol": protocol,

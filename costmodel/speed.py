@@ -1,15 +1,19 @@
 """The machine's speed while it measures, from anchor networks timed in every chunk.
 
-A calibration measures its networks in chunks of ``timing.CHUNK``, a few seconds each. A shared
-or throttled machine runs faster in some chunks than in others: on a 2-core cloud machine the
-same three networks ran up to 20% apart between chunks a few seconds apart, and the same 120
-networks measured in two passes agreed within 10% for only 53-82% of them
-(docs/benchmarks.md). Every chunk therefore also times the same few anchor networks (the
-same instances, in the same interleaved rounds); a chunk's speed factor is the geometric mean
-over the anchors of their median time over all chunks divided by their time in that chunk, and
-each network's times are multiplied by its chunk's factor: what the networks would have measured
-with the machine at its median speed of the whole calibration. Standalone (the Python standard
-library only), as a calibration bundle runs it next to ``timing.py``.
+A calibration measures its networks in chunks (``chunk_sizes``: about ``timing.CHUNK`` each), a
+few seconds to a minute each. A shared or throttled machine runs faster in some chunks than in
+others: on a 2-core cloud machine the anchors' times spanned 11-25% between the fastest and the
+slowest chunk of one calibration, and two instances of the same network measured in different
+chunks agreed within 10% for only 69-90% of 120 networks at batch 1 (docs/benchmarks.md, "A
+machine that changes speed between chunks"). Every chunk therefore also times the same anchor
+networks (the same architectures and weights, in the same interleaved rounds as the chunk's
+networks); a chunk's speed factor is the geometric mean over the anchors of their median time
+over all chunks divided by their time in that chunk, and each network's times (per layer, end to
+end, every round) are multiplied by its chunk's factor: what they would have measured with the
+machine at its median speed over the networks (92-98% of those instances then agree within 10%).
+The micro-benchmarks and the drift reference, measured outside the chunks, are left as measured.
+Standalone (the Python standard library only), as a calibration bundle runs it next to
+``timing.py``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,32 @@ from collections.abc import Sequence
 # The speed record a calibration's protocol keeps (``speed_record``): how many anchors, the
 # factors per chunk, and the largest factor over the smallest.
 PROTOCOL_KEY = "speed"
+
+
+def chunk_sizes(n: int, chunk: int) -> list[int]:
+    """``n`` networks in ``ceil(n / chunk)`` chunks of near-equal size: none much smaller than
+    the others, since how many models a chunk interleaves sets how warm each of them (anchors
+    included) runs."""
+    if n <= 0:
+        return []
+    k = -(-n // max(chunk, 1))
+    base, extra = divmod(n, k)
+    return [base + (1 if i < extra else 0) for i in range(k)]
+
+
+def chunk_ranges(n: int, chunk: int) -> list[range]:
+    """The index ranges of ``chunk_sizes(n, chunk)``, in order."""
+    out, start = [], 0
+    for size in chunk_sizes(n, chunk):
+        out.append(range(start, start + size))
+        start += size
+    return out
+
+
+def network_factors(record: dict[str, object]) -> list[float]:
+    """Each network's factor, in measuring order, from a speed record (``speed_record``)."""
+    sizes, factors = record.get("sizes") or [], record.get("factors") or []
+    return [float(f) for size, f in zip(sizes, factors) for _ in range(int(size))]  # type: ignore[call-overload]
 
 
 def chunk_factors(anchor_ms: Sequence[Sequence[float]]) -> list[float]:
@@ -40,18 +70,21 @@ def scale_network(layers: Sequence[float], e2e: Sequence[float], factor: float) 
     return [t * factor for t in layers], [t * factor for t in e2e]
 
 
-def speed_record(anchor_ms: Sequence[Sequence[float]], factors: Sequence[float]) -> dict[str, object]:
-    """What the protocol keeps of the speed normalization (``PROTOCOL_KEY``)."""
+def speed_record(anchor_ms: Sequence[Sequence[float]], factors: Sequence[float],
+                 sizes: Sequence[int]) -> dict[str, object]:
+    """What the protocol keeps of the speed normalization (``PROTOCOL_KEY``): the anchors' times
+    per chunk, each chunk's size and factor, and the largest factor over the smallest."""
     spread = max(factors) / min(factors) if factors else 1.0
-    return {"anchors": len(anchor_ms[0]) if anchor_ms else 0, "chunks": len(factors),
+    return {"anchors": len(anchor_ms[0]) if anchor_ms else 0, "chunks": len(factors), "sizes": list(sizes),
             "normalized": any(f != 1.0 for f in factors),
-            "factors": [round(f, 4) for f in factors], "spread": round(spread, 4),
+            "factors": [round(f, 6) for f in factors], "spread": round(spread, 4),
             "anchor_ms": [[round(t, 6) for t in a] for a in anchor_ms]}
 
 
 def describe(record: dict[str, object] | None) -> str:
-    """One line on how much the machine's speed moved between chunks while it measured."""
-    if not record or not record.get("normalized"):
+    """One line on how much the machine's speed moved between chunks while it measured (empty
+    when nothing was normalized or it moved under 1%)."""
+    if not record or not record.get("normalized") or float(record.get("spread", 1.0)) < 1.01:  # type: ignore[arg-type]
         return ""
     spread = float(record["spread"])  # type: ignore[arg-type]
     return (f"the machine's speed moved {100 * (spread - 1):.0f}% between chunks of networks "

@@ -41,6 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import costmodel.speed as speed  # noqa: E402
 from costmodel.calibration import fit_measurements, measure_calibration  # noqa: E402
 from costmodel.estimator import compile_profile, estimate, estimate_total_ms  # noqa: E402
 from costmodel.geometry import LayerGeom  # noqa: E402
@@ -237,6 +238,34 @@ def throughput(geoms: list[list[LayerGeom]], modules: list, profile, n_fvcore: i
             "ratio_report_vs_fvcore": frame / fvc, "profile_compile_ms": compile_ms}
 
 
+def _separated_order(n_calib: int, n_held: int, chunk: int) -> list[int]:
+    """A seeded random order of ``n_calib`` calibration networks and two instances of each of
+    ``n_held`` held-out networks (indices ``n_calib + j`` and ``n_calib + n_held + j``) in which
+    the two instances of a held-out network fall in different chunks (``speed.chunk_ranges``):
+    a clashing second instance swaps places with a calibration network of another chunk."""
+    from costmodel.speed import chunk_ranges
+
+    n = n_calib + 2 * n_held
+    order = list(range(n))
+    rng = random.Random(4242)
+    rng.shuffle(order)
+    chunk_of = [0] * n
+    for c, r in enumerate(chunk_ranges(n, chunk)):
+        for p in r:
+            chunk_of[p] = c
+    pos = {i: p for p, i in enumerate(order)}
+    for j in range(n_held):
+        a, b = pos[n_calib + j], pos[n_calib + n_held + j]
+        if chunk_of[a] != chunk_of[b]:
+            continue
+        for p in rng.sample(range(n), n):
+            if order[p] < n_calib and chunk_of[p] != chunk_of[a]:
+                order[p], order[b] = order[b], order[p]
+                pos[order[p]], pos[order[b]] = p, b
+                break
+    return order
+
+
 def measure_interleaved(batch: int, threads: int, runtime: str, args: argparse.Namespace,
                         held: list[list[LayerGeom]], extra: list[list[LayerGeom]],
                         ) -> tuple[Measurements, dict[str, list]]:
@@ -265,8 +294,7 @@ def measure_interleaved(batch: int, threads: int, runtime: str, args: argparse.N
 
     calib = calibration_networks(args.quick, 0, args.calib_networks, batch) + [list(n) for n in extra]
     nets = calib + [list(n) for n in held] + [list(n) for n in held]
-    order = list(range(len(nets)))
-    random.Random(4242).shuffle(order)
+    order = _separated_order(len(calib), len(held), CHUNK)
     reps = default_repeats(args.quick, batch)
     micro_geoms = micro_benchmark_geoms(args.quick, 0)
     log.info("b%d t%d %s interleaved: %d calibration + 2 x %d held-out networks, %d rounds", batch, threads,
@@ -289,12 +317,12 @@ def measure_interleaved(batch: int, threads: int, runtime: str, args: argparse.N
         protocol = dict(PROTOCOL)
         if args.no_settle:
             protocol["settle"] = "no: --no-settle"
-    factors = moved["factors"]
-    timed = {i: (*out[p], rounds[p], factors[p // CHUNK]) for p, i in enumerate(order)}
+    factors = speed.network_factors(moved)
+    timed = {i: (*out[p], rounds[p], factors[p]) for p, i in enumerate(order)}
     protocol.update(repeats=reps, quick=args.quick, n_networks=len(calib), n_micro=len(micro_geoms),
                     clock=resolve_clock(args.clock, threads), seed=0, interleaved_with_held_out=len(held),
                     allocator=steady_allocator(), speed=moved)
-    log.info("speed factors per chunk: %s", " ".join(f"{f:.3f}" for f in factors))
+    log.info("speed factors per chunk: %s", " ".join(f"{f:.3f}" for f in moved["factors"]))
     measured = Measurements(context=current_context(args.device, threads, batch, runtime=runtime),
                             protocol=protocol, micro=micro,
                             networks=[timed[i][:3] for i in range(len(calib))], reference_ms=ref,
