@@ -91,19 +91,25 @@ def test_a_chunk_measured_while_the_machine_was_slow_is_brought_back(monkeypatch
         assert e2e == pytest.approx(len(geoms)) and rnd == pytest.approx([len(geoms), 1.01 * len(geoms)])
 
 
+def _count_models(monkeypatch, module, name: str) -> list[int]:
+    """How many models each call of ``module.name`` (first argument: the models) timed together."""
+    seen: list[int] = []
+    real = getattr(module, name)
+
+    def spy(models, *a, **k):
+        seen.append(len(models))
+        return real(models, *a, **k)
+
+    monkeypatch.setattr(module, name, spy)
+    return seen
+
+
 def test_calibration_records_the_speed_and_each_chunk_times_the_anchors(monkeypatch) -> None:
     from costmodel.calibration import fit_measurements, measure_calibration
 
     monkeypatch.setattr(measure, "CHUNK", 3)
     monkeypatch.setattr(measure, "WARMUP_S", 0.0)
-    seen: list[int] = []
-    real = measure.profile_modules
-
-    def spy(pairs, *a, **k):
-        seen.append(len(pairs))
-        return real(pairs, *a, **k)
-
-    monkeypatch.setattr(measure, "profile_modules", spy)
+    seen = _count_models(monkeypatch, measure, "profile_modules")
     from costmodel.netgen import random_plain_cnn
 
     rng = random.Random(2)
@@ -126,14 +132,7 @@ def test_onnxruntime_calibration_times_the_anchors_in_every_chunk(monkeypatch) -
 
     monkeypatch.setattr(timing, "CHUNK", 2)
     monkeypatch.setattr(timing, "WARMUP_S", 0.0)
-    sizes: list[int] = []
-    real = ort.time_networks
-
-    def spy(items, *a, **k):
-        sizes.append(len(items))
-        return real(items, *a, **k)
-
-    monkeypatch.setattr(ort, "time_networks", spy)
+    sizes = _count_models(monkeypatch, ort, "time_networks")
     rng = random.Random(3)
     nets = [random_plain_cnn(rng, max_macs=2_000_000) for _ in range(3)]
     record: dict[str, object] = {}
