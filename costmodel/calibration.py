@@ -177,9 +177,10 @@ def calibrate(
     few minutes). ``networks`` replaces the random
     calibration networks, ``extra_networks`` adds to them (e.g. samples of archgen's own
     generator, so the lookup table holds its layer configurations; never the networks the model
-    is judged on). Networks are profiled interleaved, round by round, in chunks of
+    is judged on). Networks are profiled interleaved, round by round, in chunks of up to
     ``costmodel.measure.CHUNK`` after ``costmodel.measure.WARMUP_S`` seconds of interleaved
-    warm-up; ``clock`` as in ``costmodel.profile``. ``save_to_cache`` writes the profile to
+    warm-up, with the speed anchors in every chunk and each chunk's times brought to the
+    machine's median speed (``costmodel.speed``); ``clock`` as in ``costmodel.profile``. ``save_to_cache`` writes the profile to
     ``cache_path(context)``.
     Raises ``CostModelError`` for an unknown device or runtime, or CUDA without CUDA.
     """

@@ -115,8 +115,8 @@ def measure_networks(networks: Sequence[list[LayerGeom]], batch_size: int, devic
                      threads: int, repeats: int, clock: str, seed: int,
                      say: Callable[[str], None], rounds_out: list[list[float]] | None = None,
                      speed_out: dict[str, object] | None = None) -> list[Network]:
-    """Build and profile the calibration networks, interleaved in chunks of ``CHUNK`` after
-    ``WARMUP_S`` seconds of interleaved warm-up: ``(geoms, per-layer ms, end-to-end ms)``, at the
+    """Build and profile the calibration networks, interleaved in chunks of up to ``CHUNK`` (of
+    even size: ``costmodel.speed.chunk_sizes``) after ``WARMUP_S`` seconds of interleaved warm-up: ``(geoms, per-layer ms, end-to-end ms)``, at the
     machine's median speed over the chunks (``costmodel.speed``: the ``ANCHOR_GEOMS`` networks
     are timed in every chunk). ``rounds_out`` receives each network's end-to-end times in round
     order (the noise floor); ``speed_out`` the speed record (``costmodel.speed.speed_record``)."""
