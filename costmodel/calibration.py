@@ -180,8 +180,8 @@ def calibrate(
     is judged on). Networks are profiled interleaved, round by round, in chunks of up to
     ``costmodel.measure.CHUNK`` after ``costmodel.measure.WARMUP_S`` seconds of interleaved
     warm-up, with the speed anchors in every chunk and each chunk's times brought to the
-    machine's median speed (``costmodel.speed``); ``clock`` as in ``costmodel.profile``. ``save_to_cache`` writes the profile to
-    ``cache_path(context)``.
+    machine's median speed (``costmodel.speed``); ``clock`` as in ``costmodel.profile``.
+    ``save_to_cache`` writes the profile to ``cache_path(context)``.
     Raises ``CostModelError`` for an unknown device or runtime, or CUDA without CUDA.
     """
     measurements = measure_calibration(device, threads, batch_size, quick, networks, extra_networks,

@@ -116,8 +116,8 @@ def measure_networks(networks: Sequence[list[LayerGeom]], batch_size: int, devic
                      say: Callable[[str], None], rounds_out: list[list[float]] | None = None,
                      speed_out: dict[str, object] | None = None) -> list[Network]:
     """Build and profile the calibration networks, interleaved in chunks of up to ``CHUNK`` (of
-    even size: ``costmodel.speed.chunk_sizes``) after ``WARMUP_S`` seconds of interleaved warm-up: ``(geoms, per-layer ms, end-to-end ms)``, at the
-    machine's median speed over the chunks (``costmodel.speed``: the ``ANCHOR_GEOMS`` networks
+    even size: ``costmodel.speed.chunk_sizes``) after ``WARMUP_S`` seconds of interleaved
+    warm-up: ``(geoms, per-layer ms, end-to-end ms)``, at the machine's median speed over the chunks (``costmodel.speed``: the ``ANCHOR_GEOMS`` networks
     are timed in every chunk). ``rounds_out`` receives each network's end-to-end times in round
     order (the noise floor); ``speed_out`` the speed record (``costmodel.speed.speed_record``)."""
     import torch
@@ -126,24 +126,21 @@ def measure_networks(networks: Sequence[list[LayerGeom]], batch_size: int, devic
     ranges = speed.chunk_ranges(len(networks), CHUNK)
     anchors = [(module_from_geoms(list(g)).to(device), input_for(list(g), batch_size, device))
                for g in (ANCHOR_GEOMS if ranges else ())]
-    chunks: list[list] = []
+    timed: list = []
     anchor_ms: list[list[float]] = []
     for part in ranges:
         pairs = [(module_from_geoms(networks[i]).to(device), input_for(networks[i], batch_size, device)) for i in part]
         out = profile_modules(pairs + anchors, device, threads, repeats, 2, clock, warmup_s=WARMUP_S)
-        chunks.append(out[:len(part)])
+        timed += out[:len(part)]
         anchor_ms.append([mp.e2e_ms for mp in out[len(part):]])
         say(f"profiled {part.stop}/{len(networks)} networks")
-    factors = speed.chunk_factors(anchor_ms)
-    profiled: list[Network] = []
-    for factor, out in zip(factors, chunks):
-        for mp in out:
-            layers, rounds = speed.scale_network(mp.meas_ms, mp.e2e_samples_ms, factor)
-            profiled.append((list(mp.geoms), layers, mp.e2e_ms * factor))
-            if rounds_out is not None:
-                rounds_out.append(rounds)
+    scaled, record = speed.normalize([(mp.meas_ms, mp.e2e_samples_ms) for mp in timed], anchor_ms,
+                                     [len(r) for r in ranges])
+    profiled: list[Network] = [(list(mp.geoms), layers, min(e2e)) for mp, (layers, e2e) in zip(timed, scaled)]
+    if rounds_out is not None:
+        rounds_out += [e2e for _, e2e in scaled]
     if speed_out is not None:
-        speed_out.update(speed.speed_record(anchor_ms, factors, [len(r) for r in ranges]))
+        speed_out.update(record)
     return profiled
 
 

@@ -172,9 +172,8 @@ def measure_networks(networks: Sequence[Sequence[LayerGeom]], batch_size: int, t
     its speed anchors in every chunk (``rounds_out`` and ``speed_out`` as there)."""
     from costmodel.measure import ANCHOR_GEOMS
 
-    out: list[Network] = []
     overhead = node_overhead_ms(threads, clock)  # once for all chunks
-    chunks: list[list[tuple[list[float], list[float], list[float]]]] = []
+    timed: list[tuple[list[float], list[float], list[float]]] = []
     anchor_ms: list[list[float]] = []
     ranges = speed.chunk_ranges(len(networks), timing.CHUNK)
     with tempfile.TemporaryDirectory() as tmp:
@@ -183,22 +182,20 @@ def measure_networks(networks: Sequence[Sequence[LayerGeom]], batch_size: int, t
         for part in ranges:
             folder = Path(tmp) / f"chunk{part.start}"
             items = export_items([networks[i] for i in part], batch_size, folder, seed + part.start)
-            timed = time_networks(items + anchors, threads, repeats, clock, warmup_s=timing.WARMUP_S,
-                                  overhead=overhead)
+            out = time_networks(items + anchors, threads, repeats, clock, warmup_s=timing.WARMUP_S,
+                                overhead=overhead)
             shutil.rmtree(folder)
-            chunks.append(timed[:len(part)])
-            anchor_ms.append([min(e2e) for _, _, e2e in timed[len(part):]])
+            timed += out[:len(part)]
+            anchor_ms.append([min(e2e) for _, _, e2e in out[len(part):]])
             say(f"profiled {part.stop}/{len(networks)} networks (onnxruntime)")
-    factors = speed.chunk_factors(anchor_ms)
-    for part, factor, timed in zip(ranges, factors, chunks):
-        for i, (layers, _, e2e) in zip(part, timed):
-            layers, e2e = speed.scale_network(layers, e2e, factor)
-            out.append((list(networks[i]), layers, min(e2e)))
-            if rounds_out is not None:
-                rounds_out.append(e2e)
+    scaled, record = speed.normalize([(layers, e2e) for layers, _, e2e in timed], anchor_ms,
+                                     [len(r) for r in ranges])
+    out_networks: list[Network] = [(list(geoms), layers, min(e2e)) for geoms, (layers, e2e) in zip(networks, scaled)]
+    if rounds_out is not None:
+        rounds_out += [e2e for _, e2e in scaled]
     if speed_out is not None:
-        speed_out.update(speed.speed_record(anchor_ms, factors, [len(r) for r in ranges]))
-    return out
+        speed_out.update(record)
+    return out_networks
 
 
 def measure_micro(geoms: Sequence[LayerGeom], batch_size: int, threads: int, repeats: int,

@@ -105,10 +105,8 @@ def measure_bundle(folder: str | os.PathLike[str], threads: int | None = None, r
                 anchor_ms += [[min(e2e) for _, e2e in out[len(part):]]] if anchors else []
                 say(f"measured {len(timed[key]) + len(part)}/{len(nets)} networks")
             timed[key] += out[:len(part)]
-    sizes = [len(r) for r in _chunks(len(groups["networks"]))]
-    moved = speed.speed_record(anchor_ms, speed.chunk_factors(anchor_ms) if anchors else [1.0] * len(sizes), sizes)
-    timed["networks"] = [speed.scale_network(layers, e2e, factor)
-                         for (layers, e2e), factor in zip(timed["networks"], speed.network_factors(moved))]
+    timed["networks"], moved = speed.normalize(timed["networks"], anchor_ms,
+                                               [len(r) for r in _chunks(len(groups["networks"]))])
     protocol = dict(bundle.get("protocol", {}), repeats=repeats, clock=timing.resolve_clock(clock, threads),
                     measured_by="bundle run.py", allocator=allocator)
     if anchors:

@@ -65,9 +65,14 @@ def chunk_factors(anchor_ms: Sequence[Sequence[float]]) -> list[float]:
     return [math.exp(statistics.fmean(math.log(m / t) for m, t in zip(medians, a))) for a in anchor_ms]
 
 
-def scale_network(layers: Sequence[float], e2e: Sequence[float], factor: float) -> tuple[list[float], list[float]]:
-    """A network's per-layer times and end-to-end samples at the median speed."""
-    return [t * factor for t in layers], [t * factor for t in e2e]
+def normalize(timed: Sequence[tuple[Sequence[float], Sequence[float]]], anchor_ms: Sequence[Sequence[float]],
+              sizes: Sequence[int]) -> tuple[list[tuple[list[float], list[float]]], dict[str, object]]:
+    """Each network's ``(per-layer times, end-to-end samples)``, in measuring order, multiplied by
+    its chunk's factor (chunks of ``sizes``; without anchors, 1.0), and the speed record."""
+    factors = chunk_factors(anchor_ms) if anchor_ms else [1.0] * len(sizes)
+    per_network = [f for size, f in zip(sizes, factors) for _ in range(size)]
+    scaled = [([t * f for t in layers], [t * f for t in e2e]) for (layers, e2e), f in zip(timed, per_network)]
+    return scaled, speed_record(anchor_ms, factors, sizes)
 
 
 def speed_record(anchor_ms: Sequence[Sequence[float]], factors: Sequence[float],

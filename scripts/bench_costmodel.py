@@ -243,14 +243,12 @@ def _separated_order(n_calib: int, n_held: int, chunk: int) -> list[int]:
     ``n_held`` held-out networks (indices ``n_calib + j`` and ``n_calib + n_held + j``) in which
     the two instances of a held-out network fall in different chunks (``speed.chunk_ranges``):
     a clashing second instance swaps places with a calibration network of another chunk."""
-    from costmodel.speed import chunk_ranges
-
     n = n_calib + 2 * n_held
     order = list(range(n))
     rng = random.Random(4242)
     rng.shuffle(order)
     chunk_of = [0] * n
-    for c, r in enumerate(chunk_ranges(n, chunk)):
+    for c, r in enumerate(speed.chunk_ranges(n, chunk)):
         for p in r:
             chunk_of[p] = c
     pos = {i: p for p, i in enumerate(order)}
