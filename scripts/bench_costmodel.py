@@ -402,6 +402,35 @@ def replay(path: str, subset: int | None = None, seed: int = 0) -> dict:
     return evaluate(measured, d["calibration_s"], geoms, held["ref"], held["a"], held["b"], extra)
 
 
+# Networks split at this many bytes of conv and dense weights (float32): a core's L2 cache on the
+# machines measured is 1-2 MiB.
+WEIGHT_SPLIT_BYTES = 1 << 20
+
+
+def weight_bytes(geoms: list[LayerGeom]) -> int:
+    """Bytes of a network's conv and dense weights (float32, biases left out)."""
+    return 4 * sum(g.c_out * (g.c_in // g.groups) * g.kernel * g.kernel if g.op == "conv"
+                   else g.c_in * g.c_out if g.op == "dense" else 0 for g in geoms)
+
+
+def by_weight_size(geoms: list, pred: list[float], meas: list[float], second: list[float] | None,
+                   ) -> dict[str, dict[str, float]]:
+    """The model's figures (and the cross-chunk floor's, with a second instance) for the networks
+    above and at or below ``WEIGHT_SPLIT_BYTES`` of weights: at batch 1 PyTorch ran the larger
+    ones at a speed of their own from chunk to chunk."""
+    rows: dict[str, dict[str, float]] = {}
+    for big, label in ((True, "> 1 MiB"), (False, "<= 1 MiB")):
+        idx = [i for i, n in enumerate(geoms) if (weight_bytes(n) > WEIGHT_SPLIT_BYTES) == big]
+        if len(idx) < 2:
+            continue
+        rows[f"(d) calibrated, the {len(idx)} networks with {label} of weights"] = metrics(
+            [pred[i] for i in idx], [meas[i] for i in idx])
+        if second:
+            rows[f"noise floor: second instance, another chunk, the {len(idx)} networks with {label} of weights"] = (
+                metrics([second[i] for i in idx], [meas[i] for i in idx]))
+    return rows
+
+
 def evaluate(measured: Measurements, calib_s: float, geoms: list, meas_ref: list, meas_a: list,
              meas_b: list, extra: dict[str, list] | None = None) -> dict:
     profile = fit_measurements(measured, progress=lambda m: log.info("%s", m))
@@ -425,11 +454,13 @@ def evaluate(measured: Measurements, calib_s: float, geoms: list, meas_ref: list
     d = "(d) calibrated (table + trees + network correction)"
     if extra.get("second"):  # --interleaved: a second instance of each, in another chunk
         rows["noise floor: second instance, another chunk"] = metrics(extra["second"], meas_ref)
-        # The same network built twice runs up to 15-27% apart at batch 1 on a busy machine, in
-        # chunks of similar speed: against the two instances' geometric mean, a network's
-        # typical time, the model is judged less by one instance's luck (a diagnostic row).
+        # Two instances of a network, after speed normalization, can still run 30% or more apart
+        # (PyTorch batch 1, networks with over 1 MiB of weights, docs/benchmarks.md): against the
+        # two instances' geometric mean, a network's typical time, the model is judged less by
+        # one instance's luck (a diagnostic row).
         both = [math.sqrt(a * b) for a, b in zip(meas_ref, extra["second"])]
         rows["(d) calibrated, against the geometric mean of both instances"] = metrics(preds[d], both)
+    rows.update(by_weight_size(geoms, preds[d], meas_ref, extra.get("second")))
     if extra.get("ref_raw"):  # the same, before the speed normalization
         rows["(d) calibrated, against the times before speed normalization"] = metrics(preds[d], extra["ref_raw"])
         if extra.get("second_raw"):
