@@ -402,25 +402,20 @@ def replay(path: str, subset: int | None = None, seed: int = 0) -> dict:
     return evaluate(measured, d["calibration_s"], geoms, held["ref"], held["a"], held["b"], extra)
 
 
-# Networks split at this many bytes of conv and dense weights (float32): a core's L2 cache on the
-# machines measured is 1-2 MiB.
+# Networks split at this many bytes of conv and dense parameters (float32): a core's L2 cache on
+# the machines measured is 1-2 MiB.
 WEIGHT_SPLIT_BYTES = 1 << 20
-
-
-def weight_bytes(geoms: list[LayerGeom]) -> int:
-    """Bytes of a network's conv and dense weights (float32, biases left out)."""
-    return 4 * sum(g.c_out * (g.c_in // g.groups) * g.kernel * g.kernel if g.op == "conv"
-                   else g.c_in * g.c_out if g.op == "dense" else 0 for g in geoms)
 
 
 def by_weight_size(geoms: list, pred: list[float], meas: list[float], second: list[float] | None,
                    ) -> dict[str, dict[str, float]]:
     """The model's figures (and the cross-chunk floor's, with a second instance) for the networks
-    above and at or below ``WEIGHT_SPLIT_BYTES`` of weights: at batch 1 PyTorch ran the larger
-    ones at a speed of their own from chunk to chunk."""
+    above and at or below ``WEIGHT_SPLIT_BYTES`` of conv and dense parameters: at batch 1 PyTorch
+    ran the larger ones at a speed of their own from chunk to chunk."""
+    big = [4 * sum(g.params for g in n if g.op in ("conv", "dense")) > WEIGHT_SPLIT_BYTES for n in geoms]
     rows: dict[str, dict[str, float]] = {}
-    for big, label in ((True, "> 1 MiB"), (False, "<= 1 MiB")):
-        idx = [i for i, n in enumerate(geoms) if (weight_bytes(n) > WEIGHT_SPLIT_BYTES) == big]
+    for flag, label in ((True, "> 1 MiB"), (False, "<= 1 MiB")):
+        idx = [i for i, b in enumerate(big) if b == flag]
         if len(idx) < 2:
             continue
         rows[f"(d) calibrated, the {len(idx)} networks with {label} of weights"] = metrics(
