@@ -9,7 +9,11 @@ a whole, every layer measured *in context* (see ``costmodel.measure``). What is 
 * a log-space ridge regressor per class on ``log(T / T_linear)`` (features in
   ``costmodel.modeldef.residual_features``) for what the linear form misses (oneDNN efficiency
   depending on channel counts);
-* a lookup table: the median in-context time of every distinct layer configuration seen;
+* a lookup table: the median in-context time of every distinct layer configuration seen, pulled
+  toward what the linear form and the trees give for it (in log space, the median at weight n, the
+  number of times the configuration was seen, the model at ``TABLE_PRIOR_WEIGHT``): one in-context
+  time carries its instance's luck, and a configuration seen once had priced held-out PyTorch
+  batch-1 networks worse than the model alone (docs/benchmarks.md);
 * a network-level correction ``T_net = c0 + scale * sum(layers) + per_layer * n_layers`` (the
   per-layer term absorbs per-layer transition costs, and the hook overhead that inflates
   in-context layer times at small batch sizes), or its log form ``T_net = S * exp(w . (1, ln S,
@@ -58,6 +62,8 @@ if TYPE_CHECKING:
 MIN_CLASS_SAMPLES = 6
 MIN_TREE_SAMPLES = 30
 TREE_PARAMS = {"n_estimators": 60, "max_depth": 4, "learning_rate": 0.15, "subsample": 0.8}
+# The weight of the model's own time against the table's median, as if seen this many times.
+TABLE_PRIOR_WEIGHT = 2.0
 RIDGE_LAMBDA = 0.3
 
 
@@ -217,8 +223,9 @@ def fit_profile(
     coeffs, weights, quality = fit_layers(samples, act_elem)
     trees, tq = fit_trees(in_context, coeffs, act_elem, seed) if use_trees else ({}, {})
     quality.update(tq)
-    table = _layer_table(in_context) if use_table else {}
     t_k = _fit_t_k(in_context)
+    no_table = _make(context, coeffs, weights, trees, {}, t_k, act_elem, _NEUTRAL, {}, protocol)
+    table = _layer_table(in_context, no_table) if use_table else {}
 
     # Network-level correction from out-of-fold layer predictions.
     order = list(range(len(networks)))
@@ -231,8 +238,9 @@ def fit_profile(
         train_samples = train + [s for s in micro if s[0].op not in ("conv", "dense")]
         c_f, w_f, _ = fit_layers(train_samples, act_elem)
         tr_f, _ = fit_trees(train, c_f, act_elem, seed) if use_trees else ({}, {})
-        prof_f = _make(context, c_f, w_f, tr_f, _layer_table(train) if use_table else {}, t_k,
-                       act_elem, {"c0_ms": 0.0, "scale": 1.0}, {}, protocol)
+        no_table = _make(context, c_f, w_f, tr_f, {}, t_k, act_elem, _NEUTRAL, {}, protocol)
+        tab = _layer_table(train, no_table) if use_table else {}
+        prof_f = dataclasses.replace(no_table, table=tab, use_table=bool(tab))
         for i in held:
             raw = estimate_layers_ms(networks[i][0], prof_f)[0]  # neutral correction: the raw times
             oof_layers[i] = [t for t, g in zip(raw, priced_layers(networks[i][0], runtime)) if g is not None]
@@ -285,11 +293,27 @@ def _make(context: Context, coeffs: dict[str, dict[str, float]],
     )
 
 
-def _layer_table(samples: Sequence[Sample]) -> dict[str, float]:
+# The network correction that leaves the layers' times as they are.
+_NEUTRAL = {"c0_ms": 0.0, "scale": 1.0}
+
+
+def _layer_table(samples: Sequence[Sample], model: DeviceProfile) -> dict[str, float]:
+    """Every configuration's median in-context time, pulled toward ``model``'s time for it (a
+    profile without a table) by ``TABLE_PRIOR_WEIGHT`` (see the module's docstring)."""
     by_key: dict[str, list[float]] = defaultdict(list)
+    first: dict[str, LayerGeom] = {}
     for g, t in samples:
         by_key[g.config_key()].append(t)
-    return {k: float(np.median(v)) for k, v in by_key.items()}
+        first.setdefault(g.config_key(), g)
+    table = {}
+    for key, times in by_key.items():
+        median = float(np.median(times))
+        prior = estimate_layers_ms([first[key]], model)[0][0]
+        if median > 0 and prior > 0:
+            n = len(times)
+            median = float(np.exp((n * np.log(median) + TABLE_PRIOR_WEIGHT * np.log(prior)) / (n + TABLE_PRIOR_WEIGHT)))
+        table[key] = median
+    return table
 
 
 def _fit_t_k(samples: Sequence[Sample]) -> dict[str, float]:

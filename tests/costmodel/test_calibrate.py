@@ -135,6 +135,33 @@ def test_network_correction_stays_linear_below_the_minimum_of_networks() -> None
     assert prof.to_dict()["schema_version"] == 1
 
 
+def test_the_table_pulls_a_configuration_seen_few_times_toward_the_model() -> None:
+    """The table holds a configuration's median in-context time pulled toward the linear form
+    and trees in log space, the median at weight n (times seen) and the model at
+    TABLE_PRIOR_WEIGHT (2): one instance measured 2x slow enters at 2^(1/3) of the model's time,
+    six at 1.5x at 1.5^(6/8); a fitted profile's table keeps configurations measured as the
+    device runs, and its estimates use the table's values."""
+    from costmodel.fit import TABLE_PRIOR_WEIGHT, _layer_table
+
+    assert TABLE_PRIOR_WEIGHT == 2.0
+    nets = synthetic_networks(60, 2)
+    data = [(n, [true_ms(g) for g in n], sum(true_ms(g) for g in n)) for n in nets]
+    model = fit_profile(current_context("cpu", 1, 4), [], data, {"statistic": "min"}, use_table=False)
+    a, b = nets[0][0], nets[1][0]
+    prior = {g.config_key(): estimate_total_ms([g], dataclasses.replace(
+        model, network={"c0_ms": 0.0, "scale": 1.0})) for g in (a, b)}
+    table = _layer_table([(a, 2.0 * true_ms(a))] + [(b, 1.5 * true_ms(b))] * 6, model)
+    assert table[a.config_key()] == pytest.approx(
+        (2.0 * true_ms(a)) ** (1 / 3) * prior[a.config_key()] ** (2 / 3), rel=1e-9)
+    assert table[b.config_key()] == pytest.approx(
+        (1.5 * true_ms(b)) ** 0.75 * prior[b.config_key()] ** 0.25, rel=1e-9)
+    assert prior[a.config_key()] == pytest.approx(true_ms(a), rel=0.05)  # the model knows the device
+    prof = fit_profile(current_context("cpu", 1, 4), [], data, {"statistic": "min"})
+    assert all(prof.table[g.config_key()] == pytest.approx(true_ms(g), rel=0.03) for n in nets for g in n)
+    assert estimate(nets[0], prof).table["est_ms"].tolist()[0] == pytest.approx(
+        prof.table[a.config_key()] * prof.network["scale"] + prof.network["per_layer_ms"], rel=1e-9)
+
+
 def test_exported_trees_predict_like_sklearn() -> None:
     from sklearn.ensemble import GradientBoostingRegressor
 
