@@ -10,7 +10,7 @@ a whole, every layer measured *in context* (see ``costmodel.measure``). What is 
   ``costmodel.modeldef.residual_features``) for what the linear form misses (oneDNN efficiency
   depending on channel counts);
 * a lookup table: the median in-context time of every distinct layer configuration seen, pulled
-  toward what the linear form and the trees give for it (in log space, the median at weight n, the
+  toward what the linear form and the trees (or the residual regressor) give for it (in log space, the median at weight n, the
   number of times the configuration was seen, the model at ``TABLE_PRIOR_WEIGHT``): one in-context
   time carries its instance's luck, and a configuration seen once had priced held-out PyTorch
   batch-1 networks worse than the model alone (docs/benchmarks.md);
@@ -298,8 +298,10 @@ _NEUTRAL = {"c0_ms": 0.0, "scale": 1.0}
 
 
 def _layer_table(samples: Sequence[Sample], model: DeviceProfile) -> dict[str, float]:
-    """Every configuration's median in-context time, pulled toward ``model``'s time for it (a
-    profile without a table) by ``TABLE_PRIOR_WEIGHT`` (see the module's docstring)."""
+    """Every configuration's median in-context time, pulled toward ``model``'s raw time for it (its
+    table and network correction left out) by ``TABLE_PRIOR_WEIGHT`` (see the module's docstring);
+    n counts the layers measured, two identical layers of one network twice."""
+    model = dataclasses.replace(model, table={}, use_table=False, network=_NEUTRAL)
     by_key: dict[str, list[float]] = defaultdict(list)
     first: dict[str, LayerGeom] = {}
     for g, t in samples:
