@@ -10,10 +10,11 @@ a whole, every layer measured *in context* (see ``costmodel.measure``). What is 
   ``costmodel.modeldef.residual_features``) for what the linear form misses (oneDNN efficiency
   depending on channel counts);
 * a lookup table: the median in-context time of every distinct layer configuration seen, pulled
-  toward what the linear form and the trees (or the residual regressor) give for it (in log space, the median at weight n, the
-  number of times the configuration was seen, the model at ``TABLE_PRIOR_WEIGHT``): one in-context
-  time carries its instance's luck, and a configuration seen once had priced held-out PyTorch
-  batch-1 networks worse than the model alone (docs/benchmarks.md);
+  toward what the linear form and the trees (or the residual regressor) give for it, in log space:
+  the median at weight n, the number of times the configuration was seen, the model at
+  ``TABLE_PRIOR_WEIGHT``. One in-context time carries its instance's luck, and a configuration
+  seen once had priced held-out PyTorch batch-1 networks worse than the model alone
+  (docs/benchmarks.md);
 * a network-level correction ``T_net = c0 + scale * sum(layers) + per_layer * n_layers`` (the
   per-layer term absorbs per-layer transition costs, and the hook overhead that inflates
   in-context layer times at small batch sizes), or its log form ``T_net = S * exp(w . (1, ln S,
