@@ -51,9 +51,9 @@ PROTOCOL = {
     "opset": OPSET,
     "graph_optimization": timing_ort.GRAPH_OPTIMIZATION,
     "executor": "sequential",
-    "per_layer": "onnxruntime node profiling (whole microseconds), less the profiler's cost per node "
-                 "(measured on chains of Relu nodes), mean of the lower half of runs; nodes onnxruntime "
-                 "made up (reorders, flatten) on the layer after them",
+    "per_layer": "onnxruntime node profiling (whole microseconds), less the profiler's cost per node, "
+                 "each node at least a Relu node's time (both measured on chains of Relu nodes), mean of "
+                 "the lower half of runs; nodes onnxruntime made up (reorders, flatten) on the layer after them",
     "statistic": TORCH_PROTOCOL["statistic"],
     "settle": "no: the rounds asked for",
 }
@@ -116,27 +116,28 @@ def write_probes(folder: str | os.PathLike[str]) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
-def node_overhead_ms(threads: int = 1, clock: str = "auto") -> float:
-    """ONNX Runtime's profiler cost per node, measured here and now on the probes."""
+def node_cost_ms(threads: int = 1, clock: str = "auto") -> tuple[float, float]:
+    """ONNX Runtime's profiler cost per node and the least a node takes, measured here and now
+    on the probes (``costmodel.timing_ort.profiler_cost_ms``)."""
     with tempfile.TemporaryDirectory() as tmp:
         short, long = write_probes(tmp)
-        return float(_checked(lambda: timing_ort.profiler_overhead_ms(short, long, threads, clock)))
+        return _checked(lambda: timing_ort.profiler_cost_ms(short, long, threads, clock))
 
 
 def time_networks(items: Sequence[tuple[Path, np.ndarray, Mapping[str, int], int]], threads: int,
                   repeats: int, clock: str, per_layer: bool = True, warmup: int = 2,
-                  warmup_s: float = 0.0, overhead: float | None = None,
+                  warmup_s: float = 0.0, node_cost: tuple[float, float] | None = None,
                   ) -> list[tuple[list[float], list[float], list[float]]]:
     """``costmodel.timing_ort.time_ort_networks`` with costmodel's errors; per-layer times
-    less the profiler's cost per node (``overhead``; by default ``node_overhead_ms``, measured
-    first)."""
+    less the profiler's cost per node, each node at least the least a node takes
+    (``node_cost``; by default ``node_cost_ms``, measured first)."""
     if not isinstance(threads, int) or threads < 1:
         raise CostModelError(f"threads={threads!r} must be a positive integer")
     timing.steady_allocator()  # ONNX Runtime's arena aside, inputs and outputs are malloc'd
-    if overhead is None:
-        overhead = node_overhead_ms(threads, clock) if per_layer else 0.0
+    if node_cost is None:
+        node_cost = node_cost_ms(threads, clock) if per_layer else (0.0, 0.0)
     return _checked(lambda: timing_ort.time_ort_networks(items, threads, repeats, clock, per_layer, warmup,
-                                                         warmup_s, overhead))
+                                                         warmup_s, node_cost))
 
 
 def export_items(networks: Sequence[Sequence[LayerGeom]], batch_size: int, folder: Path,
@@ -158,10 +159,10 @@ def export_items(networks: Sequence[Sequence[LayerGeom]], batch_size: int, folde
 
 def time_geoms(networks: Sequence[Sequence[LayerGeom]], batch_size: int, threads: int, repeats: int,
                clock: str, per_layer: bool = True, warmup_s: float = 0.0, seed: int = 0,
-               overhead: float | None = None) -> list[tuple[list[float], list[float], list[float]]]:
+               node_cost: tuple[float, float] | None = None) -> list[tuple[list[float], list[float], list[float]]]:
     with tempfile.TemporaryDirectory() as tmp:
         items = export_items(networks, batch_size, Path(tmp), seed)
-        return time_networks(items, threads, repeats, clock, per_layer, warmup_s=warmup_s, overhead=overhead)
+        return time_networks(items, threads, repeats, clock, per_layer, warmup_s=warmup_s, node_cost=node_cost)
 
 
 def measure_networks(networks: Sequence[Sequence[LayerGeom]], batch_size: int, threads: int,
@@ -172,7 +173,7 @@ def measure_networks(networks: Sequence[Sequence[LayerGeom]], batch_size: int, t
     its speed anchors in every chunk (``rounds_out`` and ``speed_out`` as there)."""
     from costmodel.measure import ANCHOR_GEOMS
 
-    overhead = node_overhead_ms(threads, clock)  # once for all chunks
+    node_cost = node_cost_ms(threads, clock)  # once for all chunks
     timed: list[tuple[list[float], list[float], list[float]]] = []
     anchor_ms: list[list[float]] = []
     ranges = speed.chunk_ranges(len(networks), timing.CHUNK)
@@ -183,7 +184,7 @@ def measure_networks(networks: Sequence[Sequence[LayerGeom]], batch_size: int, t
             folder = Path(tmp) / f"chunk{part.start}"
             items = export_items([networks[i] for i in part], batch_size, folder, seed + part.start)
             out = time_networks(items + anchors, threads, repeats, clock, warmup_s=timing.WARMUP_S,
-                                overhead=overhead)
+                                node_cost=node_cost)
             shutil.rmtree(folder)
             timed += out[:len(part)]
             anchor_ms.append([min(e2e) for _, _, e2e in out[len(part):]])
@@ -202,10 +203,10 @@ def measure_micro(geoms: Sequence[LayerGeom], batch_size: int, threads: int, rep
                   clock: str) -> list[Sample]:
     """Each micro-benchmark layer as a one-layer ONNX model: its node time (as in networks)."""
     out: list[Sample] = []
-    overhead = node_overhead_ms(threads, clock)  # once for all chunks
+    node_cost = node_cost_ms(threads, clock)  # once for all chunks
     for start in range(0, len(geoms), timing.CHUNK):
         part = geoms[start:start + timing.CHUNK]
-        timed = time_geoms([[g] for g in part], batch_size, threads, repeats, clock, overhead=overhead)
+        timed = time_geoms([[g] for g in part], batch_size, threads, repeats, clock, node_cost=node_cost)
         out += [(g, layers[0]) for g, (layers, _, _) in zip(part, timed)]
     return out
 

@@ -85,10 +85,10 @@ def measure_bundle(folder: str | os.PathLike[str], threads: int | None = None, r
     clock = "auto"
     groups = {"micro": [[g] for g in bundle["micro"]], "networks": bundle["networks"],
               "reference": [bundle["reference"]]}
-    overhead = 0.0
+    node_cost = (0.0, 0.0)
     if bundle["runtime"] == "onnxruntime":  # the profiler's own cost per node, from the bundle's probes
         short, long = (folder / "models" / f"probe{n}.onnx" for n in timing_ort.PROBE_NODES)
-        overhead = timing_ort.profiler_overhead_ms(short, long, threads, clock)
+        node_cost = timing_ort.profiler_cost_ms(short, long, threads, clock)
     anchors = bundle.get("anchors", [])  # timed in every chunk of networks (speed.py)
     anchor_ms: list[list[float]] = []
     timed: dict[str, list[tuple[list[float], list[float]]]] = {}
@@ -100,7 +100,7 @@ def measure_bundle(folder: str | os.PathLike[str], threads: int | None = None, r
             # the reference workload at batch 1, as a local profile times it (archgen.drift)
             out = _measure_part(folder, bundle, key, entries, batch if key != "reference" else 1, threads,
                                 repeats if key != "reference" else 30, clock,
-                                warmup_s if key == "networks" else 0.0, overhead)
+                                warmup_s if key == "networks" else 0.0, node_cost)
             if key == "networks":
                 anchor_ms += [[min(e2e) for _, e2e in out[len(part):]]] if anchors else []
                 say(f"measured {len(timed[key]) + len(part)}/{len(nets)} networks")
@@ -129,7 +129,7 @@ def _noise_floor(rounds: list[list[float]]) -> dict[str, Any]:
 
 def _measure_part(folder: Path, bundle: Mapping[str, Any], key: str, entries: list[tuple[str, int, list[dict]]],
                   batch: int, threads: int, repeats: int, clock: str, warmup_s: float,
-                  overhead: float) -> list[tuple[list[float], list[float]]]:
+                  node_cost: tuple[float, float]) -> list[tuple[list[float], list[float]]]:
     """Time one chunk: per item its minimum times (networks: per layer; micro-benchmarks: in ONNX
     Runtime their node time, as in networks and as a local calibration takes it, in torch the whole
     one-layer module's time, as ``costmodel.measure.measure_micro``) and its end-to-end times in
@@ -146,7 +146,7 @@ def _measure_part(folder: Path, bundle: Mapping[str, Any], key: str, entries: li
             items.append((folder / "models" / f"{group}{i}.onnx", rng.standard_normal(shape).astype(np.float32),
                           timing.module_paths([g.get("name", "") for g in geoms]), len(geoms)))
         out = timing_ort.time_ort_networks(items, threads, repeats, clock, per_layer=per_layer, warmup_s=warmup_s,
-                                           node_overhead_ms=overhead if per_layer else 0.0)
+                                           node_cost=node_cost if per_layer else (0.0, 0.0))
         return [(layers, list(e2e)) for layers, _, e2e in out]
     import torch
 

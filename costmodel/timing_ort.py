@@ -99,8 +99,8 @@ class OrtTimer:
 
     def __init__(self, path: str | os.PathLike[str], x: Any, layer_of_path: Mapping[str, int],
                  n_layers: int, threads: int, timer: Callable[[], float], prefix: str | None,
-                 node_overhead_ms: float = 0.0) -> None:
-        self.node_overhead_ms = node_overhead_ms
+                 node_cost: tuple[float, float] = (0.0, 0.0)) -> None:
+        self.node_cost = node_cost
         self.plain = ort_session(path, threads)
         self.profiled = ort_session(path, threads, prefix) if prefix is not None else None
         self.feed = {self.plain.get_inputs()[0].name: x}
@@ -124,33 +124,45 @@ class OrtTimer:
     def layer_ms(self, skip_runs: int = 1) -> tuple[list[float], list[float]]:
         """Per layer: the mean of the lower half of its per-run sums, and their IQR (of the
         recorded runs: the second of each pair, its weights warm from the first). Each node's
-        duration less the profiler's own cost per node (``node_overhead_ms``)."""
+        duration less the profiler's own cost per node, and at least the least a node takes
+        (``node_cost``, from ``profiler_cost_ms``)."""
         if self.profiled is None:
             return [], []
         runs = [r for r in parse_profile(self.profiled.end_profiling())[skip_runs:][1::2] if r]
         if not runs:
             raise MeasureError("onnxruntime's profile holds no run")
-        per_layer: list[list[float]] = [[] for _ in range(self.n_layers)]
-        for run in runs:
-            sums = [0.0] * self.n_layers
-            for k, (_, ms) in zip(node_layers([n for n, _ in run], self.layer_of_path), run):
-                sums[k] += max(ms - self.node_overhead_ms, 0.0)
-            for k, v in enumerate(sums):
-                per_layer[k].append(v)
+        per_layer = layer_runs(runs, self.layer_of_path, self.n_layers, self.node_cost)
         return [lower_half_mean(v) for v in per_layer], [iqr(v) for v in per_layer]
+
+
+def layer_runs(runs: Sequence[Sequence[tuple[str, float]]], layer_of_path: Mapping[str, int], n_layers: int,
+               node_cost: tuple[float, float] = (0.0, 0.0)) -> list[list[float]]:
+    """Per layer, its time in each run (``parse_profile``'s runs): the sum of its nodes'
+    durations, each less the profiler's cost per node and at least the least a node takes
+    (``node_cost``)."""
+    overhead, floor = node_cost
+    per_layer: list[list[float]] = [[] for _ in range(n_layers)]
+    for run in runs:
+        sums = [0.0] * n_layers
+        for k, (_, ms) in zip(node_layers([n for n, _ in run], layer_of_path), run):
+            sums[k] += max(ms - overhead, floor)
+        for k, v in enumerate(sums):
+            per_layer[k].append(v)
+    return per_layer
 
 
 def time_ort_networks(items: Sequence[tuple[Any, Any, Mapping[str, int], int]], threads: int, repeats: int,
                       clock: str, per_layer: bool = True, warmup: int = 2, warmup_s: float = 0.0,
-                      node_overhead_ms: float = 0.0) -> list[tuple[list[float], list[float], list[float]]]:
+                      node_cost: tuple[float, float] = (0.0, 0.0),
+                      ) -> list[tuple[list[float], list[float], list[float]]]:
     """Time exported networks interleaved: per network ``(per-layer ms, per-layer IQR ms,
     end-to-end samples ms)``. Each item: ``(onnx path, input array, layer index by module
-    path, number of layers)``. ``node_overhead_ms``: the profiler's cost per node
-    (``profiler_overhead_ms``), taken off every node's duration."""
+    path, number of layers)``. ``node_cost``: the profiler's cost per node, taken off every
+    node's duration, and the least a node takes, its floor (``profiler_cost_ms``)."""
     timer = cpu_timer(clock, threads)
     with tempfile.TemporaryDirectory() as tmp:
         timers = [OrtTimer(p, x, paths, n, threads, timer, os.path.join(tmp, f"prof{i}") if per_layer else None,
-                           node_overhead_ms)
+                           node_cost)
                   for i, (p, x, paths, n) in enumerate(items)]
         run_interleaved(timers, 0, warmup, warmup_s)
         for t in timers:  # the profiled session's own warm-up run, dropped from its profile
@@ -171,11 +183,13 @@ def time_ort_networks(items: Sequence[tuple[Any, Any, Mapping[str, int], int]], 
 PROBE_NODES = (1, 21)
 
 
-def profiler_overhead_ms(short: str | os.PathLike[str], long: str | os.PathLike[str], threads: int = 1,
-                         clock: str = "auto", repeats: int = 30) -> float:
-    """What ONNX Runtime's profiler adds to each node's reported duration: per extra node of
-    the long probe, its reported duration less what it adds to the end-to-end time (a Relu on
-    four numbers costs a fraction of a microsecond; the profiler reports 1.5-2 us)."""
+def profiler_cost_ms(short: str | os.PathLike[str], long: str | os.PathLike[str], threads: int = 1,
+                     clock: str = "auto", repeats: int = 30) -> tuple[float, float]:
+    """What ONNX Runtime's profiler adds to each node's reported duration, and the least a node
+    takes: per extra node of the long probe, its reported duration less what it adds to the
+    end-to-end time, and what it adds (a Relu on four numbers costs about 0.2 us; the profiler
+    reports 2 us). Without the floor, a layer of one small node (a 16-to-10 Gemm: 2-3 us
+    reported) came out at 0 ms on a loaded machine."""
     import numpy as np
 
     x = np.zeros((1, 4), dtype=np.float32)
@@ -184,5 +198,5 @@ def profiler_overhead_ms(short: str | os.PathLike[str], long: str | os.PathLike[
         [(short, x, paths, 1), (long, x, paths, 1)], threads, repeats, clock)
     extra = PROBE_NODES[1] - PROBE_NODES[0]
     reported = (l_layers[0] - s_layers[0]) / extra
-    real = (min(l_e2e) - min(s_e2e)) / extra
-    return max(reported - max(real, 0.0), 0.0)
+    real = max((min(l_e2e) - min(s_e2e)) / extra, 0.0)
+    return max(reported - real, 0.0), real

@@ -17,7 +17,7 @@ from costmodel.geometry import LayerGeom, geoms_from_module
 from costmodel.modeldef import fusion_heads, grouped_samples, priced_layers
 from costmodel.netgen import random_plain_cnn
 from costmodel.ort import profile_module_onnx
-from costmodel.timing_ort import module_path, node_layers, parse_profile
+from costmodel.timing_ort import layer_runs, module_path, node_layers, parse_profile
 
 
 def test_node_names_map_to_module_paths() -> None:
@@ -52,6 +52,18 @@ def test_parse_profile_groups_node_events_by_run(tmp_path: Path) -> None:
     path.write_text(json.dumps(events))
     assert parse_profile(path) == [[("/a/Conv", 0.005), ("/b/Gemm", 0.002)],
                                    [("/a/Conv", 0.004), ("/b/Gemm", 0.003)]]
+
+
+def test_layer_times_take_the_profilers_cost_off_each_node_down_to_a_floor() -> None:
+    paths = {"a": 0, "b": 1}
+    runs = [[("/a/Conv", 0.005), ("/a/Relu", 0.002), ("/b/Gemm", 0.001)],
+            [("/a/Conv", 0.004), ("/a/Relu", 0.003), ("/b/Gemm", 0.002)]]
+    # 1.9 us off each node, a node at least 0.2 us: a 1 us Gemm is 0.2 us, not 0 (a layer of
+    # one small node came out at 0 ms on a loaded machine when nodes were floored at 0)
+    a, b = layer_runs(runs, paths, 2, (0.0019, 0.0002))
+    assert a == pytest.approx([0.0031 + 0.0002, 0.0021 + 0.0011])
+    assert b == pytest.approx([0.0002, 0.0002])
+    assert layer_runs(runs, paths, 2) == [[0.007, 0.007], [0.001, 0.002]]  # nothing taken off
 
 
 def _g(name: str, op: str, **kw) -> LayerGeom:
