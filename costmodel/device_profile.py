@@ -35,7 +35,11 @@ SCHEMA_VERSION = 1
 # archgen (which knows only the linear form and would price the bare layer sum) refuses it
 # instead of misreading it; linear profiles stay version 1. This version reads both.
 LOG_FORM_SCHEMA_VERSION = 2
-READABLE_SCHEMA_VERSIONS = (SCHEMA_VERSION, LOG_FORM_SCHEMA_VERSION)
+# A log form that counts module calls (``"count": "calls"``) or has the weights feature (five
+# coefficients) is version 3: an archgen that reads version 2 would count layers and price
+# without the weights.
+LOG_FORM_V3_SCHEMA_VERSION = 3
+READABLE_SCHEMA_VERSIONS = (SCHEMA_VERSION, LOG_FORM_SCHEMA_VERSION, LOG_FORM_V3_SCHEMA_VERSION)
 # Context fields that must match for a profile to be used.
 CONTEXT_KEYS = ("device", "device_name", "runtime", "runtime_version", "threads", "dtype", "batch_size")
 # device, device_name, runtime, runtime_version, threads, torch_version, dtype, batch_size,
@@ -73,7 +77,9 @@ class DeviceProfile:
     activation element of a fused activation; ``residual[op_class]`` the weights of the
     log-space correction; ``table`` maps ``LayerGeom.config_key()`` to a measured ms;
     ``network`` the network-level correction, ``{"form": "linear", "c0_ms", "scale", "per_layer_ms"}``
-    (no ``form``: linear) or ``{"form": "log", "log_coef", "log_bounds"}`` (``costmodel.modeldef``);
+    (no ``form``: linear) or ``{"form": "log", "log_coef", "log_bounds"}`` (4 coefficients and 2
+    bounds, or 5 and 3 with the weights feature) and optionally ``"count": "calls"``
+    (``costmodel.modeldef``);
     ``t_k_ms[op]`` the textbook per-op filter time.
     """
 
@@ -123,7 +129,8 @@ class DeviceProfile:
         d = asdict(self)
         d["context"] = dict(self.context, fingerprint=self.fingerprint)
         if self.network.get("form") == "log":
-            d["schema_version"] = LOG_FORM_SCHEMA_VERSION
+            v3 = self.network.get("count", "layers") != "layers" or len(self.network.get("log_coef", ())) != 4
+            d["schema_version"] = LOG_FORM_V3_SCHEMA_VERSION if v3 else LOG_FORM_SCHEMA_VERSION
         return d
 
     @classmethod

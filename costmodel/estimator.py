@@ -13,8 +13,9 @@ Per layer, ``t_k_ms`` is the textbook time of one filter application for the op 
 by the network-level ``scale`` and including the network-level ``per_layer_ms`` term;
 ``total_est_ms = sum(est_ms) + overhead_ms`` where ``overhead_ms`` is the fitted per-network
 constant ``c0_ms``. A profile whose network correction has the log form (``network["form"] ==
-"log"``) multiplies every layer by one factor of the network's layer sum and layer count instead,
-and has no per-network constant (``costmodel.modeldef``).
+"log"``) multiplies every layer by one factor of the network's layer sum, its layer count (in
+torch its module calls) and its weights instead, and has no per-network constant
+(``costmodel.modeldef``).
 
 Batch size: a calibrated profile holds for its own batch size only; asking for another raises
 ``CostModelError`` (calibrate at that batch size instead). The built-in default profile scales
@@ -41,6 +42,7 @@ from costmodel.modeldef import (
     corrected_layer_ms,
     fused_activation_ms,
     linear_ms,
+    module_calls,
     network_factor,
     network_overhead_ms,
     op_class,
@@ -49,6 +51,7 @@ from costmodel.modeldef import (
     seed_t_k_ms,
     tree_base_class,
     tree_features,
+    weight_mib,
 )
 
 if TYPE_CHECKING:
@@ -102,6 +105,7 @@ class _Compiled:
     per_layer_ms: float
     log_coef: tuple[float, ...] | None  # the log-form network correction, None for the linear form
     log_bounds: tuple[tuple[float, float], ...]
+    log_counts_calls: bool  # the log form's n: module calls (``modeldef.module_calls``), else priced layers
     batch_size: int
     linear: bool
     runtime: str
@@ -129,19 +133,21 @@ def compile_profile(profile: DeviceProfile) -> _Compiled:
 
 def _log_form(network: dict) -> dict[str, object]:
     if network.get("form", "linear") == "linear":
-        return {"log_coef": None, "log_bounds": ()}
+        return {"log_coef": None, "log_bounds": (), "log_counts_calls": False}
     try:
         if network["form"] != "log":
             raise ValueError(network["form"])
         coef = tuple(float(v) for v in network["log_coef"])
         bounds = tuple((float(lo), float(hi)) for lo, hi in network["log_bounds"])
-        if len(coef) != 4 or len(bounds) != 2 or not all(map(math.isfinite, coef)) or not all(
+        if (len(coef), len(bounds)) not in ((4, 2), (5, 3)) or not all(map(math.isfinite, coef)) or not all(
                 math.isfinite(lo) and math.isfinite(hi) and lo <= hi for lo, hi in bounds):
             raise ValueError("size")
+        if network.get("count", "layers") not in ("layers", "calls"):
+            raise ValueError(network["count"])
     except (KeyError, TypeError, ValueError):
         raise CostModelError("the device profile's network correction is malformed; recalibrate with "
                              "`archgen calibrate`") from None
-    return {"log_coef": coef, "log_bounds": bounds}
+    return {"log_coef": coef, "log_bounds": bounds, "log_counts_calls": network.get("count") == "calls"}
 
 
 # Compiled forms by profile object (profiles hash by identity); dropped with their profile.
@@ -216,11 +222,17 @@ def estimate_layers_ms(
     priced = _priced(geoms, comp)
     if comp.log_coef is not None:
         raw = [0.0 if g is None else _layer_raw_ms(g, comp, factor) for g in priced]
-        k = network_factor(comp.log_coef, comp.log_bounds, sum(raw), sum(g is not None for g in priced))
+        n = module_calls(geoms) if comp.log_counts_calls else sum(g is not None for g in priced)
+        k = network_factor(comp.log_coef, comp.log_bounds, sum(raw), n, _weights(geoms, comp))
         return [k * t for t in raw], 0.0
     per_layer = [0.0 if g is None else _corrected_layer_ms(_layer_raw_ms(g, comp, factor), comp)
                  for g in priced]
     return per_layer, network_overhead_ms(comp.c0_ms, sum(per_layer))
+
+
+def _weights(geoms: Sequence[LayerGeom], comp: _Compiled) -> float:
+    """The network's weights in MiB where the log form has the W / S feature (else unused)."""
+    return weight_mib(geoms) if comp.log_coef is not None and len(comp.log_coef) == 5 else 0.0
 
 
 def _priced(geoms: Sequence[LayerGeom], comp: _Compiled) -> Sequence[LayerGeom | None]:
@@ -236,7 +248,8 @@ def estimate_total_ms(
     total = 0.0
     if comp.log_coef is not None:
         raw = [_layer_raw_ms(g, comp, factor) for g in _priced(geoms, comp) if g is not None]
-        return sum(raw) * network_factor(comp.log_coef, comp.log_bounds, sum(raw), len(raw))
+        n = module_calls(geoms) if comp.log_counts_calls else len(raw)
+        return sum(raw) * network_factor(comp.log_coef, comp.log_bounds, sum(raw), n, _weights(geoms, comp))
     for g in _priced(geoms, comp):
         if g is not None:
             total += _corrected_layer_ms(_layer_raw_ms(g, comp, factor), comp)

@@ -18,10 +18,11 @@ a whole, every layer measured *in context* (see ``costmodel.measure``). What is 
 * a network-level correction ``T_net = c0 + scale * sum(layers) + per_layer * n_layers`` (the
   per-layer term absorbs per-layer transition costs, and the hook overhead that inflates
   in-context layer times at small batch sizes), or its log form ``T_net = S * exp(w . (1, ln S,
-  (ln S)^2, n / S))`` when that cross-validates better (relative errors that change with the
-  network's size: small networks under-priced by a negative ``c0``), fitted on the calibration
-  networks' end-to-end times with layer predictions made out of fold (5 folds), so the table's
-  perfect recall of its own networks does not bias it.
+  (ln S)^2, n / S, W / S))`` when that cross-validates better (relative errors that change with
+  the network's size: small networks under-priced by a negative ``c0``; n the module calls in
+  torch, whose hooks cost per call, else the priced layers; W the conv and dense weights in MiB),
+  fitted on the calibration networks' end-to-end times with layer predictions made out of fold
+  (5 folds), so the table's perfect recall of its own networks does not bias it.
 """
 
 from __future__ import annotations
@@ -48,12 +49,14 @@ from costmodel.modeldef import (
     grouped_samples,
     linear_features,
     linear_ms,
+    module_calls,
     priced_layers,
     residual_features,
     seed_units,
     t_k_classes,
     tree_base_class,
     tree_features,
+    weight_mib,
 )
 from costmodel.netfit import FLOOR_MS, fit_network, nnls_relative
 
@@ -246,7 +249,9 @@ def fit_profile(
             raw = estimate_layers_ms(networks[i][0], prof_f)[0]  # neutral correction: the raw times
             oof_layers[i] = [t for t, g in zip(raw, priced_layers(networks[i][0], runtime)) if g is not None]
     e2e = np.array([n[2] for n in networks])
-    network, pred, forms = fit_network(oof_layers, e2e, seed)
+    calls = [module_calls(n[0]) for n in networks] if runtime == "torch" else None
+    weight_sizes = [weight_mib(n[0]) for n in networks]
+    network, pred, forms = fit_network(oof_layers, e2e, seed, calls=calls, weights=weight_sizes)
     err = np.abs(pred - e2e) / e2e
     quality["network_oof"] = {
         "n": len(networks), "mape": float(err.mean()), "within_10pct": float((err < 0.1).mean()),

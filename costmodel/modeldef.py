@@ -9,7 +9,7 @@ Per layer, at the profile's batch size ``B0`` (``factor = B / B0``, 1 for a cali
                    + factor * activation elements * per-element cost of the fused activation
     network      = max(c0, -(1 - share) * sum) + sum of max(scale * layer + per_layer,
                                                             share * scale * layer)   (linear form)
-                 = sum * exp(clamp(w . log_network_features(sum, n_layers)))         (log form)
+                 = sum * exp(clamp(w . log_network_features(sum, n, weights)))      (log form)
 
 ``share`` is ``MIN_SHARE_OF_LAYER_SUM``. The calibration picks the form whose out-of-fold error on
 its own networks is lower (``costmodel.netfit``); in the log form a layer's ``est_ms`` is its time
@@ -141,22 +141,45 @@ def network_overhead_ms(c0_ms: float, layer_sum_ms: float) -> float:
 
 
 def log_network_features(layer_sum_ms: float, n_layers: float,
-                         bounds: Sequence[Sequence[float]] | None = None) -> list[float]:
-    """Features of the log-form network correction: 1, ln S, (ln S)^2 and n / S (a per-layer
-    cost relative to the network), with S the sum of the layers' times in ms and n the number of
-    priced layers; ``bounds`` ([lo, hi] of ln S and of n / S) clamps them to the fitted range."""
+                         bounds: Sequence[Sequence[float]] | None = None,
+                         weight_mib: float | None = None) -> list[float]:
+    """Features of the log-form network correction: 1, ln S, (ln S)^2, n / S (a per-layer or
+    per-call cost relative to the network) and, with ``weight_mib``, W / S (the network's conv
+    and dense weights in MiB per ms of its layers: how much of its time streams weights), with S
+    the sum of the layers' times in ms, n the number of priced layers or module calls and W
+    ``weight_mib``; ``bounds`` ([lo, hi] of ln S, of n / S and of W / S) clamps them to the
+    fitted range."""
     s = max(layer_sum_ms, 1e-6)
-    ln_s, per = math.log(s), n_layers / s
+    feats = [math.log(s), n_layers / s] + ([] if weight_mib is None else [weight_mib / s])
     if bounds is not None:
-        ln_s = min(max(ln_s, bounds[0][0]), bounds[0][1])
-        per = min(max(per, bounds[1][0]), bounds[1][1])
-    return [1.0, ln_s, ln_s * ln_s, per]
+        feats = [min(max(f, b[0]), b[1]) for f, b in zip(feats, bounds)]
+    return [1.0, feats[0], feats[0] * feats[0], *feats[1:]]
+
+
+def module_calls(geoms: Sequence[LayerGeom]) -> int:
+    """The leaf-module calls of a network as torch runs it (``costmodel.timing.build_module``,
+    as archgen builds its networks): one per layer, one per conv or dense layer's activation, one
+    flatten before the first dense layer or after a global pooling. Timing layers in context
+    hooks every call, so what the hooks add to the layer sum goes with this count, not with the
+    layers: a conv and its ReLU are two calls, a pooling one. Layers traced from a module
+    (``costmodel.geometry.geoms_from_module``) carry the calls seen, which are counted instead."""
+    if geoms and all(g.calls for g in geoms):
+        return sum(len(g.calls) for g in geoms)
+    acts = sum(1 for g in geoms if g.op in ("conv", "dense") and g.activation)
+    return len(geoms) + acts + int(any(g.op in ("dense", "gap") for g in geoms))
+
+
+def weight_mib(geoms: Sequence[LayerGeom]) -> float:
+    """A network's conv and dense weights (and biases) in MiB."""
+    return sum(g.params * g.dtype_bytes for g in geoms if g.op in ("conv", "dense")) / 2**20
 
 
 def network_factor(coef: Sequence[float], bounds: Sequence[Sequence[float]], layer_sum_ms: float,
-                   n_layers: float) -> float:
-    """The log form's multiplier of the layer sum (clamped to exp(+-LOG_NETWORK_CLAMP))."""
-    r = sum(c * f for c, f in zip(coef, log_network_features(layer_sum_ms, n_layers, bounds)))
+                   n_layers: float, weight_mib: float = 0.0) -> float:
+    """The log form's multiplier of the layer sum (clamped to exp(+-LOG_NETWORK_CLAMP)); a
+    correction of five coefficients has the W / S feature (``weight_mib``), one of four not."""
+    feats = log_network_features(layer_sum_ms, n_layers, bounds, weight_mib if len(coef) == 5 else None)
+    r = sum(c * f for c, f in zip(coef, feats))
     return math.exp(max(-LOG_NETWORK_CLAMP, min(LOG_NETWORK_CLAMP, r)))
 
 

@@ -66,30 +66,41 @@ def _linear_predict(coef: np.ndarray, layers: Sequence[Sequence[float]]) -> np.n
     return np.array(out)
 
 
-def _log_network(s: np.ndarray, n_layers: np.ndarray, e2e: np.ndarray) -> tuple[list[float], list[list[float]]]:
-    """``(coef, bounds)`` of the log form: least squares of ln(T / S) on its features."""
+def _log_network(s: np.ndarray, n_layers: np.ndarray, e2e: np.ndarray, weights: np.ndarray | None = None,
+                 ) -> tuple[list[float], list[list[float]]]:
+    """``(coef, bounds)`` of the log form: least squares of ln(T / S) on its features (W / S
+    among them when ``weights`` are given)."""
     s = np.maximum(s, 1e-6)
-    ln_s, per = np.log(s), n_layers / s
-    bounds = [[float(ln_s.min()), float(ln_s.max())], [float(per.min()), float(per.max())]]
-    f = np.array([log_network_features(a, b) for a, b in zip(s, n_layers)])
+    cols = [np.log(s), n_layers / s] + ([] if weights is None else [weights / s])
+    bounds = [[float(c.min()), float(c.max())] for c in cols]
+    f = np.array([log_network_features(a, b, None, None if weights is None else w)
+                  for a, b, w in zip(s, n_layers, s if weights is None else weights)])
     coef, *_ = np.linalg.lstsq(f, np.log(np.maximum(e2e, 1e-9) / s), rcond=None)
     return [float(v) for v in coef], bounds
 
 
-def _log_predict(coef: list[float], bounds: list[list[float]], s: np.ndarray, n_layers: np.ndarray) -> np.ndarray:
-    return np.array([a * network_factor(coef, bounds, a, b) for a, b in zip(s, n_layers)])
+def _log_predict(coef: list[float], bounds: list[list[float]], s: np.ndarray, n_layers: np.ndarray,
+                 weights: np.ndarray | None = None) -> np.ndarray:
+    w = np.zeros_like(s) if weights is None else weights
+    return np.array([a * network_factor(coef, bounds, a, b, c) for a, b, c in zip(s, n_layers, w)])
 
 
 def fit_network(layers: Sequence[Sequence[float]], e2e: np.ndarray, seed: int = 0, folds: int = 5,
+                calls: Sequence[float] | None = None, weights: Sequence[float] | None = None,
                 ) -> tuple[dict[str, object], np.ndarray, dict[str, float]]:
     """The network-level correction from the calibration networks' out-of-fold times of their
     priced layers and their end-to-end times: the linear form, or the log form when the
     calibration has at least ``MIN_LOG_NETWORKS`` networks and the log form's ``folds``-fold
     cross-validated relative error on them is lower. Returns ``(network, predictions,
-    {form: cross-validated MAPE})`` (the last empty when only the linear form was tried)."""
+    {form: cross-validated MAPE})`` (the last empty when only the linear form was tried).
+    ``calls``: per network its module calls (``modeldef.module_calls``; torch, whose hooks
+    cost per call), the log form's n instead of the number of priced layers; ``weights``: per
+    network its weights in MiB (``modeldef.weight_mib``), the log form's W / S feature."""
     s = np.array([float(sum(raw)) for raw in layers])
     n_layers = np.array([float(len(raw)) for raw in layers])
     lin = _linear_network(s, n_layers, e2e)
+    n_log = n_layers if calls is None else np.array([float(c) for c in calls])
+    w = None if weights is None else np.array([float(v) for v in weights])
     network: dict[str, object] = {"form": "linear", "c0_ms": float(lin[0]), "scale": float(lin[1]),
                                   "per_layer_ms": float(lin[2])}
     pred = _linear_predict(lin, layers)
@@ -102,12 +113,14 @@ def fit_network(layers: Sequence[Sequence[float]], e2e: np.ndarray, seed: int = 
         train = np.setdiff1d(order, test)
         c = _linear_network(s[train], n_layers[train], e2e[train])
         cv["linear"][test] = _linear_predict(c, [layers[i] for i in test])
-        coef, bounds = _log_network(s[train], n_layers[train], e2e[train])
-        cv["log"][test] = _log_predict(coef, bounds, s[test], n_layers[test])
+        coef, bounds = _log_network(s[train], n_log[train], e2e[train], None if w is None else w[train])
+        cv["log"][test] = _log_predict(coef, bounds, s[test], n_log[test], None if w is None else w[test])
     mape = {k: float(np.mean(np.abs(v - e2e) / e2e)) for k, v in cv.items()}
     if mape["log"] < mape["linear"]:
-        coef, bounds = _log_network(s, n_layers, e2e)
+        coef, bounds = _log_network(s, n_log, e2e, w)
         network = {"form": "log", "log_coef": coef, "log_bounds": bounds, "c0_ms": 0.0, "scale": 1.0,
                    "per_layer_ms": 0.0}
-        pred = _log_predict(coef, bounds, s, n_layers)
+        if calls is not None:
+            network["count"] = "calls"
+        pred = _log_predict(coef, bounds, s, n_log, w)
     return network, pred, mape

@@ -207,12 +207,59 @@ def test_log_form_network_correction_multiplies_every_layer_by_one_factor():
     assert estimate_total_ms(GEOMS, wild) == pytest.approx(s * math.exp(LOG_NETWORK_CLAMP), rel=1e-12)
 
 
+def test_log_form_counting_module_calls_and_weighing_the_weights():
+    """``"count": "calls"``: n is the network's module calls (a conv and its ReLU are two, the
+    flatten before the first dense layer one: 6 layers, 10 calls here); five coefficients: W / S
+    is a feature, W the conv and dense weights in MiB. A profile of four coefficients and no
+    count prices as before (n = layers, no W)."""
+    import dataclasses
+    import math
+
+    from costmodel.modeldef import module_calls, weight_mib
+
+    assert module_calls(GEOMS) == 10
+    params = (1 * 8 * 25 + 8) + (8 * 16 * 9 + 16) + (784 * 64 + 64) + (64 * 10 + 10)
+    assert weight_mib(GEOMS) == pytest.approx(4 * params / 2**20, rel=1e-12)
+    neutral = hand_profile(network={"c0_ms": 0.0, "scale": 1.0})
+    raw = [linear_ms(g) for g in GEOMS]
+    s, w = sum(raw), 4 * params / 2**20
+    wide = [[-10.0, 10.0], [0.0, 1000.0], [0.0, 1000.0]]
+    coef = [0.05, 0.02, -0.01, -0.003, -0.04]
+    prof = dataclasses.replace(neutral, network={"form": "log", "log_coef": coef, "log_bounds": wide,
+                                                 "count": "calls"})
+    k = math.exp(coef[0] + coef[1] * math.log(s) + coef[2] * math.log(s) ** 2 - 0.003 * 10 / s - 0.04 * w / s)
+    assert estimate_total_ms(GEOMS, prof) == pytest.approx(k * s, rel=1e-12)
+    per_layer, overhead = estimate_layers_ms(GEOMS, prof)
+    assert per_layer == pytest.approx([k * t for t in raw], rel=1e-12) and overhead == 0.0
+    # counting layers (no "count"), with the weights feature
+    layers = dataclasses.replace(neutral, network={"form": "log", "log_coef": coef, "log_bounds": wide})
+    k6 = math.exp(coef[0] + coef[1] * math.log(s) + coef[2] * math.log(s) ** 2 - 0.003 * 6 / s - 0.04 * w / s)
+    assert estimate_total_ms(GEOMS, layers) == pytest.approx(k6 * s, rel=1e-12)
+    # W / S is clamped to its fitted range like the others
+    capped = dataclasses.replace(prof, network=dict(prof.network, log_bounds=wide[:2] + [[0.0, 0.01]]))
+    assert w / s > 0.01
+    k_cap = math.exp(coef[0] + coef[1] * math.log(s) + coef[2] * math.log(s) ** 2 - 0.003 * 10 / s - 0.04 * 0.01)
+    assert estimate_total_ms(GEOMS, capped) == pytest.approx(k_cap * s, rel=1e-12)
+    # written as schema version 3 (a reader of version 2 would count layers and drop W), read back
+    for p in (prof, layers):
+        d = json.loads(json.dumps(p.to_dict()))
+        assert d["schema_version"] == 3
+        assert estimate_total_ms(GEOMS, DeviceProfile.from_dict(d)) == estimate_total_ms(GEOMS, p)
+    old = dataclasses.replace(neutral, network={"form": "log", "log_coef": coef[:4], "log_bounds": wide[:2]})
+    assert old.to_dict()["schema_version"] == 2
+    k_old = math.exp(coef[0] + coef[1] * math.log(s) + coef[2] * math.log(s) ** 2 - 0.003 * 6 / s)
+    assert estimate_total_ms(GEOMS, old) == pytest.approx(k_old * s, rel=1e-12)
+
+
 @pytest.mark.parametrize("network", [
     {"form": "log", "log_coef": [0.1, 0.2], "log_bounds": [[0, 1], [0, 1]]},
     {"form": "log", "log_coef": [0.1, 0.2, 0.0, "x"], "log_bounds": [[0, 1], [0, 1]]},
     {"form": "log", "log_coef": [0.1, 0.2, 0.0, 0.0]},
     {"form": "log", "log_coef": [0.1, 0.2, 0.0, 0.0], "log_bounds": [[0, float("nan")], [0, 1]]},
     {"form": "log", "log_coef": [0.1, 0.2, 0.0, 0.0], "log_bounds": [[1, 0], [0, 1]]},
+    {"form": "log", "log_coef": [0.1, 0.2, 0.0, 0.0, 0.0], "log_bounds": [[0, 1], [0, 1]]},
+    {"form": "log", "log_coef": [0.1, 0.2, 0.0, 0.0], "log_bounds": [[0, 1], [0, 1], [0, 1]]},
+    {"form": "log", "log_coef": [0.1, 0.2, 0.0, 0.0], "log_bounds": [[0, 1], [0, 1]], "count": "leaves"},
     {"form": "cubic"},
 ])
 def test_malformed_network_correction_is_a_clear_error(network):
