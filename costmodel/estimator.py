@@ -222,17 +222,20 @@ def estimate_layers_ms(
     priced = _priced(geoms, comp)
     if comp.log_coef is not None:
         raw = [0.0 if g is None else _layer_raw_ms(g, comp, factor) for g in priced]
-        n = module_calls(geoms) if comp.log_counts_calls else sum(g is not None for g in priced)
-        k = network_factor(comp.log_coef, comp.log_bounds, sum(raw), n, _weights(geoms, comp))
+        k = _log_factor(geoms, sum(raw), sum(g is not None for g in priced), comp)
         return [k * t for t in raw], 0.0
     per_layer = [0.0 if g is None else _corrected_layer_ms(_layer_raw_ms(g, comp, factor), comp)
                  for g in priced]
     return per_layer, network_overhead_ms(comp.c0_ms, sum(per_layer))
 
 
-def _weights(geoms: Sequence[LayerGeom], comp: _Compiled) -> float:
-    """The network's weights in MiB where the log form has the W / S feature (else unused)."""
-    return weight_mib(geoms) if comp.log_coef is not None and len(comp.log_coef) == 5 else 0.0
+def _log_factor(geoms: Sequence[LayerGeom], layer_sum_ms: float, n_priced: int, comp: _Compiled) -> float:
+    """The log form's factor for a network: n its module calls where the profile counts calls,
+    else its priced layers; its weights only where the form has the W / S feature."""
+    assert comp.log_coef is not None
+    n = module_calls(geoms) if comp.log_counts_calls else n_priced
+    w = weight_mib(geoms) if len(comp.log_coef) == 5 else 0.0
+    return network_factor(comp.log_coef, comp.log_bounds, layer_sum_ms, n, w)
 
 
 def _priced(geoms: Sequence[LayerGeom], comp: _Compiled) -> Sequence[LayerGeom | None]:
@@ -248,8 +251,7 @@ def estimate_total_ms(
     total = 0.0
     if comp.log_coef is not None:
         raw = [_layer_raw_ms(g, comp, factor) for g in _priced(geoms, comp) if g is not None]
-        n = module_calls(geoms) if comp.log_counts_calls else len(raw)
-        return sum(raw) * network_factor(comp.log_coef, comp.log_bounds, sum(raw), n, _weights(geoms, comp))
+        return sum(raw) * _log_factor(geoms, sum(raw), len(raw), comp)
     for g in _priced(geoms, comp):
         if g is not None:
             total += _corrected_layer_ms(_layer_raw_ms(g, comp, factor), comp)

@@ -73,8 +73,8 @@ def _log_network(s: np.ndarray, n_layers: np.ndarray, e2e: np.ndarray, weights: 
     s = np.maximum(s, 1e-6)
     cols = [np.log(s), n_layers / s] + ([] if weights is None else [weights / s])
     bounds = [[float(c.min()), float(c.max())] for c in cols]
-    f = np.array([log_network_features(a, b, None, None if weights is None else w)
-                  for a, b, w in zip(s, n_layers, s if weights is None else weights)])
+    ws = [None] * len(s) if weights is None else weights
+    f = np.array([log_network_features(a, b, None, w) for a, b, w in zip(s, n_layers, ws)])
     coef, *_ = np.linalg.lstsq(f, np.log(np.maximum(e2e, 1e-9) / s), rcond=None)
     return [float(v) for v in coef], bounds
 
