@@ -251,7 +251,8 @@ def fit_profile(
     e2e = np.array([n[2] for n in networks])
     calls = [module_calls(n[0]) for n in networks] if runtime == "torch" else None
     weight_sizes = [weight_mib(n[0]) for n in networks]
-    network, pred, forms = fit_network(oof_layers, e2e, seed, calls=calls, weights=weight_sizes)
+    network, pred, forms = fit_network(oof_layers, e2e, seed, calls=calls, weights=weight_sizes,
+                                       measured=[sum(n[1]) for n in networks])
     err = np.abs(pred - e2e) / e2e
     quality["network_oof"] = {
         "n": len(networks), "mape": float(err.mean()), "within_10pct": float((err < 0.1).mean()),

@@ -10,7 +10,8 @@ measure end-to-end latency twice (interleaved, minimum of R runs) and compare wi
   (c) per-op linear base only (c + a*MACs + b*bytes per op class, network correction)
   (d) the calibrated model (lookup table + boosted-tree residuals + network correction)
 
-and the noise floor (the second measurement as a "predictor" of the first). Reports Kendall
+and the noise floor (the second measurement as a "predictor" of the first; with --interleaved
+also the third instance against the geometric mean of the first two). Reports Kendall
 tau, MAPE, P95 absolute error and the share within +-10%. Also: pricing throughput of
 ``estimate_total_ms`` / ``estimate`` next to fvcore's FlopCountAnalysis on the same networks,
 and how per-layer profiled times add up to end-to-end times.
@@ -239,12 +240,19 @@ def throughput(geoms: list[list[LayerGeom]], modules: list, profile, n_fvcore: i
             "ratio_report_vs_fvcore": frame / fvc, "profile_compile_ms": compile_ms}
 
 
-def _separated_order(n_calib: int, n_held: int, chunk: int) -> list[int]:
-    """A seeded random order of ``n_calib`` calibration networks and two instances of each of
-    ``n_held`` held-out networks (indices ``n_calib + j`` and ``n_calib + n_held + j``) in which
-    the two instances of a held-out network fall in different chunks (``speed.chunk_ranges``):
-    a clashing second instance swaps places with a calibration network of another chunk."""
-    n = n_calib + 2 * n_held
+# Instances of each held-out network measured with --interleaved, each in its own chunk: the
+# first two make the reference the model is judged against (their geometric mean), the third is
+# the noise floor judged against the same reference (a re-measurement as a predictor).
+INSTANCES = 3
+
+
+def _separated_order(n_calib: int, n_held: int, chunk: int, instances: int = INSTANCES) -> list[int]:
+    """A seeded random order of ``n_calib`` calibration networks and ``instances`` instances of
+    each of ``n_held`` held-out networks (instance k of network j: index ``n_calib + k * n_held +
+    j``) in which the instances of a held-out network fall in different chunks
+    (``speed.chunk_ranges``): a clashing instance swaps places with a calibration network of a
+    chunk none of its network's other instances is in."""
+    n = n_calib + instances * n_held
     order = list(range(n))
     rng = random.Random(4242)
     rng.shuffle(order)
@@ -254,14 +262,17 @@ def _separated_order(n_calib: int, n_held: int, chunk: int) -> list[int]:
             chunk_of[p] = c
     pos = {i: p for p, i in enumerate(order)}
     for j in range(n_held):
-        a, b = pos[n_calib + j], pos[n_calib + n_held + j]
-        if chunk_of[a] != chunk_of[b]:
-            continue
-        for p in rng.sample(range(n), n):
-            if order[p] < n_calib and chunk_of[p] != chunk_of[a]:
-                order[p], order[b] = order[b], order[p]
-                pos[order[p]], pos[order[b]] = p, b
-                break
+        used = {chunk_of[pos[n_calib + j]]}
+        for k in range(1, instances):
+            b = pos[n_calib + k * n_held + j]
+            if chunk_of[b] in used:
+                for p in rng.sample(range(n), n):
+                    if order[p] < n_calib and chunk_of[p] not in used:
+                        order[p], order[b] = order[b], order[p]
+                        pos[order[p]], pos[order[b]] = p, b
+                        b = p
+                        break
+            used.add(chunk_of[b])
     return order
 
 
@@ -271,7 +282,7 @@ def measure_interleaved(batch: int, threads: int, runtime: str, args: argparse.N
     """Calibration and held-out networks measured in the same chunks (``--interleaved``).
 
     The calibration's micro-benchmarks first, then every network, calibration and held out (each
-    held-out network twice: two separately built instances), in one seeded random order, measured
+    held-out network ``INSTANCES`` times: separately built instances), in one seeded random order, measured
     as calibration measures its networks (``measure_networks``: chunks of ``CHUNK``,
     ``default_repeats`` interleaved rounds, per-layer times, the speed anchors timed in every
     chunk and every chunk's times brought to the machine's median speed). A change of the
@@ -279,7 +290,8 @@ def measure_interleaved(batch: int, threads: int, runtime: str, args: argparse.N
     Returns the calibration's measurements and, for the held-out networks: ``ref`` (first
     instance, minimum over all rounds, at the median speed), ``a`` / ``b`` (over odd / even
     rounds), ``ref_raw`` (``ref`` as measured, before the speed normalization), ``second`` /
-    ``second_raw`` (the second instance, in another chunk) and ``layers`` (first instance)."""
+    ``second_raw`` (the second instance, in another chunk), ``third`` / ``third_raw`` (the third,
+    in a third chunk) and ``layers`` (first instance)."""
     from costmodel.calibration import calibration_networks, default_repeats
     from costmodel.device_profile import current_context
     from costmodel.measure import (
@@ -292,7 +304,7 @@ def measure_interleaved(batch: int, threads: int, runtime: str, args: argparse.N
     from costmodel.timing import repeat_agreement, steady_allocator
 
     calib = calibration_networks(args.quick, 0, args.calib_networks, batch) + [list(n) for n in extra]
-    nets = calib + [list(n) for n in held] + [list(n) for n in held]
+    nets = calib + [list(n) for _ in range(INSTANCES) for n in held]
     order = _separated_order(len(calib), len(held), CHUNK)
     reps = default_repeats(args.quick, batch)
     micro_geoms = micro_benchmark_geoms(args.quick, 0)
@@ -328,10 +340,12 @@ def measure_interleaved(batch: int, threads: int, runtime: str, args: argparse.N
                             noise_floor=repeat_agreement([timed[i][3] for i in range(len(calib))]))
     first = [timed[len(calib) + j] for j in range(len(held))]
     second = [timed[len(calib) + len(held) + j] for j in range(len(held))]
+    third = [timed[len(calib) + 2 * len(held) + j] for j in range(len(held))]
     return measured, {
         "ref": [t[2] for t in first], "a": [min(t[3][0::2]) for t in first], "b": [min(t[3][1::2]) for t in first],
         "ref_raw": [t[2] / t[4] for t in first], "second": [t[2] for t in second],
-        "second_raw": [t[2] / t[4] for t in second], "layers": [t[1] for t in first]}
+        "second_raw": [t[2] / t[4] for t in second], "third": [t[2] for t in third],
+        "third_raw": [t[2] / t[4] for t in third], "layers": [t[1] for t in first]}
 
 
 def run_config(batch: int, threads: int, runtime: str, args: argparse.Namespace, nets: tuple) -> dict:
@@ -398,7 +412,7 @@ def replay(path: str, subset: int | None = None, seed: int = 0) -> dict:
     if subset is not None and subset < len(measured.networks):
         measured = dataclasses.replace(
             measured, networks=random.Random(seed).sample(measured.networks, subset))
-    extra = {k: held[k] for k in ("ref_raw", "second", "second_raw") if held.get(k)}
+    extra = {k: held[k] for k in ("ref_raw", "second", "second_raw", "third", "third_raw") if held.get(k)}
     return evaluate(measured, d["calibration_s"], geoms, held["ref"], held["a"], held["b"], extra)
 
 
@@ -455,6 +469,9 @@ def evaluate(measured: Measurements, calib_s: float, geoms: list, meas_ref: list
         # one instance's luck (a diagnostic row).
         both = [math.sqrt(a * b) for a, b in zip(meas_ref, extra["second"])]
         rows["(d) calibrated, against the geometric mean of both instances"] = metrics(preds[d], both)
+        if extra.get("third"):  # a re-measurement judged against that same reference: its floor
+            rows["noise floor: third instance, a third chunk, against the geometric mean of both instances"] = (
+                metrics(extra["third"], both))
     rows.update(by_weight_size(geoms, preds[d], meas_ref, extra.get("second")))
     if extra.get("ref_raw"):  # the same, before the speed normalization
         rows["(d) calibrated, against the times before speed normalization"] = metrics(preds[d], extra["ref_raw"])
@@ -519,10 +536,12 @@ def write_markdown(results: list[dict], tp: dict | None, sums: dict | None, args
              "(timings pinned with taskset)"
              + ("; **interleaved**: calibration and held-out networks measured in the same chunks, in "
                 "one seeded random order, calibration's rounds (`default_repeats`), held-out networks "
-                "built from their geometries, each twice (two instances, in different chunks); passes A "
-                "and B split those rounds; the speed anchors timed in every chunk and every chunk's "
-                "times brought to the machine's median speed, as calibration does (`costmodel.speed`): "
-                "the reference is the first instance at that speed"
+                f"built from their geometries, each {INSTANCES} times ({INSTANCES} instances, each in its "
+                "own chunk); passes A and B split those rounds; the speed anchors timed in every chunk "
+                "and every chunk's times brought to the machine's median speed, as calibration does "
+                "(`costmodel.speed`): the reference is the first instance at that speed; the geometric "
+                "mean of the first two instances is the reference of the rows that say so, and the "
+                "third instance judged against it their noise floor"
                 if args.interleaved else ""), ""]
     for r in results:
         lines += [f"### {r['runtime']}, batch {r['batch_size']}, {r['threads']} thread(s)", "",
