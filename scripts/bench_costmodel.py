@@ -308,8 +308,8 @@ def measure_interleaved(batch: int, threads: int, runtime: str, args: argparse.N
     order = _separated_order(len(calib), len(held), CHUNK)
     reps = default_repeats(args.quick, batch)
     micro_geoms = micro_benchmark_geoms(args.quick, 0)
-    log.info("b%d t%d %s interleaved: %d calibration + 2 x %d held-out networks, %d rounds", batch, threads,
-             runtime, len(calib), len(held), reps)
+    log.info("b%d t%d %s interleaved: %d calibration + %d x %d held-out networks, %d rounds", batch, threads,
+             runtime, len(calib), INSTANCES, len(held), reps)
     rounds: list[list[float]] = []
     moved: dict[str, object] = {}
     ordered = [nets[i] for i in order]

@@ -191,9 +191,17 @@ def test_the_log_form_is_fitted_on_networks_whose_layers_were_priced_as_measured
     assert every["log_coef"] != pytest.approx([0, 0, 0, -0.01], abs=1e-3)
     assert max(abs(priced(every, i) / e2e[i] - 1) for i in clean) > 0.03
     assert cv["log"] > 0.02 and cv_all["log"] > 0.02  # the mispriced networks stay in the error
-    # Leaving out half or more would leave too little: then every network counts.
-    half, _, _ = fit_network(oof, e2e, calls=calls, measured=np.where(s > np.median(s), 2 * s, s))
-    assert half["log_coef"] == pytest.approx(every["log_coef"])
+    # ... and each fold was fitted on its kept networks: the folds' errors are not the unfiltered ones
+    assert abs(cv["log"] - cv_all["log"]) > 0.01
+    # Leaving out half or more would leave too little: then every network counts. Measured sums
+    # equal to the out-of-fold ones for k networks, half and twice them for the others in turn
+    # (the median ratio stays 1): 70 of 150 kept is too few, 80 enough.
+    s_oof = np.array([sum(v) for v in oof])
+    for k, all_kept in ((70, True), (80, False)):
+        spread = np.resize([0.5, 2.0], len(nets) - k)
+        measured = s_oof * np.r_[np.ones(k), spread][np.random.default_rng(5).permutation(len(nets))]
+        fitted, _, _ = fit_network(oof, e2e, calls=calls, measured=measured)
+        assert (fitted["log_coef"] == pytest.approx(every["log_coef"])) == all_kept
 
 
 def test_network_correction_keeps_the_linear_form_for_a_linear_device() -> None:
