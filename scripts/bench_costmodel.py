@@ -338,9 +338,8 @@ def measure_interleaved(batch: int, threads: int, runtime: str, args: argparse.N
                             protocol=protocol, micro=micro,
                             networks=[timed[i][:3] for i in range(len(calib))], reference_ms=ref,
                             noise_floor=repeat_agreement([timed[i][3] for i in range(len(calib))]))
-    first = [timed[len(calib) + j] for j in range(len(held))]
-    second = [timed[len(calib) + len(held) + j] for j in range(len(held))]
-    third = [timed[len(calib) + 2 * len(held) + j] for j in range(len(held))]
+    first, second, third = ([timed[len(calib) + k * len(held) + j] for j in range(len(held))]
+                            for k in range(INSTANCES))
     return measured, {
         "ref": [t[2] for t in first], "a": [min(t[3][0::2]) for t in first], "b": [min(t[3][1::2]) for t in first],
         "ref_raw": [t[2] / t[4] for t in first], "second": [t[2] for t in second],
