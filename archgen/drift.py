@@ -52,8 +52,10 @@ def check_drift(profile: DeviceProfile, device: str = "cpu") -> DriftReport | No
     or is of another device."""
     from costmodel.device_profile import predates_steady_allocator
 
-    if profile.is_default or profile.reference_ms is None or profile.is_foreign():
-        return None
+    kind = str(profile.context.get("device"))
+    here = "cpu" if profile.runtime == "onnxruntime" else device.split(":")[0]  # ONNX Runtime runs on the CPU
+    if profile.is_default or profile.reference_ms is None or profile.is_foreign() or kind != here:
+        return None  # nothing of this machine to compare with (a CUDA profile for a run on the CPU)
     # Its reference time includes page faults: no comparison. (With the thresholds raised but mmap
     # on, the reference workload's batch-1 buffers, well under 32 MiB, were timed as now.)
     if predates_steady_allocator(profile) and "allocator" not in profile.protocol:
@@ -68,8 +70,7 @@ def check_drift(profile: DeviceProfile, device: str = "cpu") -> DriftReport | No
     else:
         from costmodel.measure import reference_ms
 
-        dev = device if str(profile.context.get("device")) != "cpu" else "cpu"
-        now = reference_ms(dev, threads)
+        now = reference_ms(device if kind != "cpu" else "cpu", threads)
     return DriftReport(float(profile.reference_ms), now)
 
 

@@ -215,9 +215,10 @@ def plot_pareto(run: RunData, selected: int | None) -> tuple[bytes | None, str]:
     return _png_bytes(fig), caption
 
 
-def plot_layers(cost: pd.DataFrame) -> tuple[bytes | None, str]:
+def plot_layers(cost: pd.DataFrame, measured_on: str | None = None) -> tuple[bytes | None, str]:
     """Grouped bars per layer of the best model: predicted ``est_ms`` and measured ``meas_ms``
-    with its interquartile range as error bar."""
+    with its interquartile range as error bar. ``measured_on``: where the measurement was taken
+    when that is not the device the estimates price (a profile from another device)."""
     est = pd.to_numeric(cost["est_ms"], errors="coerce").fillna(0.0).to_numpy(float)
     meas = (
         pd.to_numeric(cost["meas_ms"], errors="coerce").to_numpy(float)
@@ -256,12 +257,16 @@ def plot_layers(cost: pd.DataFrame) -> tuple[bytes | None, str]:
     ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
     ax.set_xlabel("layer")
     ax.set_ylabel("time per batch (ms)")
-    ax.set_title("Best model: per-layer cost, predicted vs measured")
+    ax.set_title("Best model: per-layer cost, predicted vs measured"
+                 + ("\n(measured on another device than the one predicted)" if measured and measured_on else ""))
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     caption = "Predicted (cost model) and measured time of each layer of the best model."
     if not measured:
         caption += " No measured times in best/cost.csv (meas_ms missing): predicted only."
+    elif measured_on:
+        caption += (f" The predictions are for the device profile's device; the measurements are of "
+                    f"{measured_on}, not of that device.")
     return _png_bytes(fig), caption
 
 

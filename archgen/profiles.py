@@ -75,7 +75,9 @@ def cached_batch_sizes(device: str = "cpu", runtime: str = "torch", threads: int
 def choose_profile(path: str | Path | None = None, *, device: str = "cpu", runtime: str = "torch",
                    threads: int = 1, batch_size: int | None = None) -> ProfileChoice:
     """The profile to price with (module docstring); ``device`` as ``--device`` names it
-    (``cuda:1`` looks up the profile of GPU 1's model)."""
+    (``cuda:1`` looks up the profile of GPU 1's model). A profile file of another device kind
+    than ``device`` (this machine's CUDA profile for a run on the CPU) is foreign too: what runs
+    here is not what it prices."""
     from costmodel.device_profile import (
         cache_path,
         default_profile,
@@ -89,8 +91,12 @@ def choose_profile(path: str | Path | None = None, *, device: str = "cpu", runti
         foreign = profile.is_foreign()
         where = "another machine's profile" if foreign else "device profile"
         note = f"{where} {path}: {profile.describe()}"
+        kind = str(profile.context.get("device"))
         if foreign:
             note += " (its estimates are for that device, not this machine)"
+        elif not profile.is_default and kind != device.split(":")[0]:  # this machine's GPU profile on the CPU
+            note += f" (its estimates are for this machine's {kind}, not its {device})"
+            foreign = True
         return ProfileChoice(profile, "file", Path(path), foreign, note)
     try:
         sizes = cached_batch_sizes(device, runtime, threads)
@@ -108,12 +114,14 @@ def choose_profile(path: str | Path | None = None, *, device: str = "cpu", runti
                      f"{'' if threads == 1 else f' --threads {threads}'}`")
         return ProfileChoice(profile, "cache", where, False, note)
     note = "built-in default profile (uncalibrated, rough)"
+    command = "archgen calibrate" + "".join(f" --{k} {v}" for k, v, plain in (
+        ("device", device, "cpu"), ("runtime", runtime, "torch"), ("threads", threads, 1),
+        ("batch-size", batch_size or 1, None)) if v != plain)
     if sizes:
         note += (f"; this machine has {runtime} profiles for batch "
-                 f"{', '.join(map(str, sizes))} only (price at --batch-size {sizes[0]}, or run "
-                 f"`archgen calibrate --batch-size {batch_size}`)")
+                 f"{', '.join(map(str, sizes))} only (price at --batch-size {sizes[0]}, or run `{command}`)")
     else:
-        note += f"; run `archgen calibrate{'' if runtime == 'torch' else ' --runtime ' + runtime}` for real numbers"
+        note += f"; run `{command}` for real numbers"
     return ProfileChoice(default_profile(), "built-in", None, False, note)
 
 

@@ -308,9 +308,15 @@ def _layers_body(run: RunData) -> str:
         (run.run_dir / PLOT_FILES["layers"]).unlink(missing_ok=True)
         return _missing(run.notes.get("cost", "No best/cost.csv."))
     body = _plot_section(
-        run.run_dir, "layers", lambda: plot_layers(cost), "per-layer cost of the best model"
+        run.run_dir, "layers", lambda: plot_layers(cost, _measured_elsewhere(run)), "per-layer cost of the best model"
     )
     return body + _table_html(_cost_table(cost))
+
+
+def _measured_elsewhere(run: RunData) -> str | None:
+    """Where finalize measured the best model, when that is not the device its estimates price."""
+    tm = run.test_metrics or {}
+    return None if tm.get("meas_is_target", True) else str(tm.get("meas_on", "this machine"))
 
 
 def _rungs_body(run: RunData) -> str:

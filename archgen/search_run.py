@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import multiprocessing
 import signal
@@ -23,8 +22,6 @@ from optuna.trial import TrialState
 from archgen import budget
 from archgen import trial_record as tr
 from archgen.errors import SearchConfigError, SpecError, UserError
-from archgen.fsio import atomic_write_yaml
-from archgen.inputs import excerpt, load_document
 from archgen.liveness import (
     GRACE_PERIOD_S,
     RunLock,
@@ -33,10 +30,9 @@ from archgen.liveness import (
     slots_used,
 )
 from archgen.machine import main_module_hidden
-from archgen.redact import redact
+from archgen.run_record import check_resume, split_fingerprint, write_config
 from archgen.rundir import check_out_dir, mark
 from archgen.settings import (
-    CONFIG_KEYS_THAT_DEFINE_A_RUN,
     DEFAULT_TIME_BUDGET_S,
     SearchSettings,
     resolve_workers,
@@ -82,14 +78,14 @@ def run_search(settings: SearchSettings, progress: Progress | None = None) -> di
     dataset, space = prepare(settings)
     settings = resolve_workers(settings, dataset)
     fingerprint = split_fingerprint(dataset)
-    resumed = _check_resume(settings, fingerprint)
+    resumed = check_resume(settings, fingerprint)
     mark(settings.run_dir, "search")
     lock = RunLock(settings.run_dir)
     lock.acquire()
     try:
         session, run_dir = time.time(), settings.run_dir
         _remove_partial_files(run_dir)
-        _write_config(settings, fingerprint)
+        write_config(settings, fingerprint)
         study = open_study(settings, space, open_storage(settings.storage, run_dir))
         if resumed and settings.storage is None and (n := recover_local_stale(study)):
             log.warning("resumed: %d trial(s) left running by the killed search will be retried", n)
@@ -198,45 +194,6 @@ def _check_budget_feasible(settings: SearchSettings, dataset: Dataset, space: di
         raise SearchConfigError("no candidate can meet the budget: " + "; ".join(problems))
 
 
-def split_fingerprint(dataset: Dataset) -> str:
-    """A hash of the training and validation splits (images and labels) and the test split's
-    size: equal fingerprints mean the same images sit in the same splits."""
-    h = hashlib.sha256()
-    for split in (dataset.train, dataset.val):
-        h.update(split.x.numpy().tobytes())
-        h.update(split.y.numpy().tobytes())
-    h.update(str(dataset.test.n).encode())
-    return h.hexdigest()[:16]
-
-
-def _check_resume(settings: SearchSettings, fingerprint: str) -> bool:
-    """True when ``out`` holds an earlier run of the same search (resume); error when it
-    holds a different one, or the same one on other data splits (images that trials trained
-    on must never move into the test split)."""
-    cfg = settings.run_dir / "config.yaml"
-    if not cfg.exists():
-        return False
-    old = load_document(cfg, "run configuration", SearchConfigError)
-    if not isinstance(old, dict):
-        raise SearchConfigError(f"{cfg}: damaged run configuration; use another --out")
-    new = settings.to_yaml_dict()
-    if old.get("storage") is not None:  # earlier versions wrote some URLs unredacted: compare redacted
-        old["storage"] = redact(old["storage"])
-    diff = [k for k in CONFIG_KEYS_THAT_DEFINE_A_RUN if old.get(k) != new.get(k)]
-    if diff:
-        raise SearchConfigError(
-            f"{settings.run_dir} holds a different search "
-            f"({', '.join(f'{k}: {excerpt(old.get(k))} there, {excerpt(new.get(k))} now' for k in diff)}); "
-            "use another --out or the same settings to resume"
-        )
-    if old.get("split_fingerprint") not in (None, fingerprint):
-        raise SearchConfigError(
-            f"{settings.run_dir}: the data behind {excerpt(settings.data)} changed since this search "
-            "began (its train/validation/test split would move); use another --out"
-        )
-    return True
-
-
 # -- the run directory -------------------------------------------------------------
 
 
@@ -247,20 +204,6 @@ def _remove_partial_files(run_dir: Path) -> None:
         if tmp.is_file():
             log.info("removing %s, left by an interrupted write", tmp)
             tmp.unlink(missing_ok=True)
-
-
-def _write_config(settings: SearchSettings, fingerprint: str) -> None:
-    from archgen.worker import profile_choice
-
-    d = settings.to_yaml_dict()
-    d["split_fingerprint"] = fingerprint
-    choice = profile_choice(settings)
-    d["latency_profile"] = ("built-in default (uncalibrated)" if choice.is_default
-                            else "another device's profile" if choice.foreign else "calibrated")
-    d["latency_profile_device"] = choice.profile.describe()
-    if choice.path is not None:
-        d["latency_profile_path"] = str(choice.path)
-    atomic_write_yaml(settings.run_dir / "config.yaml", d)
 
 
 # -- workers ------------------------------------------------------------------------------------

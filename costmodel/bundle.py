@@ -30,6 +30,7 @@ from pathlib import Path
 
 import costmodel.runner as runner
 from costmodel.activations import ACTIVATIONS
+from costmodel.atomic import fsync_path
 from costmodel.device_profile import RUNTIMES
 from costmodel.errors import CostModelError
 from costmodel.geometry import LayerGeom
@@ -42,8 +43,8 @@ Copy this folder to the device the network will run on and, there, in this folde
     python run.py --out measurements.json
 
 It needs Python 3.9+ and {needs}. It measures {n} networks ({minutes}) and
-writes measurements.json. Keep the device otherwise idle while it runs. Bring the file back
-and fit the device's profile:
+writes measurements.json (an existing one is kept unless you add --force). Keep the device
+otherwise idle while it runs. Bring the file back and fit the device's profile:
 
     archgen calibrate --measurements measurements.json --out target-profile.json
 
@@ -78,6 +79,9 @@ def write_bundle(folder: str | os.PathLike[str], networks: Sequence[Sequence[Lay
     }
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # a folder as mkdir makes it (mkdtemp's is the owner's alone)
     try:
         if runtime == "onnxruntime":
             _export_models(tmp / "models", micro, networks, batch_size, say)
@@ -90,7 +94,10 @@ def write_bundle(folder: str | os.PathLike[str], networks: Sequence[Sequence[Lay
         minutes = "a minute or two" if len(networks) <= 40 else "a few minutes"
         (tmp / "README.txt").write_text(README.format(runtime=runtime, threads=threads, batch=batch_size,
                                                       needs=needs, n=len(networks), minutes=minutes))
+        for path in [*tmp.rglob("*"), tmp]:  # on disk before the folder takes its name
+            fsync_path(path)
         os.replace(tmp, folder)
+        fsync_path(folder.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -19,7 +19,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TypedDict
@@ -143,6 +142,12 @@ class DeviceProfile:
                 f"device profile schema_version {version!r} is not "
                 f"{' or '.join(map(str, READABLE_SCHEMA_VERSIONS))}; recalibrate with `archgen calibrate`"
             )
+        ctx = d["context"]
+        if not isinstance(ctx, dict) or ctx.get("device") not in ("cpu", "cuda") or any(
+                isinstance(ctx.get(k), bool) or not isinstance(ctx.get(k), int) or ctx[k] < 1
+                for k in ("batch_size", "threads")):
+            raise CostModelError("not a device profile: its 'context' must name the device ('cpu' or 'cuda'), "
+                                 "its threads and its batch size")
         names = {f for f in cls.__dataclass_fields__}
         fields = {k: v for k, v in d.items() if k in names}
         fields["schema_version"] = SCHEMA_VERSION  # in memory; to_dict writes the version the form needs
@@ -217,14 +222,11 @@ class DeviceProfile:
 
 
 def cpu_model_name() -> str:
-    """The CPU model as ``lscpu`` reports it (``/proc/cpuinfo`` 'model name')."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown-cpu"
+    """The CPU model (``/proc/cpuinfo`` 'model name', else 'Hardware'), named as a calibration
+    bundle's ``run.py`` names it (``costmodel.runner.device_name``)."""
+    from costmodel.runner import device_name
+
+    return device_name()
 
 
 def current_context(

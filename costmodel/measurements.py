@@ -114,7 +114,10 @@ class Measurements:
             layers = [_ms(t, f"{where}.layers_ms[{j}]") for j, t in enumerate(_list(row, "layers_ms", where))]
             if len(layers) != len(geoms) or not geoms:
                 raise CostModelError(f"{where}: {len(layers)} layer times for {len(geoms)} layers")
-            networks.append((geoms, layers, _ms(row.get("e2e_ms"), f"{where}.e2e_ms")))
+            e2e = _ms(row.get("e2e_ms"), f"{where}.e2e_ms")
+            if not e2e > 0:  # no network runs in no time: a clock too coarse to time it
+                raise CostModelError(f"{where}.e2e_ms is 0: the clock was too coarse to time it; measure again")
+            networks.append((geoms, layers, e2e))
         ref = d.get("reference_ms")
         if ref is not None and not _ms(ref, f"{source}: reference_ms") > 0:
             raise CostModelError(f"{source}: reference_ms must be above 0")

@@ -28,9 +28,13 @@ if __package__:
     import costmodel.timing as timing
     import costmodel.timing_ort as timing_ort
 else:  # run.py in a calibration bundle, next to speed.py, timing.py and timing_ort.py
-    import speed
-    import timing
-    import timing_ort
+    try:
+        import speed
+        import timing
+        import timing_ort
+    except ImportError as exc:  # run.py copied without the rest of its folder
+        sys.stderr.write(f"run.py: {exc.name}.py is missing next to run.py; copy the whole bundle folder\n")
+        raise SystemExit(2) from None
 
 BUNDLE_FORMAT = "archgen-bundle"
 MEASUREMENTS_FORMAT = "archgen-measurements"
@@ -39,14 +43,39 @@ VERSION = 1
 FILES = ("speed.py", "timing.py", "timing_ort.py")
 
 
-def device_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
+def device_name(cpuinfo: str | None = None) -> str:
+    """The CPU's name: ``/proc/cpuinfo``'s 'model name', else its 'Hardware' or 'cpu model' (ARM
+    boards, MIPS), else what ``platform`` knows. A local profile names its CPU the same way
+    (``costmodel.device_profile.cpu_model_name``), so a bundle measured here is not foreign."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    lines = [line for line in cpuinfo.splitlines() if ":" in line]
+    for keys in (("model name",), ("hardware", "cpu model")):
+        for line in lines:
+            if line.lower().startswith(keys) and line.split(":", 1)[1].strip():
                 return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     return platform.processor() or platform.machine() or "unknown-cpu"
+
+
+def thread_clock_is_fine(limit_s: float = 1e-4, probe_s: float = 0.05) -> bool:
+    """Whether this thread's CPU clock (``time.thread_time``, the clock of a calibration at one
+    thread) ticks in steps of ``limit_s`` or less: on Windows it moves in steps of about 15.6 ms,
+    which would time a sub-millisecond network at 0 or 15.6 ms."""
+    last, end, step = time.thread_time(), time.perf_counter() + probe_s, float("inf")
+    while time.perf_counter() < end:
+        now = time.thread_time()
+        if now != last:
+            step, last = min(step, now - last), now
+    return step <= limit_s
+
+
+def bundle_clock(threads: int) -> str:
+    """The clock a bundle is timed with: a local calibration's (``timing.resolve_clock``: the
+    thread's CPU time at one thread), unless that clock is too coarse here (wall time then)."""
+    return "auto" if threads != 1 or thread_clock_is_fine() else "wall"
 
 
 def target_context(bundle: Mapping[str, Any], threads: int) -> dict[str, Any]:
@@ -82,7 +111,9 @@ def measure_bundle(folder: str | os.PathLike[str], threads: int | None = None, r
     repeats = repeats or int(bundle["repeats"])
     allocator = timing.steady_allocator()
     batch = int(bundle["batch_size"])
-    clock = "auto"
+    clock = bundle_clock(threads)
+    if clock == "wall":
+        say("this machine's thread CPU clock is too coarse to time these networks; timing wall-clock time")
     groups = {"micro": [[g] for g in bundle["micro"]], "networks": bundle["networks"],
               "reference": [bundle["reference"]]}
     node_cost = (0.0, 0.0)
@@ -167,6 +198,7 @@ def _measure_part(folder: Path, bundle: Mapping[str, Any], key: str, entries: li
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Measure an archgen calibration bundle on this device.")
     p.add_argument("--out", default="measurements.json", help="measurements file to write")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.add_argument("--bundle", default=str(Path(__file__).resolve().parent), help="bundle directory")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the bundle's)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per network (default: the bundle's)")
@@ -176,13 +208,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("threads", "repeats"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1")
+    out = Path(args.out)
+    bad = ("a folder; name a file" if out.is_dir() else "its folder does not exist"
+           if not out.parent.resolve().is_dir() else "already exists; pass --force to replace it or choose "
+           "another path" if out.exists() and not args.force else "")
+    if bad:  # checked before minutes of measuring
+        sys.stderr.write(f"run.py: --out {args.out}: {bad}\n")
+        return 2
     start = time.perf_counter()
-    tmp = Path(args.out).with_name(f".{Path(args.out).name}.tmp")
+    tmp = out.with_name(f".{out.name}.tmp")
     try:
         doc = measure_bundle(args.bundle, args.threads, args.repeats, lambda m: sys.stderr.write(m + "\n"),
                              args.warmup_s)
-        tmp.write_text(json.dumps(doc))
-        os.replace(tmp, args.out)
+        with open(tmp, "w") as f:  # then renamed: a killed run leaves no half-written file
+            f.write(json.dumps(doc))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
     except ImportError as exc:
         sys.stderr.write(f"run.py: this bundle needs the Python package {exc.name or exc} (pip install it)\n")
         return 2

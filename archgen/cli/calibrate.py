@@ -15,18 +15,18 @@ from archgen.errors import UserError
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("calibrate", help="measure this device and fit its cost-model profile")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch",
+    p.add_argument("--device", default=None, help="cpu or cuda (default cpu)")
+    p.add_argument("--runtime", choices=("torch", "onnxruntime"), default=None,
                    help="what networks run in: PyTorch eager or their ONNX export in ONNX Runtime "
                         "(CPU; default torch)")
-    p.add_argument("--threads", type=at.threads_int, default=1, metavar="T",
+    p.add_argument("--threads", type=at.threads_int, default=None, metavar="T",
                    help="intra-op threads (default 1)")
     p.add_argument("--batch-size", type=at.batch_int, default=None, metavar="B",
                    help="batch size (default 32; with --check: the cached profile with the smallest one)")
     p.add_argument("--quick", action="store_true",
                    help="fewer networks and repeats (< 1 min); without it: 244 networks, three times as "
                         "many at batch sizes <= 4 when measuring here (a few minutes on one core)")
-    p.add_argument("--seed", type=at.seed_int, default=0, help="seed of the calibration networks")
+    p.add_argument("--seed", type=at.seed_int, default=None, help="seed of the calibration networks (default 0)")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="write the profile here instead of the per-device cache")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
@@ -46,16 +46,44 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    if sum(bool(v) for v in (args.bundle, args.measurements, args.check)) > 1:
-        raise UserError("give one of --bundle, --measurements and --check")
-    if args.check:
-        return _check(args)
-    args.batch_size = args.batch_size or 32
-    if args.out:
-        from archgen.rundir import check_out_file
+# Options that mean nothing in a mode, and would be silently ignored there: refused instead.
+_NOT_WITH = {
+    "bundle": ("out", "force", "save_measurements", "device", "device_profile"),  # measured on the target, as the bundle says
+    "measurements": ("runtime", "threads", "batch_size", "quick", "save_measurements", "device", "seed",
+                     "device_profile"),  # the file names its own context
+    "check": ("out", "save_measurements", "quick", "seed", "force"),
+    "": ("device_profile",),  # calibrating here
+}
 
+
+def _check_options(args: argparse.Namespace) -> None:
+    modes = [m for m in ("bundle", "measurements", "check") if getattr(args, m)]
+    if len(modes) > 1:
+        raise UserError("give one of --bundle, --measurements and --check")
+    mode = modes[0] if modes else ""
+    given = [o for o in _NOT_WITH[mode] if getattr(args, o) is not None and getattr(args, o) is not False]
+    if given:
+        what = f"with --{mode}" if mode else "without --check"
+        why = {"bundle": "the bundle is measured on the target device", "measurements": "the measurements "
+               "file names its own device, runtime, threads and batch size", "check": "--check calibrates "
+               "nothing", "": "it is the profile --check checks"}[mode]
+        raise UserError(f"{', '.join('--' + o.replace('_', '-') for o in given)}: not used {what} ({why})")
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_options(args)
+    given_device = args.device
+    args.device, args.runtime, args.threads = args.device or "cpu", args.runtime or "torch", args.threads or 1
+    args.seed = args.seed or 0
+    if args.check:
+        return _check(args, given_device)
+    args.batch_size = args.batch_size or 32
+    from archgen.rundir import check_out_file
+
+    if args.out:
         check_out_file(Path(args.out), force=args.force)
+    if args.save_measurements:
+        check_out_file(Path(args.save_measurements), force=args.force, flag="--save-measurements")
     say = lambda msg: sys.stderr.write(msg + "\n")  # noqa: E731
     start = time.perf_counter()
     if args.bundle:
@@ -65,13 +93,13 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--bundle {args.bundle}: exists; give a new folder")
         folder = write_calibration_bundle(args.bundle, args.runtime, args.threads, args.batch_size, args.quick,
                                           args.seed, progress=say)
-        say(f"wrote the calibration bundle in {time.perf_counter() - start:.0f} s; copy {folder} to the "
+        say(f"wrote the calibration bundle ({args.runtime}, {args.threads} thread(s), batch {args.batch_size}) "
+            f"in {time.perf_counter() - start:.0f} s; copy {folder} to the "
             "target device and run there: python run.py --out measurements.json")
         sys.stdout.write(f"{folder}\n")
         return 0
     if args.measurements:
         from archgen.calibration import fit_measurements_file
-        from archgen.rundir import check_out_file
 
         if not args.out:
             check_out_file(Path(args.measurements).with_suffix(".profile.json"), force=args.force)
@@ -103,7 +131,7 @@ def _noise_text(noise: dict | None) -> str:
             f"{100 * noise['within_10pct']:.0f}%, within 5% {100 * noise['within_5pct']:.0f}%")
 
 
-def _check(args: argparse.Namespace) -> int:
+def _check(args: argparse.Namespace, given_device: str | None) -> int:
     from archgen.drift import check_drift
     from archgen.profiles import choose_profile
 
@@ -111,7 +139,8 @@ def _check(args: argparse.Namespace) -> int:
                             batch_size=args.batch_size)
     if choice.is_default:
         raise UserError(f"no device profile to check: {choice.note}")
-    report = check_drift(choice.profile, args.device)
+    # re-timed where the profile was made, unless --device says where
+    report = check_drift(choice.profile, given_device or str(choice.profile.context.get("device", "cpu")))
     if report is None:
         sys.stdout.write(f"nothing to compare: {choice.note} holds no reference time of this machine\n")
         return 0

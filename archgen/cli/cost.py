@@ -37,7 +37,7 @@ def add_profile_args(p: argparse.ArgumentParser, threads_help: str = "thread cou
     p.add_argument("--runtime", choices=RUNTIMES, default="torch",
                    help="what the network runs in: PyTorch eager or its ONNX export in ONNX "
                         "Runtime (default torch; a --device-profile names its own)")
-    p.add_argument("--threads", type=at.threads_int, default=1, metavar="T", help=threads_help)
+    p.add_argument("--threads", type=at.threads_int, default=None, metavar="T", help=threads_help)
 
 
 def resolve_profile(args: argparse.Namespace, batch_size: int | None, device: str = "cpu") -> ProfileChoice:
@@ -46,7 +46,7 @@ def resolve_profile(args: argparse.Namespace, batch_size: int | None, device: st
     from archgen.profiles import choose_profile
 
     choice = choose_profile(args.device_profile, device=device, runtime=args.runtime,
-                            threads=args.threads, batch_size=batch_size)
+                            threads=args.threads or 1, batch_size=batch_size)
     if args.device_profile and choice.profile.runtime != args.runtime and args.runtime != "torch":
         raise UserError(f"--runtime {args.runtime}: the profile {args.device_profile} is a "
                         f"{choice.profile.runtime} profile")

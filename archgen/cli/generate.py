@@ -71,15 +71,15 @@ def run(args: argparse.Namespace) -> int:
     profile = None
     batch_size = args.batch_size or 1
     if args.max_latency_ms is not None:  # read once
-        if args.device_profile:
-            from archgen.profiles import choose_profile
+        from archgen.profiles import choose_profile
 
-            choice = choose_profile(args.device_profile, batch_size=args.batch_size)
-            profile = choice.profile
-            sys.stderr.write(f"profile: {choice.note}\n")
-            batch_size = args.batch_size or profile.batch_size
-        else:
-            profile = cached_profile(batch_size, runtime=args.runtime)
+        # the profile file, else the cached one (the smallest batch size without --batch-size)
+        choice = choose_profile(args.device_profile, runtime=args.runtime, batch_size=args.batch_size)
+        if choice.is_default:  # a budget is not checked against the uncalibrated guess
+            cached_profile(batch_size, runtime=args.runtime)  # its error says how to calibrate
+        profile = choice.profile
+        sys.stderr.write(f"profile: {choice.note}\n")
+        batch_size = args.batch_size or profile.batch_size
     elif args.device_profile:
         raise UserError("--device-profile prices candidates for --max-latency-ms; give --max-latency-ms too")
     latency = None if profile is None else latency_estimator(batch_size, profile)

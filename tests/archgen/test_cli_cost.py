@@ -109,3 +109,47 @@ def test_calibrate_quick_then_cost_and_profile_use_it(run_cli, spec_file: Path,
     target = tmp_path / "p.json"
     code, out, _ = run_cli("calibrate", "--quick", "--batch-size", "2", "--out", str(target))
     assert code == 0 and Path(out.strip()) == target and target.is_file()
+
+
+@pytest.mark.parametrize(("argv", "refused"), [
+    (["--bundle", "B", "--out", "p.json"], "--out: not used with --bundle"),
+    (["--bundle", "B", "--force"], "--force: not used with --bundle"),
+    (["--bundle", "B", "--device", "cuda"], "--device: not used with --bundle"),
+    (["--bundle", "B", "--save-measurements", "m.json"], "--save-measurements: not used with --bundle"),
+    (["--measurements", "m.json", "--runtime", "onnxruntime", "--threads", "1"],
+     "--runtime, --threads: not used with --measurements (the measurements file names its own"),
+    (["--measurements", "m.json", "--batch-size", "1", "--quick"], "--batch-size, --quick: not used"),
+    (["--measurements", "m.json", "--seed", "0"], "--seed: not used with --measurements"),
+    (["--check", "--out", "p.json"], "--out: not used with --check"),
+    (["--check", "--quick"], "--quick: not used with --check"),
+    (["--device-profile", "p.json", "--quick"], "--device-profile: not used without --check"),
+    (["--bundle", "B", "--check"], "give one of --bundle, --measurements and --check"),
+])
+def test_calibrate_refuses_options_it_would_ignore(run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   argv: list[str], refused: str) -> None:
+    """An option that means nothing in calibrate's mode is refused in one line before any work,
+    not silently ignored (an --out never written, a --runtime the measurements file overrides)."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli("calibrate", *argv)
+    assert code == 2 and refused in err and len(err.strip().splitlines()) == 1, err
+    assert out == "" and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_calibrate_checks_save_measurements_before_measuring(run_cli, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """--save-measurements is checked as --out is, before minutes of measuring: an existing file
+    is kept without --force, a folder or a path under a file is refused."""
+    import archgen.calibration
+
+    def measure(*a, **k):
+        raise AssertionError("measured before checking --save-measurements")
+
+    monkeypatch.setattr(archgen.calibration, "calibrate_device", measure)
+    kept = tmp_path / "m.json"
+    kept.write_text("mine")
+    (tmp_path / "file").write_text("x")
+    for path, says in ((kept, "already exists; pass --force"), (tmp_path, "is a directory"),
+                       (tmp_path / "file" / "m.json", "is not a directory")):
+        code, _, err = run_cli("calibrate", "--quick", "--save-measurements", str(path))
+        assert code == 2 and "--save-measurements" in err and says in err, err
+    assert kept.read_text() == "mine"

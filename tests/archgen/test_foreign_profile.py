@@ -113,6 +113,8 @@ def test_search_prices_for_the_profiles_device(run_cli, pi_file: Path, space_fil
     report = html.unescape((out / "report.html").read_text())
     assert "Latency priced for" in report and PI in report
     assert "not of the device the estimate is for" in report
+    # the per-layer chart's caption says so too
+    assert f"the measurements are of {metrics['meas_on']}, not of that device" in report
 
 
 def test_latency_batch_other_than_the_profiles_is_refused(run_cli, pi_file: Path, tmp_path: Path) -> None:
@@ -144,7 +146,7 @@ def test_adopt_device_profile_takes_batch_and_runtime(fitted: DeviceProfile, tmp
 
 def test_config_names_the_profile(fitted: DeviceProfile, tmp_path: Path) -> None:
     from archgen.profiles import adopt_device_profile
-    from archgen.search_run import _write_config
+    from archgen.run_record import write_config
     from archgen.settings import SearchSettings
 
     cases = [
@@ -157,12 +159,47 @@ def test_config_names_the_profile(fitted: DeviceProfile, tmp_path: Path) -> None
         out.mkdir()
         settings = SearchSettings(workers=1, data="digits", out=str(out),
                                   device_profile=None if path is None else str(path))
-        _write_config(adopt_device_profile(settings), "fp")
+        write_config(adopt_device_profile(settings), "fp")
         config = yaml.safe_load((out / "config.yaml").read_text())
         assert config["latency_profile"] == label, path
         assert device in config["latency_profile_device"], path
         assert config.get("latency_profile_path") == (None if path is None else str(path))
         assert config["latency_batch"] == (1 if path is None else BATCH)
+
+
+def test_a_resume_priced_by_another_profile_is_refused(fitted: DeviceProfile, tmp_path: Path) -> None:
+    """Trials priced by one profile and trials priced by another would sit side by side in one
+    study (est_ms, the Pareto objective): a resume with another profile is refused, whether the
+    file, its contents (refitted in place) or the choice (a file against the cache) changed."""
+    from archgen.errors import SearchConfigError
+    from archgen.profiles import adopt_device_profile
+    from archgen.run_record import check_resume, write_config
+    from archgen.settings import SearchSettings
+
+    mine = fitted.save(tmp_path / "mine.json")
+    pi = relabel(fitted, device_name=PI).save(tmp_path / "pi.json")
+    out = tmp_path / "run"
+    out.mkdir()
+
+    def settings(path: Path | None) -> SearchSettings:
+        return adopt_device_profile(SearchSettings(workers=1, data="digits", out=str(out),
+                                                   device_profile=None if path is None else str(path)))
+
+    assert check_resume(settings(pi), "fp") is False  # nothing there yet
+    write_config(settings(pi), "fp")
+    assert check_resume(settings(pi), "fp") is True
+    for other in (mine, None):
+        with pytest.raises(SearchConfigError, match="priced with another latency profile"):
+            check_resume(settings(other), "fp")
+    # the same path, refitted: another profile
+    dataclasses.replace(relabel(fitted, device_name=PI), t_k_ms={k: 2 * v for k, v in fitted.t_k_ms.items()}).save(pi)
+    with pytest.raises(SearchConfigError, match=r"another latency profile.*Raspberry Pi"):
+        check_resume(settings(pi), "fp")
+    # a config.yaml from before the profile's hash was recorded resumes as before
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    del config["latency_profile_id"]
+    (out / "config.yaml").write_text(yaml.safe_dump(config))
+    assert check_resume(settings(mine), "fp") is True
 
 
 def test_latency_labels(fitted: DeviceProfile, tmp_path: Path) -> None:

@@ -70,9 +70,12 @@ def test_nothing_cached_is_the_builtin_profile() -> None:
     assert choice.source == "built-in" and choice.is_default and choice.profile.is_default
     assert choice.path is None and choice.foreign is False
     assert choice.note.startswith("built-in default profile (uncalibrated, rough)")
-    assert "run `archgen calibrate` for real numbers" in choice.note
+    # the command to run calibrates what was looked up (the built-in profile prices batch 1)
+    assert "run `archgen calibrate --batch-size 1` for real numbers" in choice.note
     onnx = choose_profile(runtime="onnxruntime")
-    assert onnx.source == "built-in" and "`archgen calibrate --runtime onnxruntime`" in onnx.note
+    assert onnx.source == "built-in" and "`archgen calibrate --runtime onnxruntime --batch-size 1`" in onnx.note
+    four = choose_profile(runtime="onnxruntime", threads=4, batch_size=8)
+    assert "run `archgen calibrate --runtime onnxruntime --threads 4 --batch-size 8` for" in four.note
 
 
 def test_cached_batch_sizes_per_runtime_and_threads() -> None:
@@ -203,7 +206,7 @@ def test_cost_without_cache_says_builtin(run_cli, spec_file: Path) -> None:
     d = json.loads(out)
     assert d["is_default_profile"] is True
     assert d["total_est_ms"] == pytest.approx(builtin_total_ms(), rel=1e-9)
-    assert err.startswith("profile: built-in default profile (uncalibrated, rough); run `archgen calibrate`")
+    assert err.startswith("profile: built-in default profile (uncalibrated, rough); run `archgen calibrate --batch-size 1`")
 
 
 def test_cost_batch_size_and_threads_pick_the_cached_profile(run_cli, spec_file: Path) -> None:
@@ -321,7 +324,7 @@ def test_profile_onnxruntime_measures_each_layer(run_cli, tmp_path: Path) -> Non
     code, out, err = run_cli("profile", str(spec), "--runtime", "onnxruntime", "--batch-size", "4",
                              "--repeats", "5", "--format", "json")
     assert code == 0, err
-    assert "`archgen calibrate --runtime onnxruntime`" in err  # nothing cached: built-in, says so
+    assert "`archgen calibrate --runtime onnxruntime --batch-size 4`" in err  # nothing cached: built-in, says so
     d = json.loads(out)
     assert d["meas_clock"].startswith("onnxruntime")
     layers = d["layers"]
@@ -406,3 +409,101 @@ def test_a_cached_profile_measured_before_the_steady_allocator_says_to_recalibra
     assert choose_profile().note == f"cached {current.describe()} ({cache_path(current.context)})"
     search_run.ensure_profile(settings)
     assert len(calls) == 2  # the current profile is used as it is
+
+
+# -- the same lookup in profile and generate; the profile's device and threads ------------------
+
+
+def test_profile_and_generate_find_the_cached_profile_without_a_batch_size(run_cli, spec_file: Path) -> None:
+    """As `cost`: without --batch-size, `profile` and `generate --max-latency-ms` use the cached
+    profile with the smallest batch size there is, at that batch size, and say which."""
+    p2 = fake_profile(2, 5.0)
+    cache_it(fake_profile(8, 9.0))
+    cache_it(p2)
+    code, out, err = run_cli("profile", str(spec_file), "--repeats", "2", "--format", "json")
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["batch_size"] == 2 and d["is_default_profile"] is False
+    assert d["total_est_ms"] == pytest.approx(5.0 * builtin_total_ms(), rel=1e-9)
+    assert f"profile: cached {p2.describe()}" in err
+    base = ["generate", "--input", "1,28,28", "--classes", "10", "-n", "3", "--seed", "2", "--format", "json"]
+    code, out, err = run_cli(*base, "--max-latency-ms", "1000")
+    assert code == 0, err
+    assert f"profile: cached {p2.describe()}" in err
+    from archgen.costing import spec_geoms
+    from archgen.spec import ArchSpec
+    from costmodel.estimator import estimate_total_ms
+
+    for r in json.loads(out):
+        assert r["est_ms"] == round(estimate_total_ms(spec_geoms(ArchSpec.from_dict(r["spec"])), p2, 2), 4)
+
+
+def test_nothing_cached_profile_prices_batch_1_and_generate_asks_for_a_calibration(run_cli, spec_file: Path) -> None:
+    code, out, err = run_cli("profile", str(spec_file), "--repeats", "2", "--format", "json")
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["batch_size"] == 1 and d["is_default_profile"] is True
+    code, out, err = run_cli("generate", "--input", "1,28,28", "--classes", "10", "-n", "2", "--max-latency-ms", "5")
+    assert code == 2 and out == "" and "run 'archgen calibrate --batch-size 1' first" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_profile_measures_at_the_profile_files_threads(run_cli, spec_file: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`profile --device-profile FILE` measures at the thread count FILE prices, unless --threads
+    says otherwise (and then says that the two differ)."""
+    import archgen.pricing
+
+    seen = []
+    real = archgen.pricing.estimate_and_measure
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["threads"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(archgen.pricing, "estimate_and_measure", spy)
+    path = fake_profile(1, 3.0, threads=2).save(tmp_path / "t2.json")
+    code, out, err = run_cli("profile", str(spec_file), "--device-profile", str(path), "--repeats", "2")
+    assert code == 0 and seen == [2] and "note: measured at" not in err, err
+    code, out, err = run_cli("profile", str(spec_file), "--device-profile", str(path), "--repeats", "2",
+                             "--threads", "1")
+    assert code == 0 and seen == [2, 1] and "note: measured at 1 thread(s), priced by a profile of 2" in err
+
+
+def test_a_profile_of_this_machines_gpu_is_not_what_runs_on_its_cpu(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """This machine's CUDA profile given for a run on the CPU prices the GPU: the measurement here
+    is labelled as not of the profile's device, and no drift is computed against the CPU."""
+    import dataclasses
+
+    from archgen.drift import check_drift
+    from archgen.finalize import latency_labels
+    from archgen.settings import SearchSettings
+
+    gpu = dataclasses.replace(fake_profile(4, 5.0, device="cuda", device_name="NVIDIA H100"), reference_ms=0.5)
+    path = gpu.save(tmp_path / "gpu.json")
+    # as on the machine that has that GPU (here, with no GPU, it would be another machine's)
+    monkeypatch.setattr(DeviceProfile, "is_foreign", lambda self, current=None: False)
+    choice = choose_profile(path, device="cpu")
+    assert choice.foreign is True and choice.note.endswith("(its estimates are for this machine's cuda, not its cpu)")
+    assert choose_profile(path, device="cuda:0").foreign is False
+    labels = latency_labels(gpu, SearchSettings(workers=1, data="digits", out=str(tmp_path / "r")))
+    assert labels["meas_is_target"] is False and labels["meas_on"].endswith("not the profile's device")
+    assert check_drift(gpu, "cpu") is None  # would time the CPU against the GPU's reference
+    cpu = dataclasses.replace(fake_profile(4, 5.0), reference_ms=0.5)
+    assert latency_labels(cpu, SearchSettings(workers=1, data="digits", out=str(tmp_path / "r")))["meas_is_target"]
+    assert check_drift(cpu, "cuda") is None and check_drift(cpu, "cpu") is not None
+
+
+@pytest.mark.parametrize("context", [[], {}, {"device": "cpu", "threads": 1}, {"device": "tpu", "threads": 1,
+                                                                              "batch_size": 1},
+                                     {"device": "cpu", "threads": True, "batch_size": 1}])
+def test_a_profile_file_with_a_broken_context_is_one_clear_error(run_cli, spec_file: Path, tmp_path: Path,
+                                                                  context: object) -> None:
+    d = fake_profile(1).to_dict()
+    d["context"] = context
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(d))
+    code, out, err = run_cli("cost", str(spec_file), "--device-profile", str(path))
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "its 'context' must name the device ('cpu' or 'cuda'), its threads and its batch size" in err

@@ -3,8 +3,11 @@ neither archgen nor costmodel (nor torch, for ONNX Runtime), fitted back here, u
 
 from __future__ import annotations
 
+import ast
 import json
+import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +53,9 @@ def test_bundle_round_trip(tmp_path: Path, runtime: str) -> None:
     if runtime == "onnxruntime":  # + the reference workload, 2 probes and the speed anchors
         assert len(list((folder / "models").glob("*.onnx"))) == len(networks) + len(micro) + 3 + len(ANCHOR_GEOMS)
     assert "python run.py --out measurements.json" in (folder / "README.txt").read_text()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert folder.stat().st_mode & 0o777 == 0o777 & ~umask  # others may read it, as any folder made here
 
     out = tmp_path / "measurements.json"
     done = _run_bundle(folder, out, runtime)
@@ -152,6 +158,8 @@ CONV = ('{"name": "a", "op": "conv", "c_in": 1, "c_out": 2, "h_in": 4, "w_in": 4
     ('{"format": "archgen-measurements", "version": 1, "context": ' + CTX + ', "micro": [], '
      '"networks": [{"geoms": [' + CONV + '], "layers_ms": [-1], "e2e_ms": 1}]}', "a time must be a finite number >= 0"),
     ('{"format": "archgen-measurements", "version": 1, "context": ' + CTX + ', "micro": [], '
+     '"networks": [{"geoms": [' + CONV + '], "layers_ms": [0], "e2e_ms": 0}]}', "e2e_ms is 0: the clock was too coarse"),
+    ('{"format": "archgen-measurements", "version": 1, "context": ' + CTX + ', "micro": [], '
      '"networks": [{"geoms": [{"name": "a", "op": "warp"}], "layers_ms": [1], "e2e_ms": 1}]}', "networks"),
     ('{"format": "archgen-measurements", "version": 1, "context": {"batch_size": 1}, "micro": [], '
      '"networks": []}', "context.threads must be a positive integer"),
@@ -177,3 +185,68 @@ def test_bad_measurements_files_are_one_clear_error(tmp_path: Path, text: str, m
 def test_no_networks_nothing_to_fit() -> None:
     with pytest.raises(CostModelError, match="no calibration network"):
         fit_measurements(Measurements(context={"batch_size": 1}))
+
+
+def test_run_py_checks_out_before_measuring(tmp_path: Path) -> None:
+    """run.py's --out is checked before minutes of measuring (here: before it even reads the
+    bundle, which does not exist): an existing file is kept without --force, a folder or a
+    missing folder is refused, in one line."""
+    kept = tmp_path / "m.json"
+    kept.write_text("mine")
+    for out, says in ((kept, "already exists; pass --force"), (tmp_path, "a folder; name a file"),
+                      (tmp_path / "no" / "m.json", "its folder does not exist")):
+        done = subprocess.run([sys.executable, str(REPO / "costmodel" / "runner.py"), "--bundle",
+                               str(tmp_path / "nothing"), "--out", str(out)], capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 2 and says in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert kept.read_text() == "mine"
+    # with --force it goes on, to the bundle it cannot read
+    done = subprocess.run([sys.executable, str(REPO / "costmodel" / "runner.py"), "--bundle", str(tmp_path / "nothing"),
+                           "--out", str(kept), "--force"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "FileNotFoundError" in done.stderr and kept.read_text() == "mine"
+
+
+def test_run_py_without_its_files_says_so(tmp_path: Path) -> None:
+    """run.py copied alone, without the modules beside it: one line, not a traceback."""
+    shutil.copyfile(REPO / "costmodel" / "runner.py", tmp_path / "run.py")
+    done = subprocess.run([sys.executable, "run.py"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONNOUSERSITE": "1"})
+    assert done.returncode == 2
+    assert done.stderr.strip() == "run.py: speed.py is missing next to run.py; copy the whole bundle folder"
+
+
+def test_a_coarse_thread_clock_times_wall_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a target whose thread CPU clock moves in steps of 15.6 ms (Windows), a bundle is timed
+    with the wall clock instead: sub-millisecond networks would otherwise time at 0."""
+    import time
+
+    import costmodel.runner as runner
+
+    assert runner.thread_clock_is_fine() and runner.bundle_clock(1) == "auto"  # Linux: nanoseconds
+    coarse = lambda: 0.015625 * int(time.perf_counter() / 0.015625)  # noqa: E731
+    monkeypatch.setattr(time, "thread_time", coarse)
+    assert not runner.thread_clock_is_fine()
+    assert runner.bundle_clock(1) == "wall"
+    assert runner.bundle_clock(4) == "auto"  # wall time anyway at several threads
+
+
+def test_the_runner_parses_as_python_3_9() -> None:
+    """A bundle's files run on the target's Python, 3.9 or later (README.txt): no syntax newer
+    than that (match statements, parenthesized context managers, except*)."""
+    for name in ("runner.py", *__import__("costmodel.runner").runner.FILES):
+        source = (REPO / "costmodel" / name).read_text()
+        ast.parse(source, filename=name, feature_version=(3, 9))
+
+
+def test_the_cpu_is_named_alike_here_and_by_run_py() -> None:
+    """A bundle measured on this very machine must not look like another device's: run.py and a
+    local profile name the CPU by the same rule, 'model name' first wherever it stands."""
+    from costmodel.device_profile import cpu_model_name
+    from costmodel.runner import device_name
+
+    assert cpu_model_name() == device_name()
+    pi = "processor\t: 0\nBogoMIPS\t: 108.00\nHardware\t: BCM2835\nRevision\t: c03111\n"
+    assert device_name(pi) == "BCM2835"
+    assert device_name("Hardware\t: BCM2835\nmodel name\t: ARMv7 Processor rev 3 (v7l)\n") == \
+        "ARMv7 Processor rev 3 (v7l)"
+    assert device_name("model name\t:\nHardware\t: BCM2711\n") == "BCM2711"  # an empty name is no name
