@@ -265,8 +265,8 @@ def plot_layers(cost: pd.DataFrame, measured_on: str | None = None) -> tuple[byt
     if not measured:
         caption += " No measured times in best/cost.csv (meas_ms missing): predicted only."
     elif measured_on:
-        caption += (f" The predictions are for the device profile's device; the measurements are of "
-                    f"{measured_on}, not of that device.")
+        caption += (f" The predictions price the device profile's device; the measurements were taken on "
+                    f"{measured_on}.")
     return _png_bytes(fig), caption
 
 

@@ -73,11 +73,12 @@ def cached_batch_sizes(device: str = "cpu", runtime: str = "torch", threads: int
 
 
 def choose_profile(path: str | Path | None = None, *, device: str = "cpu", runtime: str = "torch",
-                   threads: int = 1, batch_size: int | None = None) -> ProfileChoice:
+                   threads: int = 1, batch_size: int | None = None, measure_on: str | None = None) -> ProfileChoice:
     """The profile to price with (module docstring); ``device`` as ``--device`` names it
-    (``cuda:1`` looks up the profile of GPU 1's model). A profile file of another device kind
-    than ``device`` (this machine's CUDA profile for a run on the CPU) is foreign too: what runs
-    here is not what it prices."""
+    (``cuda:1`` looks up the profile of GPU 1's model). ``measure_on``: the device the command
+    measures the network on, if it measures (``profile``, a search's finalize); a profile file of
+    another device kind (this machine's CUDA profile for a measurement on the CPU; ONNX Runtime
+    measures on the CPU) is foreign there too: what is measured is not what it prices."""
     from costmodel.device_profile import (
         cache_path,
         default_profile,
@@ -92,10 +93,11 @@ def choose_profile(path: str | Path | None = None, *, device: str = "cpu", runti
         where = "another machine's profile" if foreign else "device profile"
         note = f"{where} {path}: {profile.describe()}"
         kind = str(profile.context.get("device"))
+        here = None if measure_on is None else "cpu" if profile.runtime == "onnxruntime" else measure_on.split(":")[0]
         if foreign:
             note += " (its estimates are for that device, not this machine)"
-        elif not profile.is_default and kind != device.split(":")[0]:  # this machine's GPU profile on the CPU
-            note += f" (its estimates are for this machine's {kind}, not its {device})"
+        elif not profile.is_default and here not in (None, kind):  # this machine's GPU profile, measured on the CPU
+            note += f" (its estimates are for this machine's {kind}, not the {here} measured here)"
             foreign = True
         return ProfileChoice(profile, "file", Path(path), foreign, note)
     try:

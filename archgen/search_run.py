@@ -30,7 +30,7 @@ from archgen.liveness import (
     slots_used,
 )
 from archgen.machine import main_module_hidden
-from archgen.run_record import check_resume, split_fingerprint, write_config
+from archgen.run_record import check_resume, resume_profile, split_fingerprint, write_config
 from archgen.rundir import check_out_dir, mark
 from archgen.settings import (
     DEFAULT_TIME_BUDGET_S,
@@ -73,7 +73,7 @@ def run_search(settings: SearchSettings, progress: Progress | None = None) -> di
         settings = dataclasses.replace(settings, time_budget_s=DEFAULT_TIME_BUDGET_S)
     from archgen.profiles import adopt_device_profile
 
-    settings = adopt_device_profile(settings)
+    settings = adopt_device_profile(resume_profile(settings))
     check_out_dir(settings.run_dir, "search")
     dataset, space = prepare(settings)
     settings = resolve_workers(settings, dataset)

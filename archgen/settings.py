@@ -271,7 +271,7 @@ def _check_types(s: SearchSettings) -> None:
 _OPTIONAL = frozenset(f.name for f in dataclasses.fields(SearchSettings) if f.default is None)
 
 
-# What a run's config.yaml records beside the settings (search_run._write_config); a config.yaml
+# What a run's config.yaml records beside the settings (run_record.write_config); a config.yaml
 # given back as --config reruns the same settings, these keys ignored.
 RUN_RECORD_KEYS = frozenset({"split_fingerprint", "latency_profile", "latency_profile_device",
                              "latency_profile_path", "latency_profile_id"})

@@ -89,7 +89,7 @@ def profile_choice(settings: SearchSettings) -> ProfileChoice:
     from archgen.profiles import choose_profile
 
     return choose_profile(settings.device_profile, device=settings.main_device, runtime=settings.runtime,
-                          threads=1, batch_size=settings.latency_batch)
+                          threads=1, batch_size=settings.latency_batch, measure_on=settings.main_device)
 
 
 def trial_limit(settings: SearchSettings, study: optuna.Study) -> int | None:

@@ -24,7 +24,7 @@ import datetime as dt
 import json
 import os
 import shutil
-import tempfile
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -78,10 +78,8 @@ def write_bundle(folder: str | os.PathLike[str], networks: Sequence[Sequence[Lay
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # a folder as mkdir makes it (mkdtemp's is the owner's alone)
+    tmp = folder.parent / f".{folder.name}.{uuid.uuid4().hex[:12]}.tmp"
+    tmp.mkdir()  # with the umask's mode, as any folder (mkdtemp's would be the owner's alone)
     try:
         if runtime == "onnxruntime":
             _export_models(tmp / "models", micro, networks, batch_size, say)

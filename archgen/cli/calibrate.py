@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=at.seed_int, default=None, help="seed of the calibration networks (default 0)")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="write the profile here instead of the per-device cache")
-    p.add_argument("--force", action="store_true", help="replace an existing --out file")
+    p.add_argument("--force", action="store_true", help="replace an existing --out or --save-measurements file")
     p.add_argument("--bundle", default=None, metavar="DIR",
                    help="do not measure here: write a calibration bundle to run on the target "
                         "device (python run.py --out measurements.json)")
@@ -61,12 +61,14 @@ def _check_options(args: argparse.Namespace) -> None:
     if len(modes) > 1:
         raise UserError("give one of --bundle, --measurements and --check")
     mode = modes[0] if modes else ""
-    given = [o for o in _NOT_WITH[mode] if getattr(args, o) is not None and getattr(args, o) is not False]
+    named = _NOT_WITH[mode] + (("runtime", "threads", "batch_size") if mode == "check" and args.device_profile else ())
+    given = [o for o in named if getattr(args, o) is not None and getattr(args, o) is not False]
     if given:
         what = f"with --{mode}" if mode else "without --check"
         why = {"bundle": "the bundle is measured on the target device", "measurements": "the measurements "
                "file names its own device, runtime, threads and batch size", "check": "--check calibrates "
-               "nothing", "": "it is the profile --check checks"}[mode]
+               "nothing; a --device-profile names its own runtime, threads and batch size",
+               "": "it is the profile --check checks"}[mode]
         raise UserError(f"{', '.join('--' + o.replace('_', '-') for o in given)}: not used {what} ({why})")
 
 
@@ -133,14 +135,16 @@ def _noise_text(noise: dict | None) -> str:
 
 def _check(args: argparse.Namespace, given_device: str | None) -> int:
     from archgen.drift import check_drift
-    from archgen.profiles import choose_profile
+    from archgen.profiles import choose_profile, load_profile_file
 
-    choice = choose_profile(args.device_profile, device=args.device, runtime=args.runtime, threads=args.threads,
-                            batch_size=args.batch_size)
-    if choice.is_default:
-        raise UserError(f"no device profile to check: {choice.note}")
     # re-timed where the profile was made, unless --device says where
-    report = check_drift(choice.profile, given_device or str(choice.profile.context.get("device", "cpu")))
+    where = given_device or (str(load_profile_file(args.device_profile).context["device"])
+                             if args.device_profile else "cpu")
+    choice = choose_profile(args.device_profile, device=where, runtime=args.runtime, threads=args.threads,
+                            batch_size=args.batch_size, measure_on=where)
+    if choice.profile.is_default:
+        raise UserError(f"no device profile to check: {choice.note}")
+    report = check_drift(choice.profile, where)
     if report is None:
         sys.stdout.write(f"nothing to compare: {choice.note} holds no reference time of this machine\n")
         return 0

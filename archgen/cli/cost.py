@@ -40,17 +40,19 @@ def add_profile_args(p: argparse.ArgumentParser, threads_help: str = "thread cou
     p.add_argument("--threads", type=at.threads_int, default=None, metavar="T", help=threads_help)
 
 
-def resolve_profile(args: argparse.Namespace, batch_size: int | None, device: str = "cpu") -> ProfileChoice:
-    """The profile for cost/profile/generate (``archgen.profiles.choose_profile``), its note
-    written to stderr."""
+def resolve_profile(args: argparse.Namespace, batch_size: int | None, device: str = "cpu",
+                    measure_on: str | None = None, say: bool = True) -> ProfileChoice:
+    """The profile for cost/profile (``archgen.profiles.choose_profile``), its note written to
+    stderr (unless ``say`` is false: the caller writes ``choice.note`` itself)."""
     from archgen.profiles import choose_profile
 
     choice = choose_profile(args.device_profile, device=device, runtime=args.runtime,
-                            threads=args.threads or 1, batch_size=batch_size)
+                            threads=args.threads or 1, batch_size=batch_size, measure_on=measure_on)
     if args.device_profile and choice.profile.runtime != args.runtime and args.runtime != "torch":
         raise UserError(f"--runtime {args.runtime}: the profile {args.device_profile} is a "
                         f"{choice.profile.runtime} profile")
-    sys.stderr.write(f"profile: {choice.note}\n")
+    if say:
+        sys.stderr.write(f"profile: {choice.note}\n")
     return choice
 
 

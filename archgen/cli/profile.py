@@ -42,9 +42,11 @@ def run(args: argparse.Namespace) -> int:
         check_out_file(Path(args.plot), force=args.force, flag="--plot")
     device = resolve_device(args.device)
     spec = load_spec(args.spec)
-    choice = resolve_profile(args, args.batch_size, "cpu" if device == "cpu" else "cuda")
+    kind = "cpu" if device == "cpu" else "cuda"
+    choice = resolve_profile(args, args.batch_size, kind, measure_on=kind, say=False)
     batch = args.batch_size or choice.profile.batch_size
-    check_fits_in_memory(spec, batch, device)
+    check_fits_in_memory(spec, batch, device)  # before any line on stderr: an error is one line
+    sys.stderr.write(f"profile: {choice.note}\n")
     runtime = choice.profile.runtime if args.device_profile else args.runtime
     if runtime == "onnxruntime" and device != "cpu":
         raise UserError("--runtime onnxruntime measures on the CPU; use --device cpu")

@@ -98,6 +98,22 @@ def test_search_prices_for_the_profiles_device(run_cli, pi_file: Path, space_fil
     assert config["latency_profile_path"] == str(pi_file)
     assert config["device_profile"] == str(pi_file)
 
+    # the same search again without --device-profile: the run's own copy prices it (the cache is
+    # empty: without it, the built-in profile), and it reports the recorded result
+    again = ["search", "--workers", "1", "--data", "digits", "--strategy", "random", "--trials", "2",
+             "--max-epochs", "1", "--threads", "1", "--config", str(space_file), "--out", str(out), "-q"]
+    code, stdout, err = run_cli(*again)
+    assert code == 0, err
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["latency_profile_path"] == str(out / "latency_profile.json") and PI in config["latency_profile_device"]
+    assert pd.read_csv(out / "trials.csv")["est_ms"].tolist() == trials["est_ms"].tolist()
+    # with another profile: refused before anything in the run changes
+    before = (out / "config.yaml").read_bytes()
+    other = relabel(DeviceProfile.load(pi_file), device_name="Another board")
+    code, _, err = run_cli(*again, "--device-profile", str(other.save(tmp_path / "other.json")))
+    assert code == 2 and "priced with another latency profile" in err and len(err.strip().splitlines()) == 1, err
+    assert (out / "config.yaml").read_bytes() == before
+
     assert metrics["latency_batch"] == BATCH
     assert metrics["meas_is_target"] is False
     assert "not the profile's device" in metrics["meas_on"] and PI not in metrics["meas_on"]
@@ -114,7 +130,7 @@ def test_search_prices_for_the_profiles_device(run_cli, pi_file: Path, space_fil
     assert "Latency priced for" in report and PI in report
     assert "not of the device the estimate is for" in report
     # the per-layer chart's caption says so too
-    assert f"the measurements are of {metrics['meas_on']}, not of that device" in report
+    assert f"the measurements were taken on {metrics['meas_on']}." in report
 
 
 def test_latency_batch_other_than_the_profiles_is_refused(run_cli, pi_file: Path, tmp_path: Path) -> None:
@@ -167,13 +183,14 @@ def test_config_names_the_profile(fitted: DeviceProfile, tmp_path: Path) -> None
         assert config["latency_batch"] == (1 if path is None else BATCH)
 
 
-def test_a_resume_priced_by_another_profile_is_refused(fitted: DeviceProfile, tmp_path: Path) -> None:
+def test_a_resume_prices_with_the_runs_own_profile(fitted: DeviceProfile, tmp_path: Path) -> None:
     """Trials priced by one profile and trials priced by another would sit side by side in one
-    study (est_ms, the Pareto objective): a resume with another profile is refused, whether the
-    file, its contents (refitted in place) or the choice (a file against the cache) changed."""
+    study (est_ms, the Pareto objective): the run keeps a copy of its profile, a resume without
+    --device-profile prices with that copy (not with what the cache holds by then), and one with
+    another profile, or the same file refitted, is refused."""
     from archgen.errors import SearchConfigError
     from archgen.profiles import adopt_device_profile
-    from archgen.run_record import check_resume, write_config
+    from archgen.run_record import PROFILE_COPY, check_resume, resume_profile, write_config
     from archgen.settings import SearchSettings
 
     mine = fitted.save(tmp_path / "mine.json")
@@ -182,20 +199,31 @@ def test_a_resume_priced_by_another_profile_is_refused(fitted: DeviceProfile, tm
     out.mkdir()
 
     def settings(path: Path | None) -> SearchSettings:
-        return adopt_device_profile(SearchSettings(workers=1, data="digits", out=str(out),
-                                                   device_profile=None if path is None else str(path)))
+        plain = SearchSettings(workers=1, data="digits", out=str(out), device_profile=None if path is None else str(path))
+        return adopt_device_profile(resume_profile(plain))
 
-    assert check_resume(settings(pi), "fp") is False  # nothing there yet
+    assert settings(None).device_profile is None and check_resume(settings(pi), "fp") is False  # nothing there yet
     write_config(settings(pi), "fp")
+    copy = out / PROFILE_COPY
+    assert DeviceProfile.load(copy).to_dict() == DeviceProfile.load(pi).to_dict()
     assert check_resume(settings(pi), "fp") is True
-    for other in (mine, None):
-        with pytest.raises(SearchConfigError, match="priced with another latency profile"):
-            check_resume(settings(other), "fp")
+    resumed = settings(None)  # the cache is empty: without the copy this would be the built-in profile
+    assert resumed.device_profile == str(copy) and resumed.latency_batch == BATCH
+    assert check_resume(resumed, "fp") is True
+    write_config(resumed, "fp")  # the copy stays the copy
+    assert DeviceProfile.load(copy).to_dict() == DeviceProfile.load(pi).to_dict()
+    with pytest.raises(SearchConfigError, match=r"another latency profile \('device profile: cpu Raspberry Pi.*"
+                                                 r"resume without --device-profile"):
+        check_resume(settings(mine), "fp")
     # the same path, refitted: another profile
     dataclasses.replace(relabel(fitted, device_name=PI), t_k_ms={k: 2 * v for k, v in fitted.t_k_ms.items()}).save(pi)
-    with pytest.raises(SearchConfigError, match=r"another latency profile.*Raspberry Pi"):
+    with pytest.raises(SearchConfigError, match="priced with another latency profile"):
         check_resume(settings(pi), "fp")
-    # a config.yaml from before the profile's hash was recorded resumes as before
+    # a run from before the copy was kept: its config.yaml's hash decides; before the hash, nothing
+    copy.unlink()
+    with pytest.raises(SearchConfigError, match="priced with another latency profile"):
+        check_resume(settings(mine), "fp")
+    assert check_resume(settings(relabel(fitted, device_name=PI).save(tmp_path / "pi2.json")), "fp") is True
     config = yaml.safe_load((out / "config.yaml").read_text())
     del config["latency_profile_id"]
     (out / "config.yaml").write_text(yaml.safe_dump(config))

@@ -484,9 +484,14 @@ def test_a_profile_of_this_machines_gpu_is_not_what_runs_on_its_cpu(tmp_path: Pa
     path = gpu.save(tmp_path / "gpu.json")
     # as on the machine that has that GPU (here, with no GPU, it would be another machine's)
     monkeypatch.setattr(DeviceProfile, "is_foreign", lambda self, current=None: False)
-    choice = choose_profile(path, device="cpu")
-    assert choice.foreign is True and choice.note.endswith("(its estimates are for this machine's cuda, not its cpu)")
-    assert choose_profile(path, device="cuda:0").foreign is False
+    choice = choose_profile(path, measure_on="cpu")
+    assert choice.foreign is True and choice.note.endswith(
+        "(its estimates are for this machine's cuda, not the cpu measured here)")
+    assert choose_profile(path, measure_on="cuda:0").foreign is False
+    assert choose_profile(path).foreign is False  # `cost` measures nothing: it just prices the GPU
+    # ONNX Runtime measures on the CPU, wherever the trials train
+    ort = fake_profile(1, 5.0, runtime="onnxruntime").save(tmp_path / "ort.json")
+    assert choose_profile(ort, measure_on="cuda").foreign is False
     labels = latency_labels(gpu, SearchSettings(workers=1, data="digits", out=str(tmp_path / "r")))
     assert labels["meas_is_target"] is False and labels["meas_on"].endswith("not the profile's device")
     assert check_drift(gpu, "cpu") is None  # would time the CPU against the GPU's reference
@@ -507,3 +512,14 @@ def test_a_profile_file_with_a_broken_context_is_one_clear_error(run_cli, spec_f
     code, out, err = run_cli("cost", str(spec_file), "--device-profile", str(path))
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
     assert "its 'context' must name the device ('cpu' or 'cuda'), its threads and its batch size" in err
+
+
+def test_calibrate_check_takes_the_profile_files_own_context(run_cli, tmp_path: Path) -> None:
+    """`calibrate --check --device-profile FILE`: FILE names its runtime, threads and batch size;
+    giving them too is refused rather than ignored."""
+    path = fake_profile(1, 3.0).save(tmp_path / "p.json")
+    for flag, value in (("--runtime", "onnxruntime"), ("--threads", "2"), ("--batch-size", "4")):
+        code, out, err = run_cli("calibrate", "--check", "--device-profile", str(path), flag, value)
+        assert code == 2 and out == "" and f"{flag}: not used with --check" in err, err
+    code, out, err = run_cli("calibrate", "--check", "--device-profile", str(path))
+    assert code == 0 and out.startswith("nothing to compare"), (out, err)  # a fake profile has no reference time

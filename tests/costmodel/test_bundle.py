@@ -62,7 +62,7 @@ def test_bundle_round_trip(tmp_path: Path, runtime: str) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     doc = json.loads(out.read_text())
     assert doc["context"]["runtime"] == runtime and doc["context"]["batch_size"] == 2
-    assert doc["reference_ms"] > 0
+    assert doc["reference_ms"] > 0 and doc["protocol"]["clock"] == "thread"  # the thread's CPU time, as here
     # one chunk: the anchors were timed with it, and there was nothing to normalize
     assert doc["protocol"]["speed"]["anchors"] == len(ANCHOR_GEOMS) and doc["protocol"]["speed"]["factors"] == [1.0]
 
@@ -215,7 +215,7 @@ def test_run_py_without_its_files_says_so(tmp_path: Path) -> None:
     assert done.stderr.strip() == "run.py: speed.py is missing next to run.py; copy the whole bundle folder"
 
 
-def test_a_coarse_thread_clock_times_wall_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_coarse_thread_clock_times_wall_clock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """On a target whose thread CPU clock moves in steps of 15.6 ms (Windows), a bundle is timed
     with the wall clock instead: sub-millisecond networks would otherwise time at 0."""
     import time
@@ -223,11 +223,17 @@ def test_a_coarse_thread_clock_times_wall_clock(monkeypatch: pytest.MonkeyPatch)
     import costmodel.runner as runner
 
     assert runner.thread_clock_is_fine() and runner.bundle_clock(1) == "auto"  # Linux: nanoseconds
+    folder = write_bundle(tmp_path / "bundle", _networks(2), [], runtime="torch", batch_size=1, repeats=2)
     coarse = lambda: 0.015625 * int(time.perf_counter() / 0.015625)  # noqa: E731
     monkeypatch.setattr(time, "thread_time", coarse)
     assert not runner.thread_clock_is_fine()
     assert runner.bundle_clock(1) == "wall"
     assert runner.bundle_clock(4) == "auto"  # wall time anyway at several threads
+    said: list[str] = []
+    doc = runner.measure_bundle(folder, warmup_s=0.0, say=said.append)
+    assert doc["protocol"]["clock"] == "wall" and "too coarse" in said[0]
+    assert doc["reference_ms"] > 0 and all(0 < n["e2e_ms"] < 15 for n in doc["networks"])
+    assert Measurements.from_dict(doc).networks  # a file the fit takes
 
 
 def test_the_runner_parses_as_python_3_9() -> None:
@@ -244,7 +250,7 @@ def test_the_cpu_is_named_alike_here_and_by_run_py() -> None:
     from costmodel.device_profile import cpu_model_name
     from costmodel.runner import device_name
 
-    assert cpu_model_name() == device_name()
+    assert cpu_model_name() == device_name(Path("/proc/cpuinfo").read_text())
     pi = "processor\t: 0\nBogoMIPS\t: 108.00\nHardware\t: BCM2835\nRevision\t: c03111\n"
     assert device_name(pi) == "BCM2835"
     assert device_name("Hardware\t: BCM2835\nmodel name\t: ARMv7 Processor rev 3 (v7l)\n") == \
