@@ -50,11 +50,11 @@ def check_drift(profile: DeviceProfile, device: str = "cpu") -> DriftReport | No
     """Re-time the reference workload as the profile's runtime and threads run it here. None
     when there is nothing to compare: the profile holds no reference time, is the built-in one,
     or is of another device."""
+    from archgen.profiles import measures_another_kind
     from costmodel.device_profile import predates_steady_allocator
 
-    kind = str(profile.context.get("device"))
-    here = "cpu" if profile.runtime == "onnxruntime" else device.split(":")[0]  # ONNX Runtime runs on the CPU
-    if profile.is_default or profile.reference_ms is None or profile.is_foreign() or kind != here:
+    if profile.is_default or profile.reference_ms is None or profile.is_foreign() or \
+            measures_another_kind(profile, device):
         return None  # nothing of this machine to compare with (a CUDA profile for a run on the CPU)
     # Its reference time includes page faults: no comparison. (With the thresholds raised but mmap
     # on, the reference workload's batch-1 buffers, well under 32 MiB, were timed as now.)
@@ -70,7 +70,7 @@ def check_drift(profile: DeviceProfile, device: str = "cpu") -> DriftReport | No
     else:
         from costmodel.measure import reference_ms
 
-        now = reference_ms(device if kind != "cpu" else "cpu", threads)
+        now = reference_ms(device if profile.context.get("device") != "cpu" else "cpu", threads)
     return DriftReport(float(profile.reference_ms), now)
 
 

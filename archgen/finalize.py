@@ -260,7 +260,9 @@ def latency_labels(profile: DeviceProfile | None, settings: SearchSettings) -> d
     runtime = profile.runtime
     device = "cpu" if runtime == "onnxruntime" else settings.main_device
     here = cpu_model_name() if device == "cpu" else device
-    foreign = profile.is_foreign() or str(profile.context.get("device")) != device.split(":")[0]
+    from archgen.profiles import measures_another_kind
+
+    foreign = profile.is_foreign() or measures_another_kind(profile, settings.main_device)
     threads = int(profile.context.get("threads") or 1)
     return {"est_on": profile.describe(), "meas_is_target": not foreign,
             "meas_on": f"this machine ({here}, {runtime}, {threads} thread(s))"

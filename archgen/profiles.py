@@ -72,6 +72,14 @@ def cached_batch_sizes(device: str = "cpu", runtime: str = "torch", threads: int
     return sorted(int(m.group(1)) for p in folder.iterdir() if (m := pattern.fullmatch(p.name)))
 
 
+def measures_another_kind(profile: DeviceProfile, device: str) -> bool:
+    """Whether measuring on ``device`` (``cpu``, ``cuda``, ``cuda:N``) measures another kind of
+    device than ``profile`` prices (this machine's CUDA profile, measured on its CPU). ONNX Runtime
+    measures on the CPU wherever ``device`` points; the built-in profile prices no device."""
+    here = "cpu" if profile.runtime == "onnxruntime" else device.split(":")[0]
+    return not profile.is_default and str(profile.context.get("device")) != here
+
+
 def choose_profile(path: str | Path | None = None, *, device: str = "cpu", runtime: str = "torch",
                    threads: int = 1, batch_size: int | None = None, measure_on: str | None = None) -> ProfileChoice:
     """The profile to price with (module docstring); ``device`` as ``--device`` names it
@@ -92,12 +100,11 @@ def choose_profile(path: str | Path | None = None, *, device: str = "cpu", runti
         foreign = profile.is_foreign()
         where = "another machine's profile" if foreign else "device profile"
         note = f"{where} {path}: {profile.describe()}"
-        kind = str(profile.context.get("device"))
-        here = None if measure_on is None else "cpu" if profile.runtime == "onnxruntime" else measure_on.split(":")[0]
         if foreign:
             note += " (its estimates are for that device, not this machine)"
-        elif not profile.is_default and here not in (None, kind):  # this machine's GPU profile, measured on the CPU
-            note += f" (its estimates are for this machine's {kind}, not the {here} measured here)"
+        elif measure_on is not None and measures_another_kind(profile, measure_on):
+            here = "cpu" if profile.runtime == "onnxruntime" else measure_on.split(":")[0]
+            note += f" (its estimates are for this machine's {profile.context.get('device')}, not the {here} measured here)"
             foreign = True
         return ProfileChoice(profile, "file", Path(path), foreign, note)
     try:

@@ -209,10 +209,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1")
     out = Path(args.out)
-    bad = ("a folder; name a file" if out.is_dir() else "its folder does not exist"
-           if not out.parent.resolve().is_dir() else "already exists; pass --force to replace it or choose "
-           "another path" if out.exists() and not args.force else "")
-    if bad:  # checked before minutes of measuring
+    bad = ""  # checked before minutes of measuring
+    if out.is_dir():
+        bad = "a folder; name a file"
+    elif not out.parent.resolve().is_dir():
+        bad = "its folder does not exist"
+    elif out.exists() and not args.force:
+        bad = "already exists; pass --force to replace it or choose another path"
+    if bad:
         sys.stderr.write(f"run.py: --out {args.out}: {bad}\n")
         return 2
     start = time.perf_counter()

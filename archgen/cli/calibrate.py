@@ -135,16 +135,14 @@ def _noise_text(noise: dict | None) -> str:
 
 def _check(args: argparse.Namespace, given_device: str | None) -> int:
     from archgen.drift import check_drift
-    from archgen.profiles import choose_profile, load_profile_file
+    from archgen.profiles import choose_profile
 
-    # re-timed where the profile was made, unless --device says where
-    where = given_device or (str(load_profile_file(args.device_profile).context["device"])
-                             if args.device_profile else "cpu")
-    choice = choose_profile(args.device_profile, device=where, runtime=args.runtime, threads=args.threads,
-                            batch_size=args.batch_size, measure_on=where)
+    choice = choose_profile(args.device_profile, device=given_device or "cpu", runtime=args.runtime,
+                            threads=args.threads, batch_size=args.batch_size, measure_on=given_device)
     if choice.profile.is_default:
         raise UserError(f"no device profile to check: {choice.note}")
-    report = check_drift(choice.profile, where)
+    # re-timed where the profile was made, unless --device says where
+    report = check_drift(choice.profile, given_device or str(choice.profile.context["device"]))
     if report is None:
         sys.stdout.write(f"nothing to compare: {choice.note} holds no reference time of this machine\n")
         return 0

@@ -75,9 +75,8 @@ def run(args: argparse.Namespace) -> int:
 
         # the profile file, else the cached one (the smallest batch size without --batch-size)
         choice = choose_profile(args.device_profile, runtime=args.runtime, batch_size=args.batch_size)
-        if choice.is_default:  # a budget is not checked against the uncalibrated guess
-            cached_profile(batch_size, runtime=args.runtime)  # its error says how to calibrate
-        profile = choice.profile
+        # a budget is not checked against the uncalibrated guess: cached_profile says how to calibrate
+        profile = cached_profile(batch_size, runtime=args.runtime) if choice.is_default else choice.profile
         sys.stderr.write(f"profile: {choice.note}\n")
         batch_size = args.batch_size or profile.batch_size
     elif args.device_profile:

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"note: measured at {threads} thread(s), priced by a profile of {priced}\n")
     from archgen.drift import check_drift
 
-    drift = None if args.device_profile and choice.foreign else check_drift(choice.profile, device)
+    drift = check_drift(choice.profile, device)  # None for a profile of another machine or device kind
     if drift is not None and not drift.ok:
         sys.stderr.write(f"warning: {drift.line()}\n")
     report = estimate_and_measure(spec, choice.profile, batch, device=device,
