@@ -22,10 +22,14 @@ Modules, in import order:
 * ``profile``  timing protocol, ``time_fn``, ``profile_module(s)`` (CPU and CUDA);
 * ``netgen``  random plain-CNN geometries for calibration;
 * ``measure``  modules built from geometries, ``profile_layer``, calibration's measurements;
+* ``layer_context``  how a layer's time follows its network's time and the layer before it: the
+  definition, the fixed point the estimator solves, and its fit;
 * ``netfit``  the network-level correction (linear or log form, chosen by cross-validation) and
   the relative least squares the fits share;
+* ``trees``  the boosted regression trees per op and their export;
 * ``fit``  fitting a profile to measurements (NNLS, ridge, boosted trees; the network correction
-  from ``netfit``);
+  from ``netfit``; the layer context, kept when it prices the calibration networks better out
+  of fold);
 * ``calibration``  ``calibrate(device, threads, batch_size, quick) -> DeviceProfile``;
 * ``report``  text/csv/json/markdown rendering and the per-layer bar chart.
 """

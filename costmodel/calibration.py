@@ -135,6 +135,11 @@ def fit_measurements(measurements: Measurements, seed: int = 0,
         f"within 5% {100 * q.get('within_5pct', math.nan):.0f}%"
         + (f"; repeatability: their odd and even rounds agree within 10% for "
            f"{100 * noise['within_10pct']:.0f}%" if noise else ""))
+    cv = profile.fit_quality.get("layer_context_cv_mape")
+    if cv:  # type: ignore[truthy-bool]
+        best = min(cv, key=cv.__getitem__)  # type: ignore[arg-type]
+        say(f"layer context: {best} (out of fold MAPE " + ", ".join(
+            f"{name} {100 * v:.2f}%" for name, v in cv.items()) + ")")  # type: ignore[union-attr]
     moved = speed.describe(measurements.protocol.get(speed.PROTOCOL_KEY))  # type: ignore[arg-type]
     if moved:  # here or in a bundle's run.py
         say(moved)

@@ -27,6 +27,7 @@ from costmodel.atomic import atomic_write_text
 from costmodel.errors import CostModelError
 from costmodel.geometry import parse_config_key
 from costmodel.measurements import RUNTIMES
+from costmodel.modeldef import splits_on_padding
 from costmodel.timing import MMAP_OFF, MMAP_THRESHOLD
 
 SCHEMA_VERSION = 1
@@ -38,7 +39,13 @@ LOG_FORM_SCHEMA_VERSION = 2
 # coefficients) is version 3: an archgen that reads version 2 would count layers and price
 # without the weights.
 LOG_FORM_V3_SCHEMA_VERSION = 3
-READABLE_SCHEMA_VERSIONS = (SCHEMA_VERSION, LOG_FORM_SCHEMA_VERSION, LOG_FORM_V3_SCHEMA_VERSION)
+# A network correction with the layers' context (``"context"``, ``costmodel.layer_context``), or trees
+# that split on the channel-padding features (``modeldef.splits_on_padding``), is version 4: an
+# archgen that reads version 3 would price every layer in the reference context, or fail on a
+# feature it does not compute.
+CONTEXT_SCHEMA_VERSION = 4
+READABLE_SCHEMA_VERSIONS = (SCHEMA_VERSION, LOG_FORM_SCHEMA_VERSION, LOG_FORM_V3_SCHEMA_VERSION,
+                            CONTEXT_SCHEMA_VERSION)
 # Context fields that must match for a profile to be used.
 CONTEXT_KEYS = ("device", "device_name", "runtime", "runtime_version", "threads", "dtype", "batch_size")
 # device, device_name, runtime, runtime_version, threads, torch_version, dtype, batch_size,
@@ -78,7 +85,8 @@ class DeviceProfile:
     ``network`` the network-level correction, ``{"form": "linear", "c0_ms", "scale", "per_layer_ms"}``
     (no ``form``: linear) or ``{"form": "log", "log_coef", "log_bounds"}`` (4 coefficients and 2
     bounds, or 5 and 3 with the weights feature) and optionally ``"count": "calls"``
-    (``costmodel.modeldef``);
+    (``costmodel.modeldef``), either form optionally with the layers' context ``"context": {"ref_ms",
+    "beta": {op: exponent}, "after": {op: {neighbour: ln factor}}}`` (``costmodel.layer_context``);
     ``t_k_ms[op]`` the textbook per-op filter time.
     """
 
@@ -130,6 +138,8 @@ class DeviceProfile:
         if self.network.get("form") == "log":
             v3 = self.network.get("count", "layers") != "layers" or len(self.network.get("log_coef", ())) != 4
             d["schema_version"] = LOG_FORM_V3_SCHEMA_VERSION if v3 else LOG_FORM_SCHEMA_VERSION
+        if "context" in self.network or splits_on_padding(self.trees):
+            d["schema_version"] = CONTEXT_SCHEMA_VERSION
         return d
 
     @classmethod

@@ -15,7 +15,9 @@ by the network-level ``scale`` and including the network-level ``per_layer_ms`` 
 constant ``c0_ms``. A profile whose network correction has the log form (``network["form"] ==
 "log"``) multiplies every layer by one factor of the network's layer sum, its layer count (in
 torch its module calls) and its weights instead, and has no per-network constant
-(``costmodel.modeldef``).
+(``costmodel.modeldef``). A profile with a layer context (``costmodel.layer_context``) prices
+each layer in its network's context: after the layer before it and at the network's own total,
+which it solves for with its layers (a fixed point); ``est_ms`` includes that.
 
 Batch size: a calibrated profile holds for its own batch size only; asking for another raises
 ``CostModelError`` (calibrate at that batch size instead). The built-in default profile scales
@@ -36,6 +38,7 @@ from typing import TYPE_CHECKING
 from costmodel.device_profile import DeviceProfile, TreeEnsemble, default_profile
 from costmodel.errors import CostModelError
 from costmodel.geometry import LayerGeom, parse_config_key
+from costmodel.layer_context import checked_context, solve_in_context
 from costmodel.modeldef import (
     RESIDUAL_CLAMP,
     TREE_CLAMP,
@@ -106,6 +109,7 @@ class _Compiled:
     log_coef: tuple[float, ...] | None  # the log-form network correction, None for the linear form
     log_bounds: tuple[tuple[float, float], ...]
     log_counts_calls: bool  # the log form's n: module calls (``modeldef.module_calls``), else priced layers
+    context: dict[str, object] | None  # the layer context (``costmodel.layer_context``), or None
     batch_size: int
     linear: bool
     runtime: str
@@ -125,6 +129,7 @@ def compile_profile(profile: DeviceProfile) -> _Compiled:
         scale=float(profile.network.get("scale", 1.0)),
         per_layer_ms=float(profile.network.get("per_layer_ms", 0.0)),
         **_log_form(profile.network),
+        context=_context(profile.network),
         batch_size=profile.batch_size,
         linear=profile.batch_scaling == "linear",
         runtime=profile.runtime,
@@ -148,6 +153,14 @@ def _log_form(network: dict) -> dict[str, object]:
         raise CostModelError("the device profile's network correction is malformed; recalibrate with "
                              "`archgen calibrate`") from None
     return {"log_coef": coef, "log_bounds": bounds, "log_counts_calls": network.get("count") == "calls"}
+
+
+def _context(network: dict) -> dict[str, object] | None:
+    try:
+        return checked_context(network.get("context"))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise CostModelError("the device profile's layer context is malformed; recalibrate with "
+                             "`archgen calibrate`") from None
 
 
 # Compiled forms by profile object (profiles hash by identity); dropped with their profile.
@@ -210,32 +223,43 @@ def _layer_raw_ms(g: LayerGeom, comp: _Compiled, factor: float) -> float:
     return max(t, 0.0)
 
 
-def _corrected_layer_ms(raw_ms: float, comp: _Compiled) -> float:
-    return corrected_layer_ms(raw_ms, comp.scale, comp.per_layer_ms)
-
-
 def estimate_layers_ms(
     geoms: Sequence[LayerGeom], profile: DeviceProfile | None = None, batch_size: int | None = None
 ) -> tuple[list[float], float]:
     """Per-layer ``est_ms`` (network scale applied) and the per-network overhead in ms."""
     _, comp, factor = _resolve(profile, batch_size)
     priced = _priced(geoms, comp)
+    raw = [0.0 if g is None else _layer_raw_ms(g, comp, factor) for g in priced]
+    n, w = _log_inputs(geoms, priced, comp)
+    if comp.context is not None:  # each layer in its network's context (``costmodel.layer_context``)
+        raw = solve_in_context(raw, priced, comp.context, lambda moved: _total(*_corrected(moved, priced, comp, n, w)),
+                               None if comp.log_coef is None else lambda s: s * network_factor(
+                                   comp.log_coef, comp.log_bounds, s, n, w))  # type: ignore[arg-type]
+    return _corrected(raw, priced, comp, n, w)
+
+
+def _total(per_layer: Sequence[float], overhead: float) -> float:
+    return sum(per_layer) + overhead
+
+
+def _log_inputs(geoms: Sequence[LayerGeom], priced: Sequence[LayerGeom | None], comp: _Compiled) -> tuple[float, float]:
+    """The log form's n (module calls where the profile counts calls, else priced layers) and W
+    (the network's weights in MiB where the form has the W / S feature, else 0)."""
+    if comp.log_coef is None:
+        return 0.0, 0.0
+    n = module_calls(geoms) if comp.log_counts_calls else sum(g is not None for g in priced)
+    return float(n), weight_mib(geoms) if len(comp.log_coef) == 5 else 0.0
+
+
+def _corrected(raw: Sequence[float], priced: Sequence[LayerGeom | None], comp: _Compiled, n: float,
+               w: float) -> tuple[list[float], float]:
+    """The layers' times with the network-level correction, and the per-network overhead."""
     if comp.log_coef is not None:
-        raw = [0.0 if g is None else _layer_raw_ms(g, comp, factor) for g in priced]
-        k = _log_factor(geoms, sum(raw), sum(g is not None for g in priced), comp)
+        k = network_factor(comp.log_coef, comp.log_bounds, sum(raw), n, w)
         return [k * t for t in raw], 0.0
-    per_layer = [0.0 if g is None else _corrected_layer_ms(_layer_raw_ms(g, comp, factor), comp)
-                 for g in priced]
+    per_layer = [0.0 if g is None else corrected_layer_ms(t, comp.scale, comp.per_layer_ms)
+                 for g, t in zip(priced, raw)]
     return per_layer, network_overhead_ms(comp.c0_ms, sum(per_layer))
-
-
-def _log_factor(geoms: Sequence[LayerGeom], layer_sum_ms: float, n_priced: int, comp: _Compiled) -> float:
-    """The log form's factor for a network: n its module calls where the profile counts calls,
-    else its priced layers; its weights only where the form has the W / S feature."""
-    assert comp.log_coef is not None
-    n = module_calls(geoms) if comp.log_counts_calls else n_priced
-    w = weight_mib(geoms) if len(comp.log_coef) == 5 else 0.0
-    return network_factor(comp.log_coef, comp.log_bounds, layer_sum_ms, n, w)
 
 
 def _priced(geoms: Sequence[LayerGeom], comp: _Compiled) -> Sequence[LayerGeom | None]:
@@ -247,15 +271,7 @@ def estimate_total_ms(
     geoms: Sequence[LayerGeom], profile: DeviceProfile | None = None, batch_size: int | None = None
 ) -> float:
     """Fast path: the calibrated end-to-end estimate in ms (no DataFrame)."""
-    _, comp, factor = _resolve(profile, batch_size)
-    total = 0.0
-    if comp.log_coef is not None:
-        raw = [_layer_raw_ms(g, comp, factor) for g in _priced(geoms, comp) if g is not None]
-        return sum(raw) * _log_factor(geoms, sum(raw), len(raw), comp)
-    for g in _priced(geoms, comp):
-        if g is not None:
-            total += _corrected_layer_ms(_layer_raw_ms(g, comp, factor), comp)
-    return total + network_overhead_ms(comp.c0_ms, total)
+    return _total(*estimate_layers_ms(geoms, profile, batch_size))
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,13 @@ a whole, every layer measured *in context* (see ``costmodel.measure``). What is 
   the network's size: small networks under-priced by a negative ``c0``; n the module calls in
   torch, whose hooks cost per call, else the priced layers; W the conv and dense weights in MiB),
   fitted on the calibration networks' end-to-end times with layer predictions made out of fold
-  (5 folds), so the table's perfect recall of its own networks does not bias it.
+  (5 folds), so the table's perfect recall of its own networks does not bias it;
+* the layer context (``costmodel.layer_context``, full calibrations only): how a layer's time
+  follows its network's time and the layer before it. Every measured layer is moved to the
+  reference context before the fits above, and the estimator moves it back into its network's.
+  Of no context, the network's time alone, and the network's time and the neighbour, the profile
+  keeps the one whose out-of-fold error on the calibration networks is lowest
+  (``fit_quality.layer_context_cv_mape``).
 """
 
 from __future__ import annotations
@@ -32,7 +38,6 @@ import datetime as _dt
 import random
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -40,32 +45,36 @@ from costmodel.device_profile import Context, DeviceProfile, TreeEnsemble
 from costmodel.errors import CostModelError
 from costmodel.estimator import estimate_layers_ms
 from costmodel.geometry import LayerGeom
+from costmodel.layer_context import (
+    MIN_NETWORKS,
+    context_variants,
+    fit_context,
+    in_measured_context,
+    solve_in_context,
+)
 from costmodel.measurements import Network, Sample
 from costmodel.modeldef import (
     RESIDUAL_CLAMP,
-    TREE_CLAMP,
     fit_classes,
     fused_activation_ms,
     grouped_samples,
     linear_features,
-    linear_ms,
     module_calls,
     priced_layers,
     residual_features,
     seed_units,
     t_k_classes,
-    tree_base_class,
-    tree_features,
     weight_mib,
 )
-from costmodel.netfit import FLOOR_MS, fit_network, nnls_relative
-
-if TYPE_CHECKING:
-    from sklearn.ensemble import GradientBoostingRegressor
+from costmodel.netfit import (
+    FLOOR_MS,
+    fit_network,
+    network_total,
+    nnls_relative,
+)
+from costmodel.trees import fit_trees
 
 MIN_CLASS_SAMPLES = 6
-MIN_TREE_SAMPLES = 30
-TREE_PARAMS = {"n_estimators": 60, "max_depth": 4, "learning_rate": 0.15, "subsample": 0.8}
 # The weight of the model's own time against the table's median, as if seen this many times.
 TABLE_PRIOR_WEIGHT = 2.0
 RIDGE_LAMBDA = 0.3
@@ -130,56 +139,6 @@ def fit_layers(
     return coeffs, weights, quality
 
 
-def fit_trees(
-    samples: Sequence[Sample], coeffs: dict[str, dict[str, float]],
-    act_elem_ms: dict[str, float], seed: int = 0,
-) -> tuple[dict[str, TreeEnsemble], dict[str, object]]:
-    """Boosted regression trees per op on ``log(T / T_linear)`` (in-context samples).
-
-    Returns ``(trees, quality)``; ops with fewer than ``MIN_TREE_SAMPLES`` samples get none.
-    """
-    from sklearn.ensemble import GradientBoostingRegressor
-
-    by_op: dict[str, list[Sample]] = defaultdict(list)
-    for g, t in samples:
-        by_op[g.op].append((g, t))
-    trees: dict[str, TreeEnsemble] = {}
-    quality: dict[str, object] = {}
-    for op, rows in sorted(by_op.items()):
-        if len(rows) < MIN_TREE_SAMPLES or op == "dropout":
-            continue
-        base = []
-        for g, _ in rows:
-            c = coeffs.get(tree_base_class(g)) or coeffs.get(op)
-            if c is None:
-                break
-            base.append(linear_ms((c["c"], c["a"], c["b"]), g))
-        else:
-            y = np.maximum([_strip_activation(g, t, act_elem_ms) for g, t in rows], FLOOR_MS)
-            x = np.array([tree_features(g) for g, _ in rows])
-            r = np.log(np.maximum(y, 1e-9) / np.maximum(np.array(base), 1e-9))
-            model = GradientBoostingRegressor(random_state=seed, **TREE_PARAMS).fit(x, r)
-            trees[op] = _export_gbr(model, x[:1])
-            pred = np.exp(np.clip(model.predict(x), -TREE_CLAMP, TREE_CLAMP)) * np.array(base)
-            err = np.abs(pred - y) / y
-            quality[f"trees_{op}"] = {"n": len(rows), "mape_in_sample": float(err.mean())}
-    return trees, quality
-
-
-def _export_gbr(model: GradientBoostingRegressor, x0: np.ndarray) -> TreeEnsemble:
-    """sklearn GradientBoostingRegressor -> JSON-safe arrays (see estimator.compile_trees)."""
-    lr = float(model.learning_rate)
-    trees = []
-    total = 0.0
-    for est in model.estimators_[:, 0]:
-        t = est.tree_
-        trees.append([t.feature.tolist(), t.threshold.tolist(), t.children_left.tolist(),
-                      t.children_right.tolist(), t.value[:, 0, 0].tolist()])
-        total += float(est.predict(x0)[0])
-    init = float(model.predict(x0)[0]) - lr * total
-    return {"init": init, "lr": lr, "trees": trees}
-
-
 def _strip_activation(g: LayerGeom, t: float, act_elem_ms: dict[str, float]) -> float:
     """Measured time minus the fused activation's estimated cost (never below half of it)."""
     if g.activation and g.op in ("conv", "dense"):
@@ -212,47 +171,28 @@ def fit_profile(
     use_trees: bool = True,
     use_table: bool = True,
     reference_ms: float | None = None,
+    use_context: bool = True,
 ) -> DeviceProfile:
     """Fit a profile from isolated micro-benchmarks and profiled calibration networks.
 
-    ``networks`` holds ``(geoms, per-layer in-context ms, end-to-end ms)``.
+    ``networks`` holds ``(geoms, per-layer in-context ms, end-to-end ms)``. With
+    ``use_context`` and at least ``layer_context.MIN_NETWORKS`` networks, the layer context is
+    fitted and the profile keeps whichever of no context, the network's time alone, or the
+    network's time and the neighbour prices the calibration networks best out of fold.
     """
     if not networks:
         raise CostModelError("calibration needs at least one profiled network")
     # Batch size here is the profile's; estimates are per sample * (B / B0) with B0 == B.
-    act_elem = fit_act_elem(micro)
     runtime = str(context.get("runtime") or "torch")
-    in_context = _in_context(networks, runtime)
-    samples = list(in_context) + [s for s in micro if s[0].op != "conv" and s[0].op != "dense"]
-    coeffs, weights, quality = fit_layers(samples, act_elem)
-    trees, tq = fit_trees(in_context, coeffs, act_elem, seed) if use_trees else ({}, {})
-    quality.update(tq)
-    t_k = _fit_t_k(in_context)
-    no_table = _make(context, coeffs, weights, trees, {}, t_k, act_elem, _NEUTRAL, {}, protocol)
-    table = _layer_table(in_context, no_table) if use_table else {}
-
-    # Network-level correction from out-of-fold layer predictions.
-    order = list(range(len(networks)))
-    random.Random(seed).shuffle(order)
-    k = max(1, min(folds, len(networks)))
-    oof_layers: list[list[float]] = [[] for _ in networks]
-    for f in range(k):
-        held = set(order[f::k])
-        train = _in_context([n for i, n in enumerate(networks) if i not in held or k == 1], runtime)
-        train_samples = train + [s for s in micro if s[0].op not in ("conv", "dense")]
-        c_f, w_f, _ = fit_layers(train_samples, act_elem)
-        tr_f, _ = fit_trees(train, c_f, act_elem, seed) if use_trees else ({}, {})
-        no_table = _make(context, c_f, w_f, tr_f, {}, t_k, act_elem, _NEUTRAL, {}, protocol)
-        tab = _layer_table(train, no_table) if use_table else {}
-        prof_f = dataclasses.replace(no_table, table=tab, use_table=bool(tab))
-        for i in held:
-            raw = estimate_layers_ms(networks[i][0], prof_f)[0]  # neutral correction: the raw times
-            oof_layers[i] = [t for t, g in zip(raw, priced_layers(networks[i][0], runtime)) if g is not None]
+    measured = [grouped_samples(geoms, meas, runtime) for geoms, meas, _ in networks]
+    setup = _Setup(context, micro, fit_act_elem(micro), protocol, runtime, seed, folds, use_trees, use_table,
+                   _fit_t_k([s for net in measured for s in net]))
     e2e = np.array([n[2] for n in networks])
-    calls = [module_calls(n[0]) for n in networks] if runtime == "torch" else None
-    weight_sizes = [weight_mib(n[0]) for n in networks]
-    network, pred, forms = fit_network(oof_layers, e2e, seed, calls=calls, weights=weight_sizes,
-                                       measured=[sum(n[1]) for n in networks])
+    full = fit_context(measured, e2e) if use_context and len(networks) >= MIN_NETWORKS else None
+    fits = {name: _network_fit(setup, networks, measured, e2e, name) for name, _ in context_variants(full)}
+    cv = {name: float(np.mean(np.abs(f[2] - e2e) / e2e)) for name, f in fits.items()}
+    per_net, network, pred, forms = fits[min(cv, key=cv.__getitem__)]
+    model, quality = _layer_model(setup, [s for net in per_net for s in net])
     err = np.abs(pred - e2e) / e2e
     quality["network_oof"] = {
         "n": len(networks), "mape": float(err.mean()), "within_10pct": float((err < 0.1).mean()),
@@ -261,15 +201,104 @@ def fit_profile(
     }
     if forms:
         quality["network_forms_cv_mape"] = forms
-    quality["table_entries"] = len(table)
+    if len(cv) > 1:
+        quality["layer_context_cv_mape"] = cv
+    quality["table_entries"] = len(model.table)
     quality["baselines"] = fit_baselines(networks)
-    return dataclasses.replace(_make(context, coeffs, weights, trees, table, t_k, act_elem, network,
-                                     quality, protocol), reference_ms=reference_ms)
+    return dataclasses.replace(model, network=network, fit_quality=quality, reference_ms=reference_ms)
 
 
-def _in_context(networks: Sequence[Network], runtime: str) -> list[Sample]:
-    """The priced layers of the networks as training samples (fused groups as one layer)."""
-    return [s for geoms, meas, _ in networks for s in grouped_samples(geoms, meas, runtime)]
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+    """What every per-layer fit of one calibration shares."""
+
+    context: Context
+    micro: Sequence[Sample]
+    act_elem: dict[str, float]
+    protocol: dict[str, object]
+    runtime: str
+    seed: int
+    folds: int
+    use_trees: bool
+    use_table: bool
+    t_k: dict[str, float]
+
+
+def _layer_model(setup: _Setup, in_context: list[Sample]) -> tuple[DeviceProfile, dict[str, object]]:
+    """The per-layer model (linear bases, residuals, trees, table; neutral network correction)
+    fitted on in-context samples and the micro-benchmarks of the cheap ops, and its quality."""
+    samples = in_context + [s for s in setup.micro if s[0].op not in ("conv", "dense")]
+    coeffs, weights, quality = fit_layers(samples, setup.act_elem)
+    trees, tq = fit_trees(in_context, coeffs, setup.act_elem, _strip_activation, setup.seed) if setup.use_trees else ({}, {})
+    quality.update(tq)
+    no_table = _make(setup.context, coeffs, weights, trees, {}, setup.t_k, setup.act_elem, _NEUTRAL, {},
+                     setup.protocol)
+    table = _layer_table(in_context, no_table) if setup.use_table else {}
+    return dataclasses.replace(no_table, table=table, use_table=bool(table)), quality
+
+
+def _network_fit(setup: _Setup, networks: Sequence[Network], measured: list[list[Sample]], e2e: np.ndarray,
+                 variant: str) -> tuple[list[list[Sample]], dict[str, object], np.ndarray, dict[str, float]]:
+    """With one layer context (``variant`` of ``layer_context.context_variants``, "none": none):
+    the calibration networks' layers moved to its reference context, the network-level correction
+    fitted on their out-of-fold layer times (``folds`` folds, the context fitted in each fold
+    too, so that neither the table's perfect recall of its own networks nor the context's fit on
+    them biases it), and the networks' out-of-fold totals as the estimator would price them.
+    ``(layers, network, totals, forms)``."""
+    layer_context = _context_named(variant, measured, e2e)
+    order = list(range(len(networks)))
+    random.Random(setup.seed).shuffle(order)
+    k = max(1, min(setup.folds, len(networks)))
+    oof_raw: list[list[float]] = [[] for _ in networks]  # in the fold's reference context
+    oof_context: list[dict[str, object] | None] = [None] * len(networks)
+    for f in range(k):
+        held = set(order[f::k])
+        train = [i for i in range(len(networks)) if i not in held or k == 1]
+        ctx_f = _context_named(variant, [measured[i] for i in train], e2e[train])
+        prof_f, _ = _layer_model(setup, [s for i in train for s in _moved(measured[i], e2e[i], ctx_f)])
+        for i in held:
+            raw = estimate_layers_ms(networks[i][0], prof_f)[0]  # neutral correction: the raw times
+            oof_raw[i] = [t for t, g in zip(raw, priced_layers(networks[i][0], setup.runtime)) if g is not None]
+            oof_context[i] = ctx_f
+    # Fitted in each network's measured context; priced below in the context the model solves for.
+    oof_layers = [raw if ctx is None else [t * m for t, m in zip(raw, in_measured_context(ctx, net, total))]
+                  for raw, ctx, net, total in zip(oof_raw, oof_context, measured, e2e)]
+    calls = [module_calls(n[0]) for n in networks] if setup.runtime == "torch" else None
+    weight_sizes = [weight_mib(n[0]) for n in networks]
+    network, pred, forms = fit_network(oof_layers, e2e, setup.seed, calls=calls, weights=weight_sizes,
+                                       measured=[sum(n[1]) for n in networks])
+    if layer_context is not None:
+        pred = np.array([_solved_total(network, ctx, raw, networks[i][0], setup.runtime, weight_sizes[i])
+                         for i, (raw, ctx) in enumerate(zip(oof_raw, oof_context))])
+        network["context"] = layer_context
+    return [_moved(net, total, layer_context) for net, total in zip(measured, e2e)], network, pred, forms
+
+
+def _context_named(variant: str, measured: Sequence[Sequence[Sample]], e2e: np.ndarray) -> dict[str, object] | None:
+    """The layer context ``variant`` fitted on these networks (None: "none", or not found)."""
+    if variant == "none":
+        return None
+    return dict(context_variants(fit_context(measured, e2e))).get(variant)
+
+
+def _moved(net: Sequence[Sample], total: float, ctx: dict[str, object] | None) -> list[Sample]:
+    """A network's measured layers moved to the reference context of ``ctx`` (as they are: None)."""
+    if ctx is None:
+        return list(net)
+    return [(g, t / m) for (g, t), m in zip(net, in_measured_context(ctx, net, total))]
+
+
+def _solved_total(network: dict[str, object], ctx: dict[str, object] | None, raw: list[float],
+                  geoms: Sequence[LayerGeom], runtime: str, weight: float) -> float:
+    """A calibration network's total from its priced layers' out-of-fold times in the reference
+    context of ``ctx``, moved to the context the model solves for
+    (``layer_context.solve_in_context``)."""
+    priced = [g for g in priced_layers(geoms, runtime) if g is not None]
+    n = float(module_calls(geoms) if network.get("count") == "calls" else len(raw))
+    w = weight if len(network.get("log_coef", ())) == 5 else 0.0  # type: ignore[arg-type]
+    if ctx is not None:
+        raw = solve_in_context(raw, priced, ctx, lambda moved: network_total(network, moved, n, w))
+    return network_total(network, raw, n, w)
 
 
 def fit_baselines(networks: Sequence[Network]) -> dict[str, float]:

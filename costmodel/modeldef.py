@@ -11,6 +11,10 @@ Per layer, at the profile's batch size ``B0`` (``factor = B / B0``, 1 for a cali
                                                             share * scale * layer)   (linear form)
                  = sum * exp(clamp(w . log_network_features(sum, n, weights)))      (log form)
 
+    in context   = layer * exp(after[op][layer before]) * (T / ref) ** beta[op]   (profiles with a
+                   layer context, ``costmodel.layer_context``; T the network's own total, solved
+                   with its layers as a fixed point)
+
 ``share`` is ``MIN_SHARE_OF_LAYER_SUM``. The calibration picks the form whose out-of-fold error on
 its own networks is lower (``costmodel.netfit``); in the log form a layer's ``est_ms`` is its time
 times the network's factor, and there is no per-network constant. The textbook seed form prices a layer at
@@ -108,8 +112,15 @@ def residual_features(g: LayerGeom) -> list[float]:
     return [1.0, ln(g.acts), ln(g.c_in), ln(g.n_p)]
 
 
+# The trees' features before the channel-padding ones (profiles of schema version 3 and older).
+V3_TREE_FEATURES = 10
+
+
 def tree_features(g: LayerGeom) -> list[float]:
-    """Features of the boosted-tree residual model (log sizes, kernel, stride, activation)."""
+    """Features of the boosted-tree residual model (log sizes, kernel, stride, activation,
+    pooling mode) and, after the first ``V3_TREE_FEATURES``, how much the output and input
+    channel counts are padded to SIMD blocks of 16 and of 8 channels (``ln(ceil(c / b) * b /
+    c)``: oneDNN computes in such blocks, and a 24-channel conv took longer than a 32-channel one)."""
     ln = math.log
     cin, cout, k = g.c_in // g.groups, g.c_out, g.kernel
     hw_in, n_p = g.h_in * g.w_in, g.h_out * g.w_out
@@ -127,7 +138,22 @@ def tree_features(g: LayerGeom) -> list[float]:
     return [
         ln(cin), ln(cout), ln(g.h_out), ln(g.h_in), float(k), float(g.stride), ln(macs + 1.0),
         ln(nbytes), ACT_CODES.get(g.activation, OTHER_ACT_CODE), 1.0 if g.mode == "max" else 0.0,
+        _padding(cout, 16), _padding(cin, 16), _padding(cout, 8), _padding(cin, 8),
     ]
+
+
+def _padding(c: int, block: int) -> float:
+    return math.log(-(-c // block) * block / c)
+
+
+def splits_on_padding(trees: Mapping[str, Mapping[str, object]]) -> bool:
+    """Whether a stored tree ensemble splits on a padding feature (past the first
+    ``V3_TREE_FEATURES``; malformed trees: no, pricing with them says they are malformed)."""
+    try:
+        return any(max(tree[0], default=0) >= V3_TREE_FEATURES
+                   for e in trees.values() for tree in e["trees"])  # type: ignore[attr-defined]
+    except (KeyError, TypeError, ValueError, IndexError):
+        return False
 
 
 def corrected_layer_ms(raw_ms: float, scale: float, per_layer_ms: float) -> float:
@@ -178,8 +204,14 @@ def network_factor(coef: Sequence[float], bounds: Sequence[Sequence[float]], lay
                    n_layers: float, weight_mib: float = 0.0) -> float:
     """The log form's multiplier of the layer sum (clamped to exp(+-LOG_NETWORK_CLAMP)); a
     correction of five coefficients has the W / S feature (``weight_mib``), one of four not."""
-    feats = log_network_features(layer_sum_ms, n_layers, bounds, weight_mib if len(coef) == 5 else None)
-    r = sum(c * f for c, f in zip(coef, feats))
+    # log_network_features and the dot product written out (the estimator's hot path; the same
+    # arithmetic in the same order)
+    s = max(layer_sum_ms, 1e-6)
+    (lo0, hi0), (lo1, hi1) = bounds[0], bounds[1]
+    ln_s = min(max(math.log(s), lo0), hi0)
+    r = 0 + coef[0] * 1.0 + coef[1] * ln_s + coef[2] * (ln_s * ln_s) + coef[3] * min(max(n_layers / s, lo1), hi1)
+    if len(coef) == 5:
+        r += coef[4] * min(max(weight_mib / s, bounds[2][0]), bounds[2][1])
     return math.exp(max(-LOG_NETWORK_CLAMP, min(LOG_NETWORK_CLAMP, r)))
 
 

@@ -76,6 +76,18 @@ def _linear_predict(coef: np.ndarray, layers: Sequence[Sequence[float]]) -> np.n
     return np.array(out)
 
 
+def network_total(network: dict[str, object], layers: Sequence[float], n: float, weight: float = 0.0) -> float:
+    """A fitted correction's total for one network from its priced layers' times (``n``: its
+    module calls where the log form counts calls, else its priced layers; ``weight``: its
+    weights in MiB), as the estimator prices it."""
+    if network.get("form") == "log":
+        s = float(sum(layers))
+        coef = network["log_coef"]
+        return s * network_factor(coef, network["log_bounds"], s, n, weight)  # type: ignore[arg-type]
+    c = np.array([network["c0_ms"], network["scale"], network["per_layer_ms"]], dtype=float)
+    return float(_linear_predict(c, [layers])[0])
+
+
 def _log_network(s: np.ndarray, n_layers: np.ndarray, e2e: np.ndarray, weights: np.ndarray | None = None,
                  keep: np.ndarray | None = None) -> tuple[list[float], list[list[float]]]:
     """``(coef, bounds)`` of the log form: least squares of ln(T / S) on its features (W / S

@@ -222,6 +222,9 @@ def throughput(geoms: list[list[LayerGeom]], modules: list, profile, n_fvcore: i
         return count / (time.perf_counter() - start)
 
     fast = rate(lambda g: estimate_total_ms(g, profile), geoms)
+    bare = dataclasses.replace(profile, network={k: v for k, v in profile.network.items() if k != "context"})
+    estimate_total_ms(geoms[0], bare)
+    fast_bare = rate(lambda g: estimate_total_ms(g, bare), geoms) if "context" in profile.network else None
     frame = rate(lambda g: estimate(g, profile), geoms[:30], 0.5)
     sample = list(zip(geoms, modules))[:n_fvcore]
 
@@ -235,7 +238,8 @@ def throughput(geoms: list[list[LayerGeom]], modules: list, profile, n_fvcore: i
     t0 = time.perf_counter()
     compile_profile(profile)
     compile_ms = (time.perf_counter() - t0) * 1e3
-    return {"estimate_total_ms_per_s": fast, "estimate_report_per_s": frame,
+    return {"estimate_total_ms_per_s": fast, "estimate_total_ms_no_context_per_s": fast_bare,
+            "estimate_report_per_s": frame,
             "fvcore_per_s": fvc, "ratio_fast_vs_fvcore": fast / fvc,
             "ratio_report_vs_fvcore": frame / fvc, "profile_compile_ms": compile_ms}
 
@@ -449,8 +453,8 @@ def evaluate(measured: Measurements, calib_s: float, geoms: list, meas_ref: list
         "(a) FLOPs proxy, one constant": [base["flops_ms_per_mac"] * m for m in macs],
         "(b) textbook N_p*N_f*T_k, one T_k": [base["seed_t_k_ms"] * seed_units(n) for n in geoms],
         "(c) per-op linear c+a*MACs+b*bytes": [
-            estimate_total_ms(n, dataclasses.replace(profile, trees={}, residual={},
-                                                      use_table=False)) for n in geoms],
+            estimate_total_ms(n, dataclasses.replace(profile, trees={}, residual={}, use_table=False, network={
+                k: v for k, v in profile.network.items() if k != "context"})) for n in geoms],
         "(d) calibrated (table + trees + network correction)": [
             estimate_total_ms(n, profile) for n in geoms],
     }
@@ -511,6 +515,17 @@ def _ratio(value: float) -> str:
     return "n/a" if value != value else f"{value:,.1f}x"
 
 
+def _context_line(ctx: dict | None) -> str:
+    """The profile's layer context (``costmodel.layer_context``) in words, or nothing."""
+    if not ctx:
+        return "; no layer context"
+    factors = sorted(((f, op, b) for op, by in ctx.get("after", {}).items() for b, f in by.items()),
+                     key=lambda x: -abs(x[0]))[:4]
+    return (f"; layer context: reference network {ctx['ref_ms']:.2f} ms, exponents "
+            + ", ".join(f"{op} {b:+.3f}" for op, b in sorted(ctx["beta"].items()))
+            + "".join(f"; {op} after {b} x{math.exp(f):.2f}" for f, op, b in factors))
+
+
 def write_markdown(results: list[dict], tp: dict | None, sums: dict | None, args, info) -> str:
     lines = [f"## Cost model benchmark ({args.device})", "",
              f"* date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}",
@@ -550,7 +565,8 @@ def write_markdown(results: list[dict], tp: dict | None, sums: dict | None, args
                   + (f"; reference workload after the held-out networks / at calibration: "
                      f"{r['reference_drift']:.3f}" if r.get("reference_drift") else "")
                   + (f"; machine speed between chunks: {100 * (r['speed_spread'] - 1):.0f}% apart "
-                     "(fastest / slowest chunk, from the anchors)" if r.get("speed_spread") else ""), "",
+                     "(fastest / slowest chunk, from the anchors)" if r.get("speed_spread") else "")
+                  + _context_line(r["network_correction"].get("context")), "",
                   "| predictor | Kendall tau | MAPE % | P95 abs err % | within +-10% | within +-5% |",
                   "|---|---|---|---|---|---|"]
         for name, m in r["metrics"].items():
@@ -563,6 +579,10 @@ def write_markdown(results: list[dict], tp: dict | None, sums: dict | None, args
                   "| method | networks/s | vs fvcore |", "|---|---|---|",
                   f"| `estimate_total_ms` (fast path) | {tp['estimate_total_ms_per_s']:,.0f} | "
                   f"{_ratio(tp['ratio_fast_vs_fvcore'])} |",
+                  *([f"| `estimate_total_ms`, the same profile without its layer context | "
+                     f"{tp['estimate_total_ms_no_context_per_s']:,.0f} | "
+                     f"{_ratio(tp['estimate_total_ms_no_context_per_s'] / tp['fvcore_per_s'])} |"]
+                    if tp.get("estimate_total_ms_no_context_per_s") else []),
                   f"| `estimate` (DataFrame report) | {tp['estimate_report_per_s']:,.0f} | "
                   f"{_ratio(tp['ratio_report_vs_fvcore'])} |",
                   f"| fvcore `FlopCountAnalysis(...).total()` | {tp['fvcore_per_s']:,.1f} | 1x |"
@@ -622,6 +642,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replay-subset", type=int, default=None,
                    help="with --replay: refit on this many of the calibration networks (seeded sample)")
     p.add_argument("--replay-seed", type=int, default=0, help="seed of --replay-subset's sample")
+    p.add_argument("--replay-throughput", action="store_true",
+                   help="with --replay: also the pricing throughput, with the first dump's profile and "
+                        "held-out networks, with and without its layer context")
     args = p.parse_args(argv)
     args.argv = ["python", "scripts/bench_costmodel.py", *(argv or sys.argv[1:])]
     global args_clock, SHAPES
@@ -637,7 +660,14 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     if args.replay:
         results = [replay(path, args.replay_subset, args.replay_seed) for path in args.replay]
-        text = write_markdown(results, None, None, args, info)
+        tp = None
+        if args.replay_throughput:  # the first dump's held-out networks, built from their geometries
+            from costmodel.measure import module_from_geoms
+
+            held = [[geom_from_dict(g, "held-out") for g in n]
+                    for n in json.loads(Path(args.replay[0]).read_text())["held_out"]["geoms"]]
+            tp = throughput(held, [module_from_geoms(g) for g in held[:20]], results[0]["profile"], 20)
+        text = write_markdown(results, tp, None, args, info)
         if args.out:
             Path(args.out).write_text(text + "\n")
         print(text)

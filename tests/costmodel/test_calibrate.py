@@ -15,11 +15,12 @@ from costmodel.calibration import calibrate, fit_measurements
 from costmodel.device_profile import DeviceProfile, current_context
 from costmodel.errors import CostModelError
 from costmodel.estimator import compile_trees, estimate, estimate_total_ms
-from costmodel.fit import _export_gbr, fit_layers, fit_profile
+from costmodel.fit import fit_layers, fit_profile
 from costmodel.geometry import LayerGeom
 from costmodel.measurements import Measurements
 from costmodel.netgen import random_plain_cnn
 from costmodel.timing import repeat_agreement
+from costmodel.trees import _export_gbr
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -356,3 +357,4 @@ def test_a_noisy_calibration_says_so_and_keeps_its_noise_floor(tmp_path: Path) -
     assert "noise_floor" not in fit_measurements(dataclasses.replace(measured, noise_floor=None),
                                                  progress=said.append).fit_quality
     assert not any("repeatability" in m or "noisy" in m for m in said)
+
