@@ -1,18 +1,18 @@
-"""A layer's context: how its in-context time depends on the network around it (pure arithmetic
-and numpy, no torch).
+"""A layer's context: how its in-context time depends on the network around it (no torch; numpy
+only to fit it).
 
 The same layer configuration, timed in different calibration networks, does not take the same
 time (docs/benchmarks.md, "The layer's context"). Two things around it move it:
 
 * the network's own end-to-end time T: a layer of op ``o`` takes ``(T / ref_ms) ** beta[o]``
   times its time in the reference network (``ref_ms``, the calibration networks' geometric mean
-  time). At batch 32, dense and dropout layers ran about 7-10% slower in a network 2x as slow,
-  global pooling 10%, convolutions 1%: a larger network leaves less of their weights and inputs in
-  the caches;
+  time). At batch 32, dense layers ran 7-10% slower in a network 2x as slow, global pooling
+  11-16%, convolutions 1-1.5% (at batch 1 more): a larger network leaves less of their weights
+  and inputs in the caches;
 * the layer before it (``neighbour``: its op and activation, ``"input"`` for the first): a layer
   of op ``o`` after ``p`` takes ``exp(after[o][p])`` times its time after the average neighbour.
-  A max pooling over tanh outputs ran 15-20% slower than over ReLU outputs, which are half zeros;
-  the first dense layer after a pooling carries the flatten before it.
+  A max pooling over tanh outputs ran about 20% slower than over ReLU outputs, which are half
+  zeros; the first dense layer after a pooling carries the flatten before it.
 
 A profile's ``network["context"]`` is ``{"ref_ms": float, "beta": {op: float}, "after": {op:
 {neighbour: float}}}``. The calibration fits it on the configurations measured two or more times

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from made_up_device import synthetic_networks, true_ms
 
 from costmodel.calibration import calibrate, fit_measurements
 from costmodel.device_profile import DeviceProfile, current_context
@@ -18,25 +19,10 @@ from costmodel.estimator import compile_trees, estimate, estimate_total_ms
 from costmodel.fit import fit_layers, fit_profile
 from costmodel.geometry import LayerGeom
 from costmodel.measurements import Measurements
-from costmodel.netgen import random_plain_cnn
 from costmodel.timing import repeat_agreement
 from costmodel.trees import _export_gbr
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-
-
-def true_ms(g: LayerGeom) -> float:
-    """A made-up device: linear per op, exactly."""
-    if g.op == "conv":
-        return 0.05 + 2e-8 * g.macs * 4 + 3e-8 * g.bytes * 4
-    if g.op == "dense":
-        return 0.02 + 1e-8 * g.macs * 4 + 5e-9 * g.bytes * 4
-    return 0.01 + 1e-8 * g.bytes * 4
-
-
-def synthetic_networks(n: int, seed: int) -> list[list[LayerGeom]]:
-    rng = random.Random(seed)
-    return [random_plain_cnn(rng, max_macs=20_000_000) for _ in range(n)]
 
 
 def test_linear_fit_recovers_exact_coefficients() -> None:

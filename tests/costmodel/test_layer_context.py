@@ -8,9 +8,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import random
 
 import pytest
+from made_up_device import synthetic_networks, true_ms
 
 from costmodel.calibration import fit_measurements
 from costmodel.device_profile import DeviceProfile, current_context
@@ -20,21 +20,6 @@ from costmodel.fit import fit_profile
 from costmodel.geometry import LayerGeom
 from costmodel.layer_context import context_variants, neighbours, solve_in_context
 from costmodel.measurements import Measurements
-from costmodel.netgen import random_plain_cnn
-
-
-def true_ms(g: LayerGeom) -> float:
-    """A made-up device: linear per op, exactly (as in test_calibrate)."""
-    if g.op == "conv":
-        return 0.05 + 2e-8 * g.macs * 4 + 3e-8 * g.bytes * 4
-    if g.op == "dense":
-        return 0.02 + 1e-8 * g.macs * 4 + 5e-9 * g.bytes * 4
-    return 0.01 + 1e-8 * g.bytes * 4
-
-
-def networks(n: int, seed: int) -> list[list[LayerGeom]]:
-    rng = random.Random(seed)
-    return [random_plain_cnn(rng, max_macs=20_000_000) for _ in range(n)]
 
 
 def in_context(net: list[LayerGeom], beta: dict[str, float], ref_ms: float,
@@ -63,7 +48,7 @@ def test_a_calibration_learns_how_a_layer_slows_down_in_a_slower_network() -> No
     the worst held-out network is over 3% off (5.7% here). The profile round-trips as schema
     version 4, which an older archgen refuses."""
     beta = {"dense": 0.2, "gap": 0.2}
-    nets = networks(150, 21)
+    nets = synthetic_networks(150, 21)
     data = [(n, *in_context(n, beta, 5.0)) for n in nets]
     prof = fit(data)
     ctx = prof.network["context"]
@@ -79,7 +64,7 @@ def test_a_calibration_learns_how_a_layer_slows_down_in_a_slower_network() -> No
     plain = fit(data, use_context=False)
     assert "context" not in plain.network and "layer_context_cv_mape" not in plain.fit_quality
     errors, plain_errors = [], []
-    for n in networks(30, 22):
+    for n in synthetic_networks(30, 22):
         _, want = in_context(n, beta, 5.0)
         errors.append(abs(estimate_total_ms(n, prof) / want - 1))
         plain_errors.append(abs(estimate_total_ms(n, plain) / want - 1))
@@ -113,7 +98,7 @@ def test_a_calibration_learns_what_the_layer_before_costs() -> None:
     fold (any exponent found is under 0.01), and prices held-out networks within 1% (0.6% here);
     without the context the worst is over 3% off (3.6%), and the mean error over 3x as large (4.7x)."""
     after = {("pool", "conv+tanh"): 1.25, ("pool", "act+tanh"): 1.25, ("dense", "pool"): 1.6, ("dense", "gap"): 1.6}
-    nets = networks(150, 31)
+    nets = synthetic_networks(150, 31)
     data = [(n, *in_context(n, {}, 5.0, after)) for n in nets]
     prof = fit(data)
     ctx = prof.network["context"]
@@ -125,7 +110,7 @@ def test_a_calibration_learns_what_the_layer_before_costs() -> None:
     assert ctx["after"] and min(cv, key=cv.__getitem__).endswith("neighbour") and min(cv.values()) < 0.5 * cv["none"]
     plain = fit(data, use_context=False)
     errors, plain_errors = [], []
-    for n in networks(30, 32):
+    for n in synthetic_networks(30, 32):
         _, want = in_context(n, {}, 5.0, after)
         errors.append(abs(estimate_total_ms(n, prof) / want - 1))
         plain_errors.append(abs(estimate_total_ms(n, plain) / want - 1))
@@ -168,7 +153,7 @@ def test_the_trees_price_a_channel_count_padded_to_the_simd_block() -> None:
         return true_ms(LayerGeom(g.name, "conv", g.c_in, c, g.h_in, g.w_in, g.h_out, g.w_out, g.kernel,
                                  g.stride, g.padding, activation=g.activation))
 
-    nets = networks(200, 41)
+    nets = synthetic_networks(200, 41)
     data = [(n, [padded_ms(g) for g in n], sum(padded_ms(g) for g in n)) for n in nets]
     prof = fit(data, use_table=False)
     raw = DeviceProfile.from_dict(dict(prof.to_dict(), network={"c0_ms": 0.0, "scale": 1.0}))
@@ -200,7 +185,7 @@ def test_onnxruntime_knows_a_fused_group_as_the_neighbour() -> None:
                  for p, b in zip(priced, neighbours(priced))]
         return times, sum(times)
 
-    nets = networks(150, 51)
+    nets = synthetic_networks(150, 51)
     fused = [n for n in nets if any(g.op == "bn" for g in n) and any(g.activation == "tanh" for g in n)]
     assert fused  # groups whose tanh comes from a separate layer
     data = [(n, *measured(n)) for n in nets]
@@ -210,7 +195,7 @@ def test_onnxruntime_knows_a_fused_group_as_the_neighbour() -> None:
     assert "act+tanh" not in pool  # no standalone activation is anyone's neighbour here
     plain = fit_profile(current_context("cpu", 1, 4, runtime="onnxruntime"), [], data, {"statistic": "min"},
                         use_context=False)
-    errors = [abs(estimate_total_ms(n, prof) / measured(n)[1] - 1) for n in networks(40, 52)]
-    plain_errors = [abs(estimate_total_ms(n, plain) / measured(n)[1] - 1) for n in networks(40, 52)]
+    errors = [abs(estimate_total_ms(n, prof) / measured(n)[1] - 1) for n in synthetic_networks(40, 52)]
+    plain_errors = [abs(estimate_total_ms(n, plain) / measured(n)[1] - 1) for n in synthetic_networks(40, 52)]
     assert sum(errors) / len(errors) < 0.005 and max(errors) < 0.025
     assert sum(plain_errors) > 3 * sum(errors) and max(plain_errors) > 2 * max(errors)
