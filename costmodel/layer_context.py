@@ -33,8 +33,8 @@ from costmodel.geometry import LayerGeom
 # |beta| at most, and |after| at most (in ln).
 BETA_CLAMP = 0.5
 AFTER_CLAMP = 1.0
-# The fixed point contracts by about beta per round; it stops when a round moves the total by less
-# than TOLERANCE of it.
+# The fixed point of ln T (``solve_in_context``): at most ITERATIONS evaluations of the network's
+# total, stopping when ln T is within TOLERANCE of the value the total gives.
 ITERATIONS = 8
 TOLERANCE = 1e-6
 # The context is fitted only with this many calibration networks or more (full calibrations), as
