@@ -72,12 +72,16 @@ def cached_batch_sizes(device: str = "cpu", runtime: str = "torch", threads: int
     return sorted(int(m.group(1)) for p in folder.iterdir() if (m := pattern.fullmatch(p.name)))
 
 
+def measured_kind(profile: DeviceProfile, device: str) -> str:
+    """The kind of device (``cpu``, ``cuda``) a network priced by ``profile`` is measured on when
+    ``device`` (``cpu``, ``cuda``, ``cuda:N``) is asked for: ONNX Runtime measures on the CPU."""
+    return "cpu" if profile.runtime == "onnxruntime" else device.split(":")[0]
+
+
 def measures_another_kind(profile: DeviceProfile, device: str) -> bool:
-    """Whether measuring on ``device`` (``cpu``, ``cuda``, ``cuda:N``) measures another kind of
-    device than ``profile`` prices (this machine's CUDA profile, measured on its CPU). ONNX Runtime
-    measures on the CPU wherever ``device`` points; the built-in profile prices no device."""
-    here = "cpu" if profile.runtime == "onnxruntime" else device.split(":")[0]
-    return not profile.is_default and str(profile.context.get("device")) != here
+    """Whether measuring on ``device`` measures another kind of device than ``profile`` prices
+    (this machine's CUDA profile, measured on its CPU); the built-in profile prices no device."""
+    return not profile.is_default and str(profile.context.get("device")) != measured_kind(profile, device)
 
 
 def choose_profile(path: str | Path | None = None, *, device: str = "cpu", runtime: str = "torch",
@@ -103,8 +107,8 @@ def choose_profile(path: str | Path | None = None, *, device: str = "cpu", runti
         if foreign:
             note += " (its estimates are for that device, not this machine)"
         elif measure_on is not None and measures_another_kind(profile, measure_on):
-            here = "cpu" if profile.runtime == "onnxruntime" else measure_on.split(":")[0]
-            note += f" (its estimates are for this machine's {profile.context.get('device')}, not the {here} measured here)"
+            note += (f" (its estimates are for this machine's {profile.context.get('device')}, not the "
+                     f"{measured_kind(profile, measure_on)} measured here)")
             foreign = True
         return ProfileChoice(profile, "file", Path(path), foreign, note)
     try:

@@ -137,8 +137,7 @@ def fit_measurements(measurements: Measurements, seed: int = 0,
            f"{100 * noise['within_10pct']:.0f}%" if noise else ""))
     cv = profile.fit_quality.get("layer_context_cv_mape")
     if cv:  # type: ignore[truthy-bool]
-        best = min(cv, key=cv.__getitem__)  # type: ignore[arg-type]
-        say(f"layer context: {best} (out of fold MAPE " + ", ".join(
+        say(f"layer context: {profile.fit_quality['layer_context']} (out of fold MAPE " + ", ".join(
             f"{name} {100 * v:.2f}%" for name, v in cv.items()) + ")")  # type: ignore[union-attr]
     moved = speed.describe(measurements.protocol.get(speed.PROTOCOL_KEY))  # type: ignore[arg-type]
     if moved:  # here or in a bundle's run.py

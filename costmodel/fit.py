@@ -56,13 +56,13 @@ from costmodel.measurements import Network, Sample
 from costmodel.modeldef import (
     RESIDUAL_CLAMP,
     fit_classes,
-    fused_activation_ms,
     grouped_samples,
     linear_features,
     module_calls,
     priced_layers,
     residual_features,
     seed_units,
+    strip_activation,
     t_k_classes,
     weight_mib,
 )
@@ -116,7 +116,7 @@ def fit_layers(
         generic = cls in ("conv", "act", "dense", "bn", "gap", "dropout") or cls.startswith("pool")
         if len(rows) < MIN_CLASS_SAMPLES and not generic:
             continue
-        y = np.maximum([_strip_activation(g, t, act_elem_ms) for g, t in rows], FLOOR_MS)
+        y = np.maximum([strip_activation(g, t, act_elem_ms) for g, t in rows], FLOOR_MS)
         x = np.array([linear_features(g) for g, _ in rows], dtype=float)
         if cls.startswith("conv") or cls == "dense":
             coef = nnls_relative(x, y)
@@ -137,13 +137,6 @@ def fit_layers(
         quality[cls] = {"n": len(rows), "mape": float(err.mean()),
                         "within_10pct": float((err < 0.1).mean())}
     return coeffs, weights, quality
-
-
-def _strip_activation(g: LayerGeom, t: float, act_elem_ms: dict[str, float]) -> float:
-    """Measured time minus the fused activation's estimated cost (never below half of it)."""
-    if g.activation and g.op in ("conv", "dense"):
-        return max(t - fused_activation_ms(g, act_elem_ms), 0.5 * t)
-    return t
 
 
 def fit_act_elem(samples: Sequence[Sample]) -> dict[str, float]:
@@ -185,14 +178,22 @@ def fit_profile(
     # Batch size here is the profile's; estimates are per sample * (B / B0) with B0 == B.
     runtime = str(context.get("runtime") or "torch")
     measured = [grouped_samples(geoms, meas, runtime) for geoms, meas, _ in networks]
-    setup = _Setup(context, micro, fit_act_elem(micro), protocol, runtime, seed, folds, use_trees, use_table,
+    setup = _Setup(context, micro, fit_act_elem(micro), protocol, runtime, seed, use_trees, use_table,
                    _fit_t_k([s for net in measured for s in net]))
     e2e = np.array([n[2] for n in networks])
+    folds_held = _folds(len(networks), folds, seed)
     full = fit_context(measured, e2e) if use_context and len(networks) >= MIN_NETWORKS else None
-    fits = {name: _network_fit(setup, networks, measured, e2e, name) for name, _ in context_variants(full)}
-    cv = {name: float(np.mean(np.abs(f[2] - e2e) / e2e)) for name, f in fits.items()}
-    per_net, network, pred, forms = fits[min(cv, key=cv.__getitem__)]
-    model, quality = _layer_model(setup, [s for net in per_net for s in net])
+    # each fold's context fitted once, on its training networks, for every choice
+    fold_full = [None if full is None else fit_context([measured[i] for i in train], e2e[train])
+                 for _, train in folds_held]
+    fits = {name: _network_fit(setup, networks, measured, e2e, folds_held,
+                               [_variant(name, c) for c in [full, *fold_full]])
+            for name, _ in context_variants(full)}
+    cv = {name: float(np.mean(np.abs(f[1] - e2e) / e2e)) for name, f in fits.items()}
+    chosen = min(cv, key=cv.__getitem__)
+    network, pred, forms = fits[chosen]
+    model, quality = _layer_model(setup, [s for net, total in zip(measured, e2e)
+                                          for s in _moved(net, total, network.get("context"))])
     err = np.abs(pred - e2e) / e2e
     quality["network_oof"] = {
         "n": len(networks), "mape": float(err.mean()), "within_10pct": float((err < 0.1).mean()),
@@ -203,6 +204,7 @@ def fit_profile(
         quality["network_forms_cv_mape"] = forms
     if len(cv) > 1:
         quality["layer_context_cv_mape"] = cv
+        quality["layer_context"] = chosen
     quality["table_entries"] = len(model.table)
     quality["baselines"] = fit_baselines(networks)
     return dataclasses.replace(model, network=network, fit_quality=quality, reference_ms=reference_ms)
@@ -218,7 +220,6 @@ class _Setup:
     protocol: dict[str, object]
     runtime: str
     seed: int
-    folds: int
     use_trees: bool
     use_table: bool
     t_k: dict[str, float]
@@ -229,7 +230,7 @@ def _layer_model(setup: _Setup, in_context: list[Sample]) -> tuple[DeviceProfile
     fitted on in-context samples and the micro-benchmarks of the cheap ops, and its quality."""
     samples = in_context + [s for s in setup.micro if s[0].op not in ("conv", "dense")]
     coeffs, weights, quality = fit_layers(samples, setup.act_elem)
-    trees, tq = fit_trees(in_context, coeffs, setup.act_elem, _strip_activation, setup.seed) if setup.use_trees else ({}, {})
+    trees, tq = fit_trees(in_context, coeffs, setup.act_elem, setup.seed) if setup.use_trees else ({}, {})
     quality.update(tq)
     no_table = _make(setup.context, coeffs, weights, trees, {}, setup.t_k, setup.act_elem, _NEUTRAL, {},
                      setup.protocol)
@@ -237,24 +238,37 @@ def _layer_model(setup: _Setup, in_context: list[Sample]) -> tuple[DeviceProfile
     return dataclasses.replace(no_table, table=table, use_table=bool(table)), quality
 
 
-def _network_fit(setup: _Setup, networks: Sequence[Network], measured: list[list[Sample]], e2e: np.ndarray,
-                 variant: str) -> tuple[list[list[Sample]], dict[str, object], np.ndarray, dict[str, float]]:
-    """With one layer context (``variant`` of ``layer_context.context_variants``, "none": none):
-    the calibration networks' layers moved to its reference context, the network-level correction
-    fitted on their out-of-fold layer times (``folds`` folds, the context fitted in each fold
-    too, so that neither the table's perfect recall of its own networks nor the context's fit on
-    them biases it), and the networks' out-of-fold totals as the estimator would price them.
-    ``(layers, network, totals, forms)``."""
-    layer_context = _context_named(variant, measured, e2e)
-    order = list(range(len(networks)))
-    random.Random(setup.seed).shuffle(order)
-    k = max(1, min(setup.folds, len(networks)))
-    oof_raw: list[list[float]] = [[] for _ in networks]  # in the fold's reference context
-    oof_context: list[dict[str, object] | None] = [None] * len(networks)
+def _folds(n: int, folds: int, seed: int) -> list[tuple[set[int], list[int]]]:
+    """The calibration's folds: per fold the networks held out and those it trains on (one fold
+    of everything when there is one network)."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    k = max(1, min(folds, n))
+    out = []
     for f in range(k):
         held = set(order[f::k])
-        train = [i for i in range(len(networks)) if i not in held or k == 1]
-        ctx_f = _context_named(variant, [measured[i] for i in train], e2e[train])
+        out.append((held, [i for i in range(n) if i not in held or k == 1]))
+    return out
+
+
+def _variant(name: str, full: dict[str, object] | None) -> dict[str, object] | None:
+    """The layer context of choice ``name`` (``layer_context.context_variants``) within a fitted
+    one (None: "none", or a choice that context does not hold)."""
+    return None if name == "none" else dict(context_variants(full)).get(name)
+
+
+def _network_fit(setup: _Setup, networks: Sequence[Network], measured: list[list[Sample]], e2e: np.ndarray,
+                 folds: list[tuple[set[int], list[int]]], contexts: list[dict[str, object] | None],
+                 ) -> tuple[dict[str, object], np.ndarray, dict[str, float]]:
+    """With one choice of layer context (``contexts``: fitted on all networks, then on each
+    fold's training networks; None: none): the network-level correction fitted on the networks'
+    out-of-fold layer times (the layer model and the context fitted in each fold, so that neither
+    the table's perfect recall of its own networks nor the context's fit on them biases it), and
+    the networks' out-of-fold totals as the estimator would price them. ``(network, totals,
+    forms)``, the network holding the context."""
+    oof_raw: list[list[float]] = [[] for _ in networks]  # in the fold's reference context
+    oof_context: list[dict[str, object] | None] = [None] * len(networks)
+    for (held, train), ctx_f in zip(folds, contexts[1:]):
         prof_f, _ = _layer_model(setup, [s for i in train for s in _moved(measured[i], e2e[i], ctx_f)])
         for i in held:
             raw = estimate_layers_ms(networks[i][0], prof_f)[0]  # neutral correction: the raw times
@@ -267,18 +281,11 @@ def _network_fit(setup: _Setup, networks: Sequence[Network], measured: list[list
     weight_sizes = [weight_mib(n[0]) for n in networks]
     network, pred, forms = fit_network(oof_layers, e2e, setup.seed, calls=calls, weights=weight_sizes,
                                        measured=[sum(n[1]) for n in networks])
-    if layer_context is not None:
+    if contexts[0] is not None:
         pred = np.array([_solved_total(network, ctx, raw, networks[i][0], setup.runtime, weight_sizes[i])
                          for i, (raw, ctx) in enumerate(zip(oof_raw, oof_context))])
-        network["context"] = layer_context
-    return [_moved(net, total, layer_context) for net, total in zip(measured, e2e)], network, pred, forms
-
-
-def _context_named(variant: str, measured: Sequence[Sequence[Sample]], e2e: np.ndarray) -> dict[str, object] | None:
-    """The layer context ``variant`` fitted on these networks (None: "none", or not found)."""
-    if variant == "none":
-        return None
-    return dict(context_variants(fit_context(measured, e2e))).get(variant)
+        network["context"] = contexts[0]
+    return network, pred, forms
 
 
 def _moved(net: Sequence[Sample], total: float, ctx: dict[str, object] | None) -> list[Sample]:

@@ -85,11 +85,7 @@ def network_multiplier(context: Context, op: str, network_ms: float) -> float:
 
 
 def after_multiplier(context: Context, op: str, before: str) -> float:
-    """``exp(after[op][before])`` (1 for a neighbour without a factor); a checked context
-    (``checked_context``) holds them ready as ``after_exp``."""
-    ready = context.get("after_exp")
-    if ready is not None:
-        return ready.get((op, before), 1.0)  # type: ignore[union-attr]
+    """``exp(after[op][before])`` (1 for a neighbour without a factor)."""
     f = context.get("after", {}).get(op, {}).get(before, 0.0)  # type: ignore[union-attr]
     return math.exp(f) if f else 1.0
 
@@ -107,8 +103,7 @@ def checked_context(ctx: object) -> dict[str, object] | None:
     if not (math.isfinite(ref) and ref > 0) or not all(math.isfinite(b) and abs(b) <= BETA_CLAMP for b in beta.values()) \
             or not all(math.isfinite(f) and abs(f) <= AFTER_CLAMP for f in factors):
         raise ValueError("out of range")
-    return {"ref_ms": ref, "beta": beta, "after": after,
-            "after_exp": {(op, b): math.exp(f) for op, by in after.items() for b, f in by.items()}}
+    return {"ref_ms": ref, "beta": beta, "after": after}
 
 
 def solve_in_context(raw: Sequence[float], priced: Sequence[LayerGeom | None], context: Context,

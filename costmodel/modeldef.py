@@ -97,6 +97,14 @@ def fused_activation_ms(g: LayerGeom, act_elem_ms: Mapping[str, float], factor: 
     return 0.0
 
 
+def strip_activation(g: LayerGeom, t: float, act_elem_ms: Mapping[str, float]) -> float:
+    """A measured conv or dense layer's time minus its fused activation's estimated cost (never
+    below half of it): what the linear base, residuals and trees are fitted on."""
+    if g.activation and g.op in ("conv", "dense"):
+        return max(t - fused_activation_ms(g, act_elem_ms), 0.5 * t)
+    return t
+
+
 def residual_features(g: LayerGeom) -> list[float]:
     """Features of the log-space residual regressor (its weights live in the profile)."""
     ln = math.log

@@ -5,15 +5,20 @@ them). No torch."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from costmodel.device_profile import TreeEnsemble
-from costmodel.geometry import LayerGeom
 from costmodel.measurements import Sample
-from costmodel.modeldef import TREE_CLAMP, linear_ms, tree_base_class, tree_features
+from costmodel.modeldef import (
+    TREE_CLAMP,
+    linear_ms,
+    strip_activation,
+    tree_base_class,
+    tree_features,
+)
 from costmodel.netfit import FLOOR_MS
 
 if TYPE_CHECKING:
@@ -25,10 +30,10 @@ TREE_PARAMS = {"n_estimators": 60, "max_depth": 4, "learning_rate": 0.15, "subsa
 
 def fit_trees(
     samples: Sequence[Sample], coeffs: dict[str, dict[str, float]],
-    act_elem_ms: dict[str, float], strip: Callable[[LayerGeom, float, dict[str, float]], float], seed: int = 0,
+    act_elem_ms: dict[str, float], seed: int = 0,
 ) -> tuple[dict[str, TreeEnsemble], dict[str, object]]:
     """Boosted regression trees per op on ``log(T / T_linear)`` (in-context samples, each
-    time ``strip``-ped of its fused activation's cost).
+    time without its fused activation's cost, ``modeldef.strip_activation``).
 
     Returns ``(trees, quality)``; ops with fewer than ``MIN_TREE_SAMPLES`` samples get none.
     """
@@ -49,7 +54,7 @@ def fit_trees(
                 break
             base.append(linear_ms((c["c"], c["a"], c["b"]), g))
         else:
-            y = np.maximum([strip(g, t, act_elem_ms) for g, t in rows], FLOOR_MS)
+            y = np.maximum([strip_activation(g, t, act_elem_ms) for g, t in rows], FLOOR_MS)
             x = np.array([tree_features(g) for g, _ in rows])
             r = np.log(np.maximum(y, 1e-9) / np.maximum(np.array(base), 1e-9))
             model = GradientBoostingRegressor(random_state=seed, **TREE_PARAMS).fit(x, r)

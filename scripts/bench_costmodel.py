@@ -222,9 +222,11 @@ def throughput(geoms: list[list[LayerGeom]], modules: list, profile, n_fvcore: i
         return count / (time.perf_counter() - start)
 
     fast = rate(lambda g: estimate_total_ms(g, profile), geoms)
-    bare = dataclasses.replace(profile, network={k: v for k, v in profile.network.items() if k != "context"})
-    estimate_total_ms(geoms[0], bare)
-    fast_bare = rate(lambda g: estimate_total_ms(g, bare), geoms) if "context" in profile.network else None
+    fast_bare = None
+    if "context" in profile.network:  # the same profile without its layer context, side by side
+        bare = dataclasses.replace(profile, network={k: v for k, v in profile.network.items() if k != "context"})
+        estimate_total_ms(geoms[0], bare)
+        fast_bare = rate(lambda g: estimate_total_ms(g, bare), geoms)
     frame = rate(lambda g: estimate(g, profile), geoms[:30], 0.5)
     sample = list(zip(geoms, modules))[:n_fvcore]
 

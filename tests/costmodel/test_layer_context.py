@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import random
 
 import pytest
 from made_up_device import synthetic_networks, true_ms
@@ -57,6 +58,7 @@ def test_a_calibration_learns_how_a_layer_slows_down_in_a_slower_network() -> No
     assert set(ctx["beta"]) <= {"dense", "gap"} and ctx["after"] == {}
     cv = prof.fit_quality["layer_context_cv_mape"]
     assert set(cv) == {"none", "network"} and cv["network"] < 0.1 * cv["none"]
+    assert prof.fit_quality["layer_context"] == "network"
     said: list[str] = []  # a calibration says which context it kept, and why
     fit_measurements(Measurements(current_context("cpu", 1, 4), {"statistic": "min"}, [], data), progress=said.append)
     assert [m for m in said if m.startswith("layer context:")] == [
@@ -199,3 +201,20 @@ def test_onnxruntime_knows_a_fused_group_as_the_neighbour() -> None:
     plain_errors = [abs(estimate_total_ms(n, plain) / measured(n)[1] - 1) for n in synthetic_networks(40, 52)]
     assert sum(errors) / len(errors) < 0.005 and max(errors) < 0.025
     assert sum(plain_errors) > 3 * sum(errors) and max(plain_errors) > 2 * max(errors)
+
+
+def test_the_network_factor_written_out_is_the_log_form_of_its_features() -> None:
+    """``modeldef.network_factor`` writes ``log_network_features`` and the dot product out for
+    the estimator's hot path: over random coefficients, bounds, sums, counts and weights (four
+    and five coefficients) it gives exactly exp(clamp(coef . features))."""
+    from costmodel.modeldef import LOG_NETWORK_CLAMP, log_network_features, network_factor
+
+    rng = random.Random(7)
+    for _ in range(20_000):
+        k = rng.choice((4, 5))
+        coef = [rng.uniform(-1, 1) for _ in range(k)]
+        bounds = [sorted((rng.uniform(-5, 5), rng.uniform(-5, 5))) for _ in range(k - 2)]
+        s, n, w = math.exp(rng.uniform(-8, 6)), rng.randint(1, 60), rng.uniform(0, 20)
+        feats = log_network_features(s, n, bounds, w if k == 5 else None)
+        r = sum(c * f for c, f in zip(coef, feats))
+        assert network_factor(coef, bounds, s, n, w) == math.exp(max(-LOG_NETWORK_CLAMP, min(LOG_NETWORK_CLAMP, r)))
